@@ -1,0 +1,79 @@
+"""SimCLR training throughput (images/s, both views counted).
+
+    python benchmarks/simclr_throughput.py --encoder=small_cnn --image_size=28 --channels=1 \
+        --batch=256 --steps=20 --dtype_policy=float32 --nojit_compile --pipeline
+
+Measures `steps` training steps after `warmup` untimed ones. With
+`--pipeline` batches come from the real input pipeline (in-memory
+Fashion-MNIST resized/converted to the requested shape -> shuffle -> batch ->
+two augmented views per image -> prefetch); with `--nopipeline` one fixed
+batch of views is fed repeatedly, so only the model step is timed. The last
+line printed is `images_per_second=<float>`.
+"""
+
+import os
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("encoder", "small_cnn", "small_cnn, resnet18, resnet34 or resnet50")
+flags.DEFINE_integer("image_size", 28, "image side in pixels")
+flags.DEFINE_integer("channels", 1, "1 or 3")
+flags.DEFINE_integer("batch", 256, "batch size (images; each gives two views)")
+flags.DEFINE_integer("steps", 20, "timed steps")
+flags.DEFINE_integer("warmup", 3, "untimed steps first (tracing, allocator)")
+flags.DEFINE_float("width_multiplier", 1.0, "encoder width multiplier")
+flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "Keras dtype policy")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step")
+flags.DEFINE_boolean("pipeline", True, "feed from the real input pipeline")
+flags.DEFINE_string("augment", None, "augmentation preset (default: fashion_mnist for 1 channel, cifar for 3)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_ssl.data import load_source, simclr_augment, simclr_views
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.models import SimCLR
+    from keras_ssl.optimizers import LARS
+
+    keras.mixed_precision.set_global_policy(FLAGS.dtype_policy)
+    augment = FLAGS.augment or ("fashion_mnist" if FLAGS.channels == 1 else "cifar")
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    encoder = build_encoder(FLAGS.encoder, shape, FLAGS.width_multiplier, cifar_stem=True)
+    model = SimCLR(encoder, augment=augment)
+    model.compile(optimizer=LARS(0.3), jit_compile=FLAGS.jit_compile)
+    n_batches = FLAGS.steps + FLAGS.warmup
+    if FLAGS.pipeline:
+        ds = load_source("fashion_mnist", image_size=shape[:2], channels=shape[2])
+        data = simclr_views(ds.train, FLAGS.batch, augment, with_labels=False)
+    else:
+        images = np.random.default_rng(0).integers(0, 256, (FLAGS.batch,) + shape, dtype=np.uint8)
+        a = simclr_augment(images, tf.constant([0, 0], tf.int64), augment)
+        b = simclr_augment(images, tf.constant([0, 1], tf.int64), augment)
+        data = tf.data.Dataset.from_tensors((a, b)).repeat()
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == FLAGS.warmup:
+                self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.elapsed = time.perf_counter() - self.start
+
+    timer = Timer()
+    model.fit(data, steps_per_epoch=n_batches, epochs=1, verbose=0, callbacks=[timer])
+    step_s = timer.elapsed / FLAGS.steps
+    ips = 2 * FLAGS.batch / step_s
+    print(f"encoder={FLAGS.encoder} shape={shape} batch={FLAGS.batch} dtype_policy={FLAGS.dtype_policy} "
+          f"jit_compile={FLAGS.jit_compile} pipeline={FLAGS.pipeline} params={encoder.count_params()} "
+          f"step_ms={1000 * step_s:.1f} threads={os.cpu_count()}")
+    print(f"images_per_second={ips:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

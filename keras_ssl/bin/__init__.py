@@ -1,0 +1,1 @@
+"""absl binaries: the only place in keras_ssl where flags live."""

@@ -1,0 +1,26 @@
+"""What every binary shares: user errors become one line and a non-zero exit."""
+
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from keras_ssl.errors import UserError  # noqa: E402
+
+EXIT_USER_ERROR = 2
+
+
+def run_main(main):
+    """`absl.app.run(main)`, printing a `UserError` as `error: <message>` (exit 2)."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    app.run(guarded)

@@ -1,0 +1,57 @@
+"""keras-ssl-evaluate: linear probe and kNN of a trained encoder, plus an embedding plot.
+
+    keras-ssl-evaluate --model_dir=runs/simclr_fashion_mnist
+
+Writes <model_dir>/evaluation.json and <model_dir>/embedding.png and prints a table.
+"""
+
+import os
+
+from absl import flags
+
+from keras_ssl.bin.common import run_main
+
+flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
+flags.DEFINE_string("dataset", None, "dataset to evaluate on (default: the one trained on)")
+flags.DEFINE_string("data_dir", None, "where to look for dataset files first (default: as trained)")
+flags.DEFINE_list("layers", [], "extra probe points, e.g. block2,block3")
+flags.DEFINE_enum("plot", "tsne", ["tsne", "pca", "none"], "2-D embedding plot method")
+flags.DEFINE_integer("train_limit", None, "fit the probe on only the first N train images")
+flags.DEFINE_integer("probe_max_iter", 1000, "logistic-regression iterations")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from keras_ssl.data import load_source
+    from keras_ssl.evaluation import evaluate_encoder, format_table
+    from keras_ssl.training import read_config
+
+    config = read_config(FLAGS.model_dir)
+    encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
+    if not os.path.isfile(encoder_path):
+        from keras_ssl.errors import UserError
+
+        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    encoder = keras.models.load_model(encoder_path)
+    _, h, w, c = encoder.input_shape
+    dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
+    results = evaluate_encoder(
+        encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
+        plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,
+        train_limit=FLAGS.train_limit,
+        extra={"method": config.method, "encoder": config.encoder, "epochs": config.epochs})
+    print(format_table(results))
+    print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
+    if results.get("embedding_plot"):
+        print(f"embedding plot: {results['embedding_plot']}")
+
+
+def run():
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run()

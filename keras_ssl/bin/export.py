@@ -1,0 +1,47 @@
+"""keras-ssl-export: write a trained encoder as a SavedModel for TF Serving.
+
+    keras-ssl-export --model_dir=runs/simclr_fashion_mnist --export_root=saved_models
+
+Prints the path of the new version, e.g. saved_models/simclr_fashion_mnist/1.
+"""
+
+import dataclasses
+import os
+
+from absl import flags
+
+from keras_ssl.bin.common import run_main
+
+flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
+flags.DEFINE_string("export_root", "saved_models", "root of the exported models")
+flags.DEFINE_string("name", None, "model name (default: the run directory's name)")
+flags.DEFINE_integer("version", None, "version number (default: the next free one)")
+flags.DEFINE_boolean("overwrite", False, "replace an existing version")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from keras_ssl.errors import UserError
+    from keras_ssl.export import export_saved_model
+    from keras_ssl.training import read_config
+
+    config = read_config(FLAGS.model_dir)
+    encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
+    if not os.path.isfile(encoder_path):
+        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    encoder = keras.models.load_model(encoder_path)
+    name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
+    path = export_saved_model(encoder, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
+                              config=dataclasses.asdict(config))
+    print(f"exported: {path}")
+
+
+def run():
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,190 @@
+"""SavedModel export with serving signatures, versioned and atomic.
+
+Layout: `<export_root>/<name>/<version>/` (TF Serving's: numeric version
+folders; it ignores the hidden `.tmp-*` folder the export is written into
+before being renamed into place, so a server never sees half an export).
+
+Signatures (names are stable API):
+
+* `serving_default`: `images` tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP
+  (what TF Serving's REST API sends as `{"b64": ...}`) -> `embedding` float32
+  `[batch, D]`, L2-normalised;
+* `embed_pixels`: `pixels` uint8 `[batch, H, W, C]` -> `embedding`.
+
+Preprocessing inside the graph is the evaluation preprocessing of training:
+decode to C channels, bilinear resize to the encoder's H x W (rounded back to
+uint8, as the dataset loader does) when the size differs, then `/ 255`.
+Every signature checks its input before the encoder runs (rank, channels,
+non-empty images, image magic bytes) and answers an empty batch with an empty
+result: with oneDNN on, a wrongly shaped tensor reaching a convolution can
+abort the whole serving process (TECH_NOTES "SavedModel export").
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from keras_ssl.errors import UserError
+
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def next_version(model_root):
+    """1 + the largest numeric version folder under `model_root` (1 if none)."""
+    if not os.path.isdir(model_root):
+        return 1
+    versions = [int(d) for d in os.listdir(model_root) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _is_image(data):
+    """bool [batch]: the bytes start like a PNG, JPEG, GIF, BMP or WebP file."""
+    ok = tf.zeros(tf.shape(data), tf.bool)
+    for magic in _MAGIC:
+        ok |= tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+    webp = tf.equal(tf.strings.substr(data, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(data, 8, 4), b"WEBP")
+    return ok | webp
+
+
+def _resize_like_loader(pixels, height, width):
+    """uint8 -> uint8 at H x W: bilinear in float, rounded (as `data.sources`)."""
+    shape = tf.shape(pixels)
+
+    def resize():
+        resized = tf.image.resize(tf.cast(pixels, tf.float32), [height, width], method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+    same = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
+    return tf.cond(same, lambda: tf.ensure_shape(pixels, pixels.shape[:-3] + (height, width) + pixels.shape[-1:]),
+                   resize)
+
+
+class _Embedder(tf.Module):
+    """The traced serving functions around one encoder."""
+
+    def __init__(self, encoder, normalize=True):
+        super().__init__()
+        self.encoder = encoder
+        _, self.height, self.width, self.channels = encoder.input_shape
+        self.dim = int(encoder.output_shape[-1])
+        self.normalize = normalize
+
+    def _embed_uint8(self, pixels):
+        """uint8 [B, H, W, C] at the encoder's size -> embedding [B, D]."""
+        x = tf.cast(pixels, tf.float32) / 255.0
+        features = tf.cast(self.encoder(x, training=False), tf.float32)
+        return tf.math.l2_normalize(features, axis=-1) if self.normalize else features
+
+    def _guarded(self, batch_size, compute):
+        empty = tf.zeros([0, self.dim], tf.float32)
+        return tf.cond(batch_size > 0, compute, lambda: empty)
+
+    def embed_pixels(self, pixels):
+        c = self.channels
+        tf.debugging.assert_equal(
+            tf.rank(pixels), 4,
+            message=f"embed_pixels: `pixels` must be uint8 [batch, height, width, {c}]; got another rank")
+        pixels = tf.ensure_shape(pixels, [None, None, None, c])
+        shape = tf.shape(pixels)
+
+        def compute():
+            with tf.control_dependencies([tf.debugging.assert_positive(
+                    shape[1:3], message="embed_pixels: images must have height and width >= 1")]):
+                resized = _resize_like_loader(pixels, self.height, self.width)
+            return self._embed_uint8(resized)
+
+        return {"embedding": self._guarded(shape[0], compute)}
+
+    def serving_default(self, images):
+        images = tf.ensure_shape(images, [None])
+        count = tf.shape(images)[0]
+
+        def decode(data):
+            img = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
+            img = tf.ensure_shape(img, [None, None, self.channels])
+            return _resize_like_loader(img, self.height, self.width)
+
+        def compute():
+            valid = _is_image(images)
+            check = tf.debugging.Assert(
+                tf.reduce_all(valid),
+                ["serving_default: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
+                 tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
+            with tf.control_dependencies([check]):
+                pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
+                    [self.height, self.width, self.channels], tf.uint8))
+            return self._embed_uint8(pixels)
+
+        return {"embedding": self._guarded(count, compute)}
+
+
+def export_saved_model(encoder, export_root="saved_models", name="model", version=None, overwrite=False,
+                       config=None, normalize=True):
+    """Exports `encoder` as a SavedModel under `export_root/name/version`; returns the path.
+
+    Args:
+      encoder: a Keras model, float images in [0, 1] `[B, H, W, C]` -> `[B, D]`.
+      version: integer version; None picks the next free one.
+      overwrite: replace an existing version (otherwise refused).
+      config: JSON-serialisable run config stored in `assets.extra/config.json`.
+      normalize: L2-normalise the embedding (the documented contract).
+    """
+    if not name or os.sep in name or name.startswith("."):
+        raise UserError(f"export name must be a plain folder name, got {name!r}")
+    model_root = os.path.join(export_root, name)
+    if version is None:
+        version = next_version(model_root)
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"export version must be a positive integer, got {version!r}")
+    final = os.path.join(model_root, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
+                        "or pass --overwrite")
+    if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
+        raise UserError(f"encoder input must be [batch, H, W, C] with known H, W, C; got {encoder.input_shape}")
+    os.makedirs(model_root, exist_ok=True)
+    tmp = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    embedder = _Embedder(encoder, normalize)
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(encoder)
+        archive.add_endpoint(
+            "serving_default", embedder.serving_default,
+            input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        archive.add_endpoint(
+            "embed_pixels", embedder.embed_pixels,
+            input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
+        archive.write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        facts = {
+            "signatures": {
+                "serving_default": {"inputs": {"images": "string [batch] encoded PNG/JPEG/GIF/BMP/WebP"},
+                                    "outputs": {"embedding": f"float32 [batch, {embedder.dim}]"}},
+                "embed_pixels": {"inputs": {"pixels": f"uint8 [batch, H, W, {embedder.channels}]"},
+                                 "outputs": {"embedding": f"float32 [batch, {embedder.dim}]"}},
+            },
+            "image_height": embedder.height, "image_width": embedder.width,
+            "channels": embedder.channels, "embedding_dim": embedder.dim,
+            "l2_normalized": normalize,
+            "preprocessing": "decode -> bilinear resize to HxW (rounded to uint8) if needed -> / 255",
+        }
+        with open(os.path.join(extra, "preprocessing.json"), "w") as f:
+            json.dump(facts, f, indent=2)
+        if config is not None:
+            with open(os.path.join(extra, "config.json"), "w") as f:
+                json.dump(config, f, indent=2, sort_keys=True, default=str)
+        if os.path.exists(final):  # overwrite: swap in, then drop the old one
+            old = os.path.join(model_root, f".old-{version}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

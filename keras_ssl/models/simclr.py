@@ -1,0 +1,172 @@
+"""SimCLR (Chen et al. 2020) as a `keras.Model` with its own train/test steps."""
+
+import keras
+import tensorflow as tf
+
+from keras_ssl import losses
+from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
+from keras_ssl.errors import UserError
+from keras_ssl.heads import linear_classifier, projection_head
+from keras_ssl.models.common import global_batch_size, split_data
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SimCLR(keras.Model):
+    """Contrastive learning of visual representations (SimCLR).
+
+    Two views of each image go through the shared `encoder` f and the
+    `projector` g; NT-Xent (`keras_ssl.losses.nt_xent`) pulls the two views
+    of an image together against the other 2N - 2 views of the global batch
+    (gathered from every replica). The representation to keep is the encoder
+    output h = f(x), not g(h).
+
+    `fit()` accepts batches of
+      * images `x` (uint8 [0, 255] or float [0, 1], `[B, H, W, C]`): the two
+        views are made inside the step with `augment` (a preset name or
+        `AugmentConfig`), seeded by `seed` and the step counter;
+      * view pairs `(view_a, view_b)` made elsewhere (e.g. `data.simclr_views`);
+    each optionally with integer labels `y`. With labels and `num_classes`, an
+    online linear probe on `stop_gradient(h)` is trained alongside (SimCLR's
+    in-run probe); its loss is added to the total and `probe_accuracy` is
+    reported.
+
+    Metrics: `loss` (NT-Xent), `contrastive_accuracy` (fraction of anchors
+    whose positive has the largest logit), `output_std` (std over the batch of
+    the L2-normalised projections, averaged over dimensions: about 1/sqrt(d)
+    when healthy, 0 on collapse), and with the probe `probe_loss`,
+    `probe_accuracy`.
+
+    Loss scaling under R replicas: each replica returns
+    `sum(local anchor losses) / (2 * N_global)`, and `apply_gradients` sums the
+    replicas' gradients, so loss and gradients equal one device on the whole
+    batch, also when the split is uneven.
+
+    Defaults: `temperature=0.5` (SimCLR CIFAR-10), projection to 128 dims.
+    """
+
+    def __init__(self, encoder, projector=None, temperature=0.5, num_classes=None,
+                 augment="imagenet", seed=0, probe=None, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {temperature}")
+        self.encoder = encoder
+        feature_dim = int(encoder.output_shape[-1])
+        self.projector = projector if projector is not None else projection_head(feature_dim)
+        self.temperature = float(temperature)
+        self.num_classes = int(num_classes) if num_classes else None
+        self.augment_config = get_preset(augment)
+        self._augment_name = augment if isinstance(augment, str) else None
+        self.seed = int(seed)
+        if probe is None and self.num_classes:
+            probe = linear_classifier(feature_dim, self.num_classes)
+        self.probe = probe
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="contrastive_accuracy")
+        self.std_tracker = keras.metrics.Mean(name="output_std")
+        self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+        self.probe_accuracy_tracker = keras.metrics.Mean(name="probe_accuracy")
+
+    @property
+    def metrics(self):
+        trackers = [self.loss_tracker, self.accuracy_tracker, self.std_tracker]
+        if self.probe is not None:
+            trackers += [self.probe_loss_tracker, self.probe_accuracy_tracker]
+        return trackers
+
+    def build(self, input_shape=None):
+        """Builds every sub-model (needed before `save`, and under multi-worker)."""
+        if input_shape is None:
+            input_shape = (None,) + tuple(self.encoder.input_shape[1:])
+        for model in (self.encoder, self.projector, self.probe):
+            if model is not None and not model.built:
+                model.build(input_shape if model is self.encoder else (None, model.input_shape[-1]))
+        self.built = True
+
+    def call(self, images, training=False):
+        """Encoder features h = f(x) of float images in [0, 1] (or uint8)."""
+        return self.encoder(to_float01(images), training=training)
+
+    def _views(self, x):
+        if isinstance(x, (tuple, list)):
+            if len(x) != 2:
+                raise UserError(f"SimCLR expects images or a pair (view_a, view_b), got {len(x)} inputs")
+            return to_float01(x[0]), to_float01(x[1])
+        step = tf.cast(self.optimizer.iterations if self.optimizer is not None else 0, tf.int64)
+        ctx = tf.distribute.get_replica_context()
+        replica = tf.cast(ctx.replica_id_in_sync_group if ctx is not None else 0, tf.int64)
+        base = (step * 64 + replica) * 2
+        seed_a = tf.stack([tf.constant(self.seed, tf.int64), base])
+        seed_b = tf.stack([tf.constant(self.seed, tf.int64), base + 1])
+        return (simclr_augment(x, seed_a, self.augment_config),
+                simclr_augment(x, seed_b, self.augment_config))
+
+    def _forward(self, data, training):
+        x, y = split_data(data)
+        view_a, view_b = self._views(x)
+        n_local = tf.shape(view_a)[0]
+        h = self.encoder(tf.concat([view_a, view_b], axis=0), training=training)
+        z = self.projector(h, training=training)
+        z_a, z_b = tf.split(z, 2, axis=0)
+        terms, correct = losses.nt_xent_terms(z_a, z_b, self.temperature)
+        n_global = global_batch_size(n_local)
+        # Summed over replicas this is the mean over all 2 * N_global anchors.
+        loss = tf.reduce_sum(terms) / tf.cast(2 * n_global, tf.float32)
+        local_mean = tf.reduce_mean(terms)
+        z_norm = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+        output_std = tf.reduce_mean(tf.math.reduce_std(z_norm, axis=0))
+        weight = tf.cast(2 * n_local, tf.float32)
+        self.loss_tracker.update_state(local_mean, sample_weight=weight)
+        self.accuracy_tracker.update_state(tf.reduce_mean(tf.cast(correct, tf.float32)), sample_weight=weight)
+        self.std_tracker.update_state(output_std)
+        if self.probe is not None and y is not None:
+            h_a = tf.stop_gradient(h[:n_local])
+            logits = tf.cast(self.probe(h_a, training=training), tf.float32)
+            probe_terms = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits)
+            loss = loss + tf.reduce_sum(probe_terms) / tf.cast(n_global, tf.float32)
+            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32)),
+                           tf.float32)
+            self.probe_loss_tracker.update_state(tf.reduce_mean(probe_terms), sample_weight=tf.cast(n_local, tf.float32))
+            self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=tf.cast(n_local, tf.float32))
+        if self.losses:  # regularisers: counted once over the replicas
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = loss + tf.add_n(self.losses) / replicas
+        return loss
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss = self._forward(data, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        self._forward(data, training=False)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            projector=keras.saving.serialize_keras_object(self.projector),
+            probe=keras.saving.serialize_keras_object(self.probe) if self.probe is not None else None,
+            temperature=self.temperature,
+            num_classes=self.num_classes,
+            augment=self._augment_name or dict(vars(self.augment_config)),
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "projector", "probe"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        if isinstance(config.get("augment"), dict):
+            from keras_ssl.data.augment import AugmentConfig
+
+            aug = {k: tuple(v) if isinstance(v, list) else v for k, v in config["augment"].items()}
+            config["augment"] = AugmentConfig(**aug)
+        return cls(**config)

@@ -1,0 +1,269 @@
+"""One training run from a config: what `keras-ssl-train` does, callable from code.
+
+    from keras_ssl.training import TrainConfig, train
+    result = train(TrainConfig(dataset="digits", epochs=2, model_dir="runs/try"))
+
+A run directory holds
+  config.json                 the resolved config (written first)
+  checkpoints/epoch_NNNN.weights.h5   model + optimizer state after each epoch
+  logs/                       TensorBoard
+  encoder.keras               the trained encoder (what evaluation/export use)
+  model.keras                 the whole method model (encoder, heads, optimizer)
+  training.json               final metrics, wall time, throughput
+Re-running with the same model_dir resumes from the latest checkpoint; a
+different config (other than `epochs`/`verbose`) is refused rather than mixed in.
+"""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import time
+
+from keras_ssl.errors import UserError
+
+_CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
+# Keys that may change between a run and its resumption.
+_RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; defaults are the SimCLR-on-Fashion-MNIST long run.
+
+    Sources of the defaults: `temperature=0.5`, `projection_dim=128`,
+    `weight_decay=1e-6`, LARS with `learning_rate=0.3` and linear scaling
+    (peak 0.3 x B/256), cosine decay: SimCLR (Chen et al. 2020, B.9 for
+    CIFAR-10). `warmup_epochs=2` and `batch_size=256` are ours (short runs).
+    """
+
+    model_dir: str = "runs/simclr_fashion_mnist"
+    method: str = "simclr"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    train_limit: int | None = None
+    encoder: str = "small_cnn"
+    width_multiplier: float = 1.0
+    cifar_stem: bool = True
+    batch_size: int = 256
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    optimizer: str = "lars"
+    learning_rate: float = 0.3
+    lr_scaling: str = "linear"
+    warmup_epochs: float = 2.0
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    temperature: float = 0.5
+    projection_dim: int = 128
+    projection_hidden_dim: int | None = None
+    projection_layers: int = 2
+    augment: str = "fashion_mnist"
+    online_probe: bool = True
+    strategy: str = "default"
+    cpu_replicas: int | None = None
+    dtype_policy: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    keep_checkpoints: int = 3
+    verbose: int = 1
+
+    def validate(self):
+        """Raises `UserError` naming the first bad value."""
+        from keras_ssl.data.augment import PRESETS
+        from keras_ssl.distribute import STRATEGIES
+        from keras_ssl.encoders import ENCODERS
+        from keras_ssl.models import METHODS
+        from keras_ssl.optimizers import OPTIMIZERS
+
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}"),
+            (self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.augment in PRESETS, f"augment must be one of {tuple(PRESETS)}"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
+            (self.dtype_policy in ("float32", "mixed_bfloat16", "mixed_float16"),
+             "dtype_policy must be float32, mixed_bfloat16 or mixed_float16"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.projection_dim >= 1 and self.projection_layers >= 1,
+             "projection_dim and projection_layers must be >= 1"),
+            (self.width_multiplier > 0, "width_multiplier must be > 0"),
+            (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
+            (self.channels in (None, 1, 3), "channels must be 1 or 3"),
+            (self.train_limit is None or self.train_limit >= 2, "train_limit must be >= 2"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (bool(self.model_dir), "model_dir must be set"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+
+def write_json(path, obj):
+    from keras_ssl.evaluation import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+def read_config(model_dir):
+    """The `TrainConfig` stored in a run directory."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir} holds no training run (no config.json); train first or fix --model_dir")
+    with open(path) as f:
+        stored = json.load(f)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in stored.items() if k in known})
+
+
+def _check_resume(config):
+    path = os.path.join(config.model_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    stored = dataclasses.asdict(read_config(config.model_dir))
+    wanted = dataclasses.asdict(config)
+    diff = sorted(k for k in wanted if k not in _RESUMABLE_KEYS and stored.get(k) != wanted[k])
+    if diff:
+        k = diff[0]
+        raise UserError(f"{config.model_dir} holds a run with {k}={stored.get(k)!r}, not {wanted[k]!r} "
+                        f"(differs in {', '.join(diff)}); use a new --model_dir to start another run")
+
+
+def latest_checkpoint(model_dir):
+    """(epoch, path) of the newest epoch checkpoint, or (0, None)."""
+    found = []
+    for path in glob.glob(os.path.join(model_dir, "checkpoints", "epoch_*.weights.h5")):
+        m = _CHECKPOINT.search(path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return max(found) if found else (0, None)
+
+
+def _epoch_checkpoint_callback(model_dir, keep):
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Saves model + optimizer state after each epoch, atomically, keeping `keep`."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            directory = os.path.join(model_dir, "checkpoints")
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, f"epoch_{epoch + 1:04d}.weights.h5")
+            tmp = os.path.join(directory, f".tmp-{os.getpid()}.weights.h5")
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, path)
+            ckpts = sorted(glob.glob(os.path.join(directory, "epoch_*.weights.h5")))
+            for old in ckpts[:-keep]:
+                os.remove(old)
+
+    return EpochCheckpoint()
+
+
+def save_keras_atomic(model, path):
+    """`model.save(path)` through a temporary file and rename."""
+    tmp = f"{path[:-len('.keras')]}.tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def build_model(config, dataset):
+    """The method's model for `config` (inside the current strategy scope)."""
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.heads import projection_head
+    from keras_ssl.models import SimCLR
+
+    encoder = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem)
+    feature_dim = int(encoder.output_shape[-1])
+    projector = projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim,
+                                config.projection_layers)
+    num_classes = dataset.num_classes if (config.online_probe and dataset.labelled) else None
+    return SimCLR(encoder, projector, temperature=config.temperature, num_classes=num_classes,
+                  augment=config.augment, seed=config.seed)
+
+
+def train(config):
+    """Trains per `config`; returns a dict of final metrics and paths (also `training.json`)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_ssl.data import load_source, simclr_views
+    from keras_ssl.distribute import get_strategy
+    from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
+
+    config.validate()
+    strategy = get_strategy(config.strategy, config.cpu_replicas)  # first: may split the CPU
+    _check_resume(config)
+    os.makedirs(config.model_dir, exist_ok=True)
+    write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
+    keras.mixed_precision.set_global_policy(config.dtype_policy)
+    keras.utils.set_random_seed(config.seed)
+
+    image_size = (config.image_size, config.image_size) if config.image_size else None
+    dataset = load_source(config.dataset, config.data_dir, image_size, config.channels)
+    train_split = dataset.train.take(config.train_limit)
+    if len(train_split) < config.batch_size:
+        raise UserError(f"{config.dataset} has {len(train_split)} training images, fewer than one batch of "
+                        f"{config.batch_size}; lower --batch_size")
+    steps = config.steps_per_epoch or len(train_split) // config.batch_size
+    total_steps = steps * config.epochs
+    peak_lr = scale_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
+    schedule = WarmupCosine(peak_lr, total_steps, int(round(config.warmup_epochs * steps)))
+    data = simclr_views(train_split, config.batch_size, config.augment, seed=config.seed,
+                        with_labels=config.online_probe)
+
+    with strategy.scope():
+        model = build_model(config, dataset)
+        optimizer = build_optimizer(config.optimizer, schedule, config.weight_decay, config.momentum)
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        model.build()
+        optimizer.build(model.trainable_variables)
+
+    initial_epoch, checkpoint = latest_checkpoint(config.model_dir)
+    if checkpoint:
+        model.load_weights(checkpoint)
+        if config.verbose:
+            print(f"resuming from {checkpoint} (epoch {initial_epoch})")
+    callbacks = [
+        _epoch_checkpoint_callback(config.model_dir, config.keep_checkpoints),
+        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    start = time.time()
+    history = {}
+    if initial_epoch < config.epochs:
+        hist = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
+                         callbacks=callbacks, verbose=config.verbose)
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    elapsed = time.time() - start
+    if any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):
+        raise UserError("training diverged (NaN loss); lower --learning_rate or check the data")
+    epochs_run = config.epochs - initial_epoch
+    encoder_path = os.path.join(config.model_dir, "encoder.keras")
+    save_keras_atomic(model.encoder, encoder_path)
+    save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
+    result = {
+        "model_dir": config.model_dir,
+        "encoder_path": encoder_path,
+        "epochs_run": epochs_run,
+        "steps_per_epoch": steps,
+        "peak_learning_rate": peak_lr,
+        "replicas": strategy.num_replicas_in_sync,
+        "train_seconds": elapsed,
+        "images_per_second": (2 * epochs_run * steps * config.batch_size / elapsed) if epochs_run else None,
+        "final_metrics": {k: v[-1] for k, v in history.items()},
+    }
+    write_json(os.path.join(config.model_dir, "training.json"), result)
+    return result
