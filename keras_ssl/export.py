@@ -84,9 +84,9 @@ class _Embedder(tf.Module):
 
     def embed_pixels(self, pixels):
         c = self.channels
-        tf.debugging.assert_equal(
-            tf.rank(pixels), 4,
-            message=f"embed_pixels: `pixels` must be uint8 [batch, height, width, {c}]; got another rank")
+        # A runtime check (the SignatureDef's shape is not enforced by TF Serving);
+        # its error reads "Shape of tensor pixels [..] is not compatible with
+        # expected shape [?,?,?,C]". (A tf.rank assert would be folded away.)
         pixels = tf.ensure_shape(pixels, [None, None, None, c])
         shape = tf.shape(pixels)
 

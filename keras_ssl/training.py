@@ -234,8 +234,7 @@ def train(config):
     initial_epoch, checkpoint = latest_checkpoint(config.model_dir)
     if checkpoint:
         model.load_weights(checkpoint)
-        if config.verbose:
-            print(f"resuming from {checkpoint} (epoch {initial_epoch})")
+        print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
     callbacks = [
         _epoch_checkpoint_callback(config.model_dir, config.keep_checkpoints),
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"),
@@ -245,7 +244,7 @@ def train(config):
     history = {}
     if initial_epoch < config.epochs:
         hist = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
-                         callbacks=callbacks, verbose=config.verbose)
+                         callbacks=callbacks, verbose=config.verbose, shuffle=False)
         history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     elapsed = time.time() - start
     if any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):

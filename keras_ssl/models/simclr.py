@@ -65,6 +65,9 @@ class SimCLR(keras.Model):
         self.std_tracker = keras.metrics.Mean(name="output_std")
         self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
         self.probe_accuracy_tracker = keras.metrics.Mean(name="probe_accuracy")
+        # Built from the start: a custom train_step leaves a model unbuilt after
+        # fit, and saving an unbuilt model silently drops optimizer state.
+        self.build()
 
     @property
     def metrics(self):

@@ -1,0 +1,37 @@
+# keras_ssl: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR := runs/simclr_fashion_mnist_demo
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install dataset clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e '.[cpu,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package when we can install it (root + apt);
+# otherwise the loader looks in --data_dir and ~/.keras, then downloads.
+dataset:
+	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: install dataset
+	$(PY) -m keras_ssl.bin.train --flagfile=flags/simclr_fashion_mnist_demo.cfg
+	$(PY) -m keras_ssl.bin.evaluate --model_dir=$(DEMO_DIR)
+	$(PY) -m keras_ssl.bin.export --model_dir=$(DEMO_DIR) --export_root=saved_models
+
+test: install dataset
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs saved_models .pytest_cache
