@@ -26,6 +26,7 @@ flags.DEFINE_float("width_multiplier", 1.0, "encoder width multiplier")
 flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "Keras dtype policy")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step")
 flags.DEFINE_boolean("pipeline", True, "feed from the real input pipeline")
+flags.DEFINE_enum("optimizer", "lars", ["lars", "adam", "sgd"], "optimizer")
 flags.DEFINE_string("augment", None, "augmentation preset (default: fashion_mnist for 1 channel, cifar for 3)")
 FLAGS = flags.FLAGS
 
@@ -46,7 +47,8 @@ def main(argv):
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     encoder = build_encoder(FLAGS.encoder, shape, FLAGS.width_multiplier, cifar_stem=True)
     model = SimCLR(encoder, augment=augment)
-    model.compile(optimizer=LARS(0.3), jit_compile=FLAGS.jit_compile)
+    optimizer = LARS(0.3) if FLAGS.optimizer == "lars" else keras.optimizers.get(FLAGS.optimizer)
+    model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
     n_batches = FLAGS.steps + FLAGS.warmup
     if FLAGS.pipeline:
         ds = load_source("fashion_mnist", image_size=shape[:2], channels=shape[2])

@@ -1,0 +1,87 @@
+"""Reference points for the SimCLR evaluation, on the same test set and protocol.
+
+    python benchmarks/baselines.py --encoder=small_cnn --supervised_epochs=15
+
+Prints one JSON line per baseline with linear-probe and kNN (k=20, k=200)
+accuracy, using `keras_ssl.evaluation.evaluate_features` exactly as
+`keras-ssl-evaluate` does:
+  raw_pixels   the 784 pixel values / 255 as features;
+  untrained    the encoder with its random initialisation (BN in inference);
+  supervised   the encoder trained with labels (softmax head, Adam 1e-3,
+               random crop-and-flip from the same view pipeline, then frozen):
+               the usual upper reference for a linear probe.
+"""
+
+import json
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")
+flags.DEFINE_string("encoder", "small_cnn", "encoder name")
+flags.DEFINE_integer("supervised_epochs", 15, "epochs of supervised training (0: skip)")
+flags.DEFINE_list("only", [], "subset of raw_pixels,untrained,supervised")
+flags.DEFINE_integer("seed", 0, "seed")
+flags.DEFINE_string("output", None, "append JSON lines here")
+FLAGS = flags.FLAGS
+
+
+def _report(name, scores, **extra):
+    row = dict(baseline=name, **{k: round(v, 4) for k, v in scores.items()}, **extra)
+    print(json.dumps(row), flush=True)
+    if FLAGS.output:
+        with open(FLAGS.output, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_ssl.data import load_source
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.evaluation import evaluate_features, extract_features
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    ds = load_source(FLAGS.dataset)
+    ytr, yte = ds.train.labels, ds.test.labels
+    wanted = set(FLAGS.only or ["raw_pixels", "untrained", "supervised"])
+
+    if "raw_pixels" in wanted:
+        start = time.time()
+        flat = lambda s: s.images.reshape(len(s), -1).astype(np.float32) / 255.0
+        _report("raw_pixels", evaluate_features(flat(ds.train), ytr, flat(ds.test), yte, ds.num_classes),
+                seconds=round(time.time() - start, 1))
+
+    if "untrained" in wanted:
+        start = time.time()
+        encoder = build_encoder(FLAGS.encoder, ds.image_shape)
+        scores = evaluate_features(extract_features(encoder, ds.train), ytr,
+                                   extract_features(encoder, ds.test), yte, ds.num_classes)
+        _report("untrained", scores, encoder=FLAGS.encoder, seconds=round(time.time() - start, 1))
+
+    if "supervised" in wanted and FLAGS.supervised_epochs > 0:
+        start = time.time()
+        encoder = build_encoder(FLAGS.encoder, ds.image_shape)
+        inputs = keras.Input(ds.image_shape, dtype="uint8")
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant")(x)
+        x = keras.layers.RandomFlip("horizontal")(x)
+        logits = keras.layers.Dense(ds.num_classes)(encoder(x))
+        classifier = keras.Model(inputs, logits)
+        classifier.compile(keras.optimizers.Adam(1e-3),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        classifier.fit(ds.train.images, ytr, batch_size=256, epochs=FLAGS.supervised_epochs, verbose=2)
+        train_seconds = time.time() - start
+        head_acc = classifier.evaluate(ds.test.images, yte, verbose=0, return_dict=True)["accuracy"]
+        scores = evaluate_features(extract_features(encoder, ds.train), ytr,
+                                   extract_features(encoder, ds.test), yte, ds.num_classes)
+        _report("supervised", scores, encoder=FLAGS.encoder, epochs=FLAGS.supervised_epochs,
+                softmax_head_accuracy=round(float(head_acc), 4), train_seconds=round(train_seconds, 1))
+    del tf
+
+
+if __name__ == "__main__":
+    app.run(main)
