@@ -25,13 +25,15 @@ def _model(num_classes=None, sync_bn=False, augment="fashion_mnist"):
 
 
 def test_fit_on_images_makes_views_inside(digits):
+    keras.utils.set_random_seed(0)
     model = _model(num_classes=10)
-    model.compile(optimizer=LARS(0.5))
-    hist = model.fit(digits.train.images[:256], digits.train.labels[:256], batch_size=64, epochs=3, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    hist = model.fit(digits.train.images[:512], digits.train.labels[:512], batch_size=64, epochs=6, verbose=0)
     logs = hist.history
     assert set(logs) == {"loss", "contrastive_accuracy", "output_std", "probe_loss", "probe_accuracy"}
     assert all(np.isfinite(v) for vals in logs.values() for v in vals)
-    assert logs["loss"][-1] < logs["loss"][0]
+    assert logs["loss"][-1] < logs["loss"][0] - 0.1, logs["loss"]
+    assert logs["probe_accuracy"][-1] > 0.15  # chance: 0.1
     # healthy: std of normalised 16-d outputs near 1/sqrt(16) = 0.25, far from collapse (0)
     assert 0.1 < logs["output_std"][-1] <= 0.26
     features = model.predict(digits.test.images[:10], verbose=0)
