@@ -184,3 +184,12 @@ def test_evaluate_and_export_on_missing_run_fail_clearly(tmp_path):
         proc = _run([binary, f"--model_dir={tmp_path}"], tmp_path, check=False)
         assert proc.returncode == 2 and "holds no training run" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_train_binary_on_two_cpu_replicas(tmp_path):
+    model_dir = str(tmp_path / "mirrored")
+    _run(["keras_ssl.bin.train", "--dataset=digits", "--epochs=1", "--batch_size=64", "--steps_per_epoch=2",
+          "--width_multiplier=0.5", "--strategy=mirrored", "--cpu_replicas=2", f"--model_dir={model_dir}",
+          "--verbose=0"], tmp_path)
+    training = json.load(open(os.path.join(model_dir, "training.json")))
+    assert training["replicas"] == 2 and np.isfinite(training["final_metrics"]["loss"])

@@ -142,3 +142,56 @@ def test_views_pipeline_batches_and_labels():
     np.testing.assert_array_equal(y.numpy(), y2.numpy())
     with pytest.raises(UserError, match="fewer than one batch"):
         simclr_views(ds.train.take(10), 32)
+
+
+class _FakeTFDS:
+    """Stands in for the tensorflow_datasets package (which downloads at run time)."""
+
+    def __init__(self, splits):
+        self.splits = splits
+        self.prepared = False
+
+    def builder(self, name, data_dir=None):
+        fake = self
+
+        class Builder:
+            class info:
+                splits = {k: None for k in fake.splits}
+                features = {"label": type("L", (), {"names": ["a", "b", "c"]})()}
+
+            def download_and_prepare(self):
+                fake.prepared = True
+
+            def as_dataset(self, split, as_supervised, batch_size):
+                assert as_supervised and batch_size == -1
+                return fake.splits[split]
+
+        assert name == "fake_set"
+        return Builder()
+
+    @staticmethod
+    def as_numpy(x):
+        return x
+
+
+def test_tfds_source_with_named_split(monkeypatch):
+    rng = np.random.default_rng(0)
+    splits = {"train": (rng.integers(0, 256, (12, 8, 8, 3)), np.arange(12) % 3),
+              "extra": (rng.integers(0, 256, (6, 8, 8)), np.arange(6) % 3),
+              "test": (rng.integers(0, 256, (4, 8, 8, 3)), np.arange(4) % 3)}
+    fake = _FakeTFDS(splits)
+    monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", fake)
+    ds = load_source("tfds:fake_set")
+    assert fake.prepared and ds.name == "tfds:fake_set" and ds.class_names == ("a", "b", "c")
+    assert len(ds.train) == 12 and len(ds.test) == 4 and ds.image_shape == (8, 8, 3)
+    assert ds.train.images.dtype == np.uint8 and ds.train.labels.dtype == np.int32
+    gray = load_source("tfds:fake_set:extra", image_size=(16, 16), allow_download=False)
+    assert gray.image_shape == (16, 16, 1) and len(gray.train) == 6
+    with pytest.raises(UserError, match="cannot load tfds:fake_set:nope"):
+        load_source("tfds:fake_set:nope")
+
+
+def test_tfds_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
+    with pytest.raises(UserError, match=r"pip install 'keras_ssl\[tfds\]'"):
+        load_source("tfds:cifar10")
