@@ -229,7 +229,7 @@ def train(config):
         optimizer = build_optimizer(config.optimizer, schedule, config.weight_decay, config.momentum)
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model.build()
-        optimizer.build(model.trainable_variables)
+        model.optimizer.build(model.trainable_variables)
 
     initial_epoch, checkpoint = latest_checkpoint(config.model_dir)
     if checkpoint:

@@ -1,0 +1,123 @@
+"""Contrastive, triplet and batch-triplet losses against brute-force NumPy computations."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl import losses
+from keras_ssl.errors import UserError
+
+
+def np_contrastive(same, a, b, margin, hinge):
+    d2 = np.sum((a.astype(np.float64) - b) ** 2, axis=1)
+    d = np.sqrt(d2)
+    neg = np.maximum(0, margin - d) ** 2 if hinge == "distance" else np.maximum(0, margin ** 2 - d2)
+    return np.mean(same * d2 + (1 - same) * neg)
+
+
+@pytest.mark.parametrize("hinge", ["distance", "squared"])
+def test_contrastive_matches_numpy(hinge):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 32, 5)).astype(np.float32) * 0.5
+    same = rng.integers(0, 2, 32).astype(np.float32)
+    got = float(losses.contrastive(same, a, b, margin=1.5, negative_hinge=hinge))
+    np.testing.assert_allclose(got, np_contrastive(same, a, b, 1.5, hinge), rtol=1e-5)
+    wrapped = losses.Contrastive(margin=1.5, negative_hinge=hinge)(same, np.stack([a, b], axis=1))
+    np.testing.assert_allclose(float(wrapped), got, rtol=1e-5)
+
+
+def test_contrastive_hand_cases_and_finite_gradient_at_zero():
+    a = np.array([[0.0, 0.0], [0.0, 0.0]], np.float32)
+    b = np.array([[3.0, 4.0], [3.0, 4.0]], np.float32)  # d = 5
+    assert float(losses.contrastive([1.0, 1.0], a, b)) == pytest.approx(25.0)  # positive: d^2
+    assert float(losses.contrastive([0.0, 0.0], a, b, margin=2.0)) == 0.0  # negative beyond margin
+    x = tf.Variable(np.ones((2, 3), np.float32))
+    for same in ([1.0, 0.0], [0.0, 0.0]):
+        for hinge in ("distance", "squared"):
+            with tf.GradientTape() as tape:
+                loss = losses.contrastive(same, x, tf.identity(x), negative_hinge=hinge)
+            grad = tape.gradient(loss, x)
+            assert np.all(np.isfinite(grad.numpy())), (same, hinge)
+
+
+def test_contrastive_bad_labels_and_hinge():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be 0 .* or 1"):
+        losses.contrastive([0.0, 2.0], np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(UserError, match="negative_hinge"):
+        losses.contrastive([0.0], np.zeros((1, 3)), np.ones((1, 3)), negative_hinge="hinge")
+
+
+def test_triplet_matches_numpy():
+    rng = np.random.default_rng(1)
+    a, p, n = rng.normal(size=(3, 16, 4)).astype(np.float32)
+    d_ap = np.sum((a - p) ** 2, 1)
+    d_an = np.sum((a - n) ** 2, 1)
+    np.testing.assert_allclose(float(losses.triplet(a, p, n, 0.3)), np.mean(np.maximum(0, d_ap - d_an + 0.3)),
+                               rtol=1e-5)
+
+
+def np_batch_triplet(labels, emb, margin, mining, soft):
+    """Brute force over all (a, p, n) index triples."""
+    emb = emb.astype(np.float64)
+    d = np.sum((emb[:, None] - emb[None]) ** 2, axis=-1)
+    b = len(labels)
+    hinge = (lambda x: np.log1p(np.exp(x))) if soft else (lambda x: max(0.0, x + margin))
+    pos = lambda a: [p for p in range(b) if p != a and labels[p] == labels[a]]
+    neg = lambda a: [n for n in range(b) if labels[n] != labels[a]]
+    values = []
+    if mining == "hard":
+        for a in range(b):
+            if pos(a) and neg(a):
+                values.append(hinge(max(d[a, p] for p in pos(a)) - min(d[a, n] for n in neg(a))))
+        return np.mean(values) if values else 0.0
+    if mining == "semi_hard":
+        for a in range(b):
+            if not neg(a):
+                continue
+            for p in pos(a):
+                farther = [d[a, n] for n in neg(a) if d[a, n] > d[a, p]]
+                dn = min(farther) if farther else max(d[a, n] for n in neg(a))
+                values.append(hinge(d[a, p] - dn))
+        return np.mean(values) if values else 0.0
+    for a, p, n in itertools.product(range(b), repeat=3):
+        if p in pos(a) and n in neg(a):
+            v = hinge(d[a, p] - d[a, n])
+            if v > 0:
+                values.append(v)
+    return np.mean(values) if values else 0.0
+
+
+@pytest.mark.parametrize("mining", ["semi_hard", "hard", "all"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("case", ["random", "lonely_anchors", "one_class"])
+def test_batch_triplet_matches_brute_force(mining, soft, case):
+    rng = np.random.default_rng(hash((mining, soft, case)) % 2**32)
+    if case == "random":
+        labels = rng.integers(0, 4, 12)
+    elif case == "lonely_anchors":  # classes 7 and 8 have one image each: no positive
+        labels = np.array([0, 0, 0, 1, 1, 7, 2, 2, 8, 1])
+    else:  # no negatives at all
+        labels = np.zeros(6, int)
+    emb = rng.normal(size=(len(labels), 3)).astype(np.float32) * 0.4
+    got = float(losses.batch_triplet(labels, emb, margin=0.5, mining=mining, soft=soft))
+    np.testing.assert_allclose(got, np_batch_triplet(labels, emb, 0.5, mining, soft), rtol=1e-4, atol=1e-6)
+    wrapped = losses.BatchTriplet(margin=0.5, mining=mining, soft=soft)(labels, emb)
+    np.testing.assert_allclose(float(wrapped), got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mining", ["semi_hard", "hard", "all"])
+def test_batch_triplet_finite_gradients_when_embeddings_coincide(mining):
+    x = tf.Variable(np.ones((6, 4), np.float32))
+    with tf.GradientTape() as tape:
+        loss = losses.batch_triplet([0, 0, 1, 1, 2, 2], x, mining=mining)
+    grad = tape.gradient(loss, x)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(grad.numpy()))
+
+
+def test_batch_triplet_rejects_unknown_mining():
+    with pytest.raises(UserError, match="mining must be one of"):
+        losses.batch_triplet([0, 1], np.zeros((2, 2)), mining="semihard")
+    with pytest.raises(UserError, match="mining"):
+        losses.BatchTriplet(mining="easy")
