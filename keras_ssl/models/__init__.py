@@ -1,7 +1,9 @@
 """One file per method; each a `keras.Model` subclass with train/test steps."""
 
+from keras_ssl.models.siamese import Siamese
 from keras_ssl.models.simclr import SimCLR
 
+# Methods the training binary can run (Siamese: model and data ready, binary next).
 METHODS = ("simclr",)
 
-__all__ = ["SimCLR", "METHODS"]
+__all__ = ["SimCLR", "Siamese", "METHODS"]

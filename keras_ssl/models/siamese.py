@@ -1,0 +1,184 @@
+"""Siamese networks (Bromley et al. 1993; Hadsell et al. 2006; Koch et al. 2015)."""
+
+import keras
+import tensorflow as tf
+
+from keras_ssl import losses
+from keras_ssl.data.augment import to_float01
+from keras_ssl.errors import UserError
+from keras_ssl.models.common import global_batch_size, split_data
+
+HEADS = ("distance", "l1_sigmoid")
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class Siamese(keras.Model):
+    """Two inputs through one shared encoder, trained on same/different-class pairs.
+
+    Heads:
+      * `distance` (Hadsell et al. 2006): embeddings `e = g(f(x))` (optional
+        Dense `embedding_dim` head, optional L2 normalisation), score = the
+        Euclidean distance `d(e_a, e_b)`, loss `losses.contrastive` with
+        `margin` and `negative_hinge`; a pair is "same" when `d < threshold`
+        (default `margin / 2`, calibrate it with the evaluator).
+      * `l1_sigmoid` (Koch et al. 2015): `p = sigmoid(w . |e_a - e_b| + b)`,
+        binary cross-entropy; "same" when `p >= threshold` (default 0.5).
+
+    `fit()` takes batches `((x_a, x_b), same)` with `same` 1 for a pair of the
+    same class and 0 otherwise (see `keras_ssl.data.pairs`); images uint8 or
+    float in [0, 1]. `model(images)` / `predict(images)` give embeddings.
+
+    Metrics: `loss`, `pos_distance` and `neg_distance` (mean score of same and
+    different pairs: a distance, or p for `l1_sigmoid`), `pair_accuracy` at
+    the current threshold. Under R replicas each replica returns
+    `sum(local pair losses) / N_global`, so loss and gradients equal one
+    device on the whole batch.
+    """
+
+    def __init__(self, encoder, embedding_dim=None, head="distance", margin=1.0, negative_hinge="distance",
+                 normalize=False, threshold=None, embedding_head=None, score_head=None, **kwargs):
+        super().__init__(**kwargs)
+        if head not in HEADS:
+            raise UserError(f"head must be one of {HEADS}, got {head!r}")
+        if negative_hinge not in losses.NEGATIVE_HINGES:
+            raise UserError(f"negative_hinge must be one of {losses.NEGATIVE_HINGES}, got {negative_hinge!r}")
+        if margin <= 0:
+            raise UserError(f"margin must be > 0, got {margin}")
+        self.encoder = encoder
+        self.head = head
+        self.margin = float(margin)
+        self.negative_hinge = negative_hinge
+        self.normalize = bool(normalize)
+        self.embedding_dim = int(embedding_dim) if embedding_dim else None
+        feature_dim = int(encoder.output_shape[-1])
+        if embedding_head is None and self.embedding_dim:
+            embedding_head = keras.Sequential(
+                [keras.Input((feature_dim,)), keras.layers.Dense(self.embedding_dim, name="embedding")],
+                name="embedding_head")
+        self.embedding_head = embedding_head
+        out_dim = self.embedding_dim or feature_dim
+        if head == "l1_sigmoid" and score_head is None:
+            score_head = keras.Sequential(
+                [keras.Input((out_dim,)), keras.layers.Dense(1, name="l1_weights")], name="score_head")
+        self.score_head = score_head
+        if threshold is None:
+            threshold = self.margin / 2.0 if head == "distance" else 0.5
+        self.threshold = _check_threshold(threshold)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.pos_tracker = keras.metrics.Mean(name="pos_distance")
+        self.neg_tracker = keras.metrics.Mean(name="neg_distance")
+        self.accuracy_tracker = keras.metrics.Mean(name="pair_accuracy")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.pos_tracker, self.neg_tracker, self.accuracy_tracker]
+
+    def build(self, input_shape=None):
+        for model in (self.encoder, self.embedding_head, self.score_head):
+            if model is not None and not model.built:
+                model.build((None,) + tuple(model.input_shape[1:]))
+        self.built = True
+
+    def embed(self, images, training=False):
+        """Embeddings `[B, D]` of images (uint8 or float in [0, 1])."""
+        e = self.encoder(to_float01(images), training=training)
+        if self.embedding_head is not None:
+            e = self.embedding_head(e, training=training)
+        e = tf.cast(e, tf.float32)
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+    def call(self, images, training=False):
+        return self.embed(images, training=training)
+
+    def pair_score(self, e_a, e_b):
+        """Distance (`distance` head) or same-class probability (`l1_sigmoid`)."""
+        if self.head == "distance":
+            return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 1e-12))
+        return tf.sigmoid(self._logit(e_a, e_b))
+
+    def similarity(self, e_a, e_b):
+        """Higher = more alike: `-distance` or the probability."""
+        score = self.pair_score(e_a, e_b)
+        return -score if self.head == "distance" else score
+
+    def decide(self, score, threshold=None):
+        """Boolean "same" decisions for pair scores at `threshold` (default: the model's)."""
+        t = self.threshold if threshold is None else threshold
+        return score < t if self.head == "distance" else score >= t
+
+    def _logit(self, e_a, e_b):
+        return tf.cast(tf.reshape(self.score_head(tf.abs(e_a - e_b)), [-1]), tf.float32)
+
+    def _forward(self, data, training):
+        x, same = split_data(data)
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise UserError("Siamese expects batches ((x_a, x_b), same)")
+        if same is None:
+            raise UserError("Siamese needs pair labels: batches ((x_a, x_b), same) with same in {0, 1}")
+        x_a, x_b = x
+        if x_a.shape[1:] != x_b.shape[1:]:
+            raise UserError(f"pair inputs must have the same shape, got {x_a.shape} and {x_b.shape}")
+        same = tf.cast(tf.reshape(same, [-1]), tf.float32)
+        n_local = tf.shape(same)[0]
+        e = self.embed(tf.concat([to_float01(x_a), to_float01(x_b)], axis=0), training=training)
+        e_a, e_b = tf.split(e, 2, axis=0)
+        if self.head == "distance":
+            terms = losses.contrastive_terms(same, e_a, e_b, self.margin, self.negative_hinge)
+        else:
+            check = tf.debugging.Assert(
+                tf.reduce_all(tf.logical_or(tf.equal(same, 0.0), tf.equal(same, 1.0))),
+                ["Siamese: `same` labels must be 0 (different class) or 1 (same class)"])
+            with tf.control_dependencies([check]):
+                terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=same, logits=self._logit(e_a, e_b))
+        loss = tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+        score = tf.stop_gradient(self.pair_score(e_a, e_b))
+        correct = tf.cast(tf.equal(self.decide(score), same > 0.5), tf.float32)
+        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=tf.cast(n_local, tf.float32))
+        self.pos_tracker.update_state(score, sample_weight=same)
+        self.neg_tracker.update_state(score, sample_weight=1.0 - same)
+        self.accuracy_tracker.update_state(correct)
+        if self.losses:
+            loss = loss + tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
+        return loss
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss = self._forward(data, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        self._forward(data, training=False)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        config = super().get_config()
+        ser = keras.saving.serialize_keras_object
+        config.update(
+            encoder=ser(self.encoder),
+            embedding_head=ser(self.embedding_head) if self.embedding_head is not None else None,
+            score_head=ser(self.score_head) if self.score_head is not None else None,
+            embedding_dim=self.embedding_dim, head=self.head, margin=self.margin,
+            negative_hinge=self.negative_hinge, normalize=self.normalize, threshold=self.threshold,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "embedding_head", "score_head"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _check_threshold(threshold):
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise UserError(f"threshold must be a number, got {threshold!r}")
+    threshold = float(threshold)
+    if threshold != threshold or threshold in (float("inf"), float("-inf")):
+        raise UserError(f"threshold must be a finite number, got {threshold}")
+    return threshold
