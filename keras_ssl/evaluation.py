@@ -195,11 +195,19 @@ def write_json_atomic(path, obj):
 
 
 def format_table(results):
-    """A plain-text table of the accuracies in `results`."""
+    """A plain-text table of the accuracies (and verification figures) in `results`."""
     rows = [("metric", "value")]
     for key in sorted(results):
-        if key.endswith("accuracy") or "_accuracy_" in key:
-            rows.append((key, f"{100 * results[key]:.2f}%"))
+        value = results[key]
+        if isinstance(value, dict) and key == "one_shot_accuracy":
+            rows += [(f"one_shot_accuracy[{n.replace('_heldout', '')}-way{', held-out' if 'held' in n else ''}]",
+                      f"{100 * v:.2f}%") for n, v in sorted(value.items())]
+        elif key.endswith("accuracy") or "_accuracy_" in key or key.endswith("_rate") or key == "eer":
+            rows.append((key, f"{100 * value:.2f}%"))
+        elif key == "roc_auc":
+            rows.append((key, f"{value:.4f}"))
+        elif key == "threshold":
+            rows.append((f"threshold ({results.get('threshold_units', '')})", f"{value:.4f}"))
     for layer, scores in sorted(results.get("per_layer", {}).items()):
         for key in sorted(scores):
             if "accuracy" in key:
@@ -329,3 +337,61 @@ def one_shot_accuracy(features, labels, n_way, trials=2000, classes=None, seed=0
     supports = np.take_along_axis(supports, columns, axis=1)
     scores = score_fn(features[queries], features[supports])
     return float(np.mean(np.argmax(scores, axis=1) == shift))
+
+
+def _embed_split(model, split, batch_size=512):
+    embed = tf.function(lambda x: model.embed(x, training=False), reduce_retracing=True)
+    return np.concatenate([embed(b[0]).numpy() for b in eval_batches(split, batch_size)], axis=0)
+
+
+def _pair_similarity(model, e_a, e_b, chunk=8192):
+    out = [model.similarity(tf.constant(e_a[i:i + chunk]), tf.constant(e_b[i:i + chunk])).numpy()
+           for i in range(0, len(e_a), chunk)]
+    return np.concatenate(out)
+
+
+def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pairs=10000, trials=2000,
+                     seed=1234):
+    """Verification and N-way one-shot evaluation of a `Siamese` model.
+
+    * Verification: `pairs` balanced test pairs (`keras_ssl.data.pairs`, fixed
+      seed); the threshold maximising accuracy is calibrated on as many pairs
+      of the `val` split (images the run never trained on); reported in the
+      model's own units (`threshold`: a distance, or a probability).
+    * One-shot (Koch et al.): 10-way (or all classes) on the test split and,
+      when `train_classes` held some classes out, N-way over the held-out
+      classes (N = their number): `one_shot_accuracy` maps "N" or
+      "N_heldout" to accuracy.
+    Writes `roc.png` in `output_dir`.
+    """
+    from keras_ssl.data.pairs import pair_indices
+
+    e_test = _embed_split(model, test)
+    e_val = _embed_split(model, val)
+    i, j, same = (t.numpy() for t in pair_indices(test.labels, pairs, seed=seed))
+    vi, vj, vsame = (t.numpy() for t in pair_indices(val.labels, pairs, seed=seed + 1))
+    sim = _pair_similarity(model, e_test[i], e_test[j])
+    vsim = _pair_similarity(model, e_val[vi], e_val[vj])
+    results = verification_metrics(vsame, vsim, same, sim)
+    sim_threshold = results.pop("similarity_threshold")
+    results["threshold"] = -sim_threshold if model.head == "distance" else sim_threshold
+    results["threshold_units"] = "distance" if model.head == "distance" else "probability"
+    results["verification_pairs"] = int(pairs)
+
+    def score_fn(query, support):
+        q = np.repeat(query[:, None, :], support.shape[1], axis=1).reshape(-1, query.shape[1])
+        s = support.reshape(-1, support.shape[-1])
+        return _pair_similarity(model, q, s).reshape(support.shape[:2])
+
+    classes = np.unique(test.labels)
+    one_shot = {str(min(10, len(classes))): one_shot_accuracy(e_test, test.labels, min(10, len(classes)), trials,
+                                                             seed=seed, score_fn=score_fn)}
+    if train_classes is not None:
+        held = [c for c in classes if c not in set(train_classes)]
+        if len(held) >= 2:
+            one_shot[f"{len(held)}_heldout"] = one_shot_accuracy(e_test, test.labels, len(held), trials,
+                                                                 classes=held, seed=seed, score_fn=score_fn)
+    results["one_shot_accuracy"] = one_shot
+    if output_dir:
+        results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"), "Siamese verification ROC")
+    return results

@@ -22,6 +22,8 @@ import os
 import re
 import time
 
+import numpy as np
+
 from keras_ssl.errors import UserError
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
@@ -64,6 +66,14 @@ class TrainConfig:
     projection_layers: int = 2
     augment: str = "fashion_mnist"
     online_probe: bool = True
+    # Siamese (method=siamese); defaults: Hadsell et al. 2006 (margin 1).
+    head: str = "distance"
+    margin: float = 1.0
+    negative_hinge: str = "distance"
+    embedding_dim: int | None = None
+    normalize_embeddings: bool = False
+    train_classes: str | None = None
+    val_fraction: float = 0.0
     strategy: str = "default"
     cpu_replicas: int | None = None
     dtype_policy: str = "float32"
@@ -84,7 +94,15 @@ class TrainConfig:
             (self.method in METHODS, f"method must be one of {METHODS}"),
             (self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.augment in PRESETS, f"augment must be one of {tuple(PRESETS)}"),
+            (self.augment in PRESETS or (self.augment == "none" and self.method != "simclr"),
+             f"augment must be one of {tuple(PRESETS)}" + ("" if self.method == "simclr" else " or none")),
+            (self.head in ("distance", "l1_sigmoid"), "head must be distance or l1_sigmoid"),
+            (self.margin > 0, "margin must be > 0"),
+            (self.negative_hinge in ("distance", "squared"), "negative_hinge must be distance or squared"),
+            (self.embedding_dim is None or self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
+            (self.method != "siamese" or self.batch_size % 2 == 0,
+             "batch_size must be even for siamese (half positive, half negative pairs)"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
             (self.dtype_policy in ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -109,7 +127,49 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        parse_classes(self.train_classes)
         return self
+
+
+def parse_classes(spec):
+    """"0-6" or "0,2,5" (or None) -> sorted list of class ids (or None)."""
+    if spec is None or spec == "":
+        return None
+    classes = set()
+    try:
+        for part in str(spec).split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                classes.update(range(int(lo), int(hi) + 1))
+            else:
+                classes.add(int(part))
+    except ValueError:
+        raise UserError(f"train_classes must look like 0-6 or 0,2,5, got {spec!r}")
+    if len(classes) < 2:
+        raise UserError(f"train_classes must name at least two classes, got {spec!r}")
+    return sorted(classes)
+
+
+def training_split(config, dataset):
+    """The images a run trains on, and the held-out validation images (or None).
+
+    Restricted to `train_classes`, then `val_fraction` of it held out by a fixed
+    permutation (seed 0), then the first `train_limit`. The evaluator calls this
+    too, so it calibrates on exactly the images training never saw.
+    """
+    split = dataset.train
+    classes = parse_classes(config.train_classes)
+    if classes is not None:
+        if split.labels is None:
+            raise UserError("train_classes needs a labelled dataset")
+        missing = sorted(set(classes) - set(np.unique(split.labels).tolist()))
+        if missing:
+            raise UserError(f"train_classes names classes {missing} that {config.dataset} does not have")
+        split = split.select(np.isin(split.labels, classes))
+    val = None
+    if config.val_fraction:
+        split, val = split.split_off(config.val_fraction)
+    return split.take(config.train_limit), val
 
 
 def write_json(path, obj):
@@ -183,9 +243,12 @@ def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
     from keras_ssl.heads import projection_head
-    from keras_ssl.models import SimCLR
+    from keras_ssl.models import Siamese, SimCLR
 
     encoder = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem)
+    if config.method == "siamese":
+        return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head, margin=config.margin,
+                       negative_hinge=config.negative_hinge, normalize=config.normalize_embeddings)
     feature_dim = int(encoder.output_shape[-1])
     projector = projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim,
                                 config.projection_layers)
@@ -194,12 +257,24 @@ def build_model(config, dataset):
                   augment=config.augment, seed=config.seed)
 
 
+def method_data(config, split):
+    """The method's training batches from a split (an infinite tf.data pipeline)."""
+    from keras_ssl.data import simclr_views
+    from keras_ssl.data.pairs import pair_batches
+
+    if config.method == "siamese":
+        augment = None if config.augment == "none" else config.augment
+        return pair_batches(split, config.batch_size, seed=config.seed, augment=augment)
+    return simclr_views(split, config.batch_size, config.augment, seed=config.seed,
+                        with_labels=config.online_probe)
+
+
 def train(config):
     """Trains per `config`; returns a dict of final metrics and paths (also `training.json`)."""
     import keras
     import tensorflow as tf
 
-    from keras_ssl.data import load_source, simclr_views
+    from keras_ssl.data import load_source
     from keras_ssl.distribute import get_strategy
     from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
 
@@ -213,7 +288,7 @@ def train(config):
 
     image_size = (config.image_size, config.image_size) if config.image_size else None
     dataset = load_source(config.dataset, config.data_dir, image_size, config.channels)
-    train_split = dataset.train.take(config.train_limit)
+    train_split, _ = training_split(config, dataset)
     if len(train_split) < config.batch_size:
         raise UserError(f"{config.dataset} has {len(train_split)} training images, fewer than one batch of "
                         f"{config.batch_size}; lower --batch_size")
@@ -221,8 +296,7 @@ def train(config):
     total_steps = steps * config.epochs
     peak_lr = scale_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
     schedule = WarmupCosine(peak_lr, total_steps, int(round(config.warmup_epochs * steps)))
-    data = simclr_views(train_split, config.batch_size, config.augment, seed=config.seed,
-                        with_labels=config.online_probe)
+    data = method_data(config, train_split)
 
     with strategy.scope():
         model = build_model(config, dataset)
@@ -261,6 +335,7 @@ def train(config):
         "peak_learning_rate": peak_lr,
         "replicas": strategy.num_replicas_in_sync,
         "train_seconds": elapsed,
+        # images through the encoder per second: 2 per example (two views, or a pair)
         "images_per_second": (2 * epochs_run * steps * config.batch_size / elapsed) if epochs_run else None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
     }

@@ -29,6 +29,8 @@ def main(argv):
     from keras_ssl.evaluation import evaluate_encoder, format_table
     from keras_ssl.training import read_config
 
+    from keras_ssl.training import parse_classes, training_split
+
     config = read_config(FLAGS.model_dir)
     encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
     if not os.path.isfile(encoder_path):
@@ -38,15 +40,26 @@ def main(argv):
     encoder = keras.models.load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
+    extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
+    if config.method == "siamese":
+        from keras_ssl.evaluation import evaluate_siamese
+        from keras_ssl.saving import load_model
+
+        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+        _, val = training_split(config, dataset)
+        if val is None:  # no held-out images: calibrate on training images (optimistic)
+            val = dataset.train.take(FLAGS.train_limit)
+        extra.update(evaluate_siamese(model, dataset.test, val, FLAGS.model_dir,
+                                      parse_classes(config.train_classes)))
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
         plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,
-        train_limit=FLAGS.train_limit,
-        extra={"method": config.method, "encoder": config.encoder, "epochs": config.epochs})
+        train_limit=FLAGS.train_limit, extra=extra)
     print(format_table(results))
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
-    if results.get("embedding_plot"):
-        print(f"embedding plot: {results['embedding_plot']}")
+    for key in ("embedding_plot", "roc_plot"):
+        if results.get(key):
+            print(f"{key.replace('_', ' ')}: {results[key]}")
 
 
 def run():

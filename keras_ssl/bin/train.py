@@ -23,7 +23,7 @@ def _defaults():
 
 d = _defaults()
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
-flags.DEFINE_enum("method", d.method, ["simclr"], "self-supervised method")
+flags.DEFINE_enum("method", d.method, ["simclr", "siamese"], "method")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
@@ -46,8 +46,18 @@ flags.DEFINE_float("temperature", d.temperature, "NT-Xent temperature")
 flags.DEFINE_integer("projection_dim", d.projection_dim, "projection head output size")
 flags.DEFINE_integer("projection_hidden_dim", None, "projection hidden size (default: feature size)")
 flags.DEFINE_integer("projection_layers", d.projection_layers, "projection head depth (layers)")
-flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist"], "augmentation preset")
+flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist", "none"],
+                  "augmentation preset (none: siamese pairs without augmentation)")
 flags.DEFINE_boolean("online_probe", d.online_probe, "train a linear probe on frozen features in-run")
+flags.DEFINE_enum("head", d.head, ["distance", "l1_sigmoid"],
+                  "siamese: contrastive loss on distance, or Koch's weighted-L1 + sigmoid")
+flags.DEFINE_float("margin", d.margin, "siamese: contrastive margin")
+flags.DEFINE_enum("negative_hinge", d.negative_hinge, ["distance", "squared"],
+                  "siamese: max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)")
+flags.DEFINE_integer("embedding_dim", None, "siamese: Dense embedding head size (default: encoder features)")
+flags.DEFINE_boolean("normalize_embeddings", d.normalize_embeddings, "siamese: L2-normalise embeddings")
+flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
+flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
 flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored"], "distribution strategy")
 flags.DEFINE_integer("cpu_replicas", None, "mirrored without GPUs: split the CPU into N devices")
 flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["float32", "mixed_bfloat16", "mixed_float16"],

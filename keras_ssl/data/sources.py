@@ -39,6 +39,18 @@ class Split:
     def __len__(self):
         return len(self.images)
 
+    def select(self, mask):
+        """The examples where the boolean `mask` is True."""
+        return Split(self.images[mask], None if self.labels is None else self.labels[mask])
+
+    def split_off(self, fraction, seed=0):
+        """`(rest, held_out)`: a fixed random `fraction` held out, order kept."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        n_held = int(round(len(self) * fraction))
+        held = np.zeros(len(self), bool)
+        held[order[:n_held]] = True
+        return self.select(~held), self.select(held)
+
     def take(self, n):
         """The first `n` examples (all when `n` is None or larger)."""
         if n is None or n >= len(self):

@@ -3,7 +3,7 @@
 from keras_ssl.models.siamese import Siamese
 from keras_ssl.models.simclr import SimCLR
 
-# Methods the training binary can run (Siamese: model and data ready, binary next).
-METHODS = ("simclr",)
+# Methods the training binary can run.
+METHODS = ("simclr", "siamese")
 
 __all__ = ["SimCLR", "Siamese", "METHODS"]
