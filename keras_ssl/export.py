@@ -63,19 +63,29 @@ def _resize_like_loader(pixels, height, width):
 
 
 class _Embedder(tf.Module):
-    """The traced serving functions around one encoder."""
+    """The traced serving functions around one encoder (or a metric model)."""
 
-    def __init__(self, encoder, normalize=True):
+    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None):
         super().__init__()
         self.encoder = encoder
+        self.metric_model = metric_model
         _, self.height, self.width, self.channels = encoder.input_shape
-        self.dim = int(encoder.output_shape[-1])
+        if metric_model is not None:
+            self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
+            self.threshold = tf.Variable(float(threshold), dtype=tf.float32, trainable=False, name="threshold")
+        else:
+            self.dim = int(encoder.output_shape[-1])
         self.normalize = normalize
+
+    def _raw_embedding(self, pixels):
+        x = tf.cast(pixels, tf.float32) / 255.0
+        if self.metric_model is not None:
+            return tf.cast(self.metric_model.embed(x, training=False), tf.float32)
+        return tf.cast(self.encoder(x, training=False), tf.float32)
 
     def _embed_uint8(self, pixels):
         """uint8 [B, H, W, C] at the encoder's size -> embedding [B, D]."""
-        x = tf.cast(pixels, tf.float32) / 255.0
-        features = tf.cast(self.encoder(x, training=False), tf.float32)
+        features = self._raw_embedding(pixels)
         return tf.math.l2_normalize(features, axis=-1) if self.normalize else features
 
     def _guarded(self, batch_size, compute):
@@ -98,35 +108,63 @@ class _Embedder(tf.Module):
 
         return {"embedding": self._guarded(shape[0], compute)}
 
-    def serving_default(self, images):
-        images = tf.ensure_shape(images, [None])
-        count = tf.shape(images)[0]
+    def _decode(self, images, name):
+        """string [B] -> uint8 [B, H, W, C], after checking every item is an image."""
+        valid = _is_image(images)
+        check = tf.debugging.Assert(
+            tf.reduce_all(valid),
+            [f"{name}: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
+             tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
 
         def decode(data):
             img = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
             img = tf.ensure_shape(img, [None, None, self.channels])
             return _resize_like_loader(img, self.height, self.width)
 
-        def compute():
-            valid = _is_image(images)
-            check = tf.debugging.Assert(
-                tf.reduce_all(valid),
-                ["serving_default: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
-                 tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
-            with tf.control_dependencies([check]):
-                pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
-                    [self.height, self.width, self.channels], tf.uint8))
-            return self._embed_uint8(pixels)
+        with tf.control_dependencies([check]):
+            return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
+                [self.height, self.width, self.channels], tf.uint8))
 
-        return {"embedding": self._guarded(count, compute)}
+    def serving_default(self, images):
+        images = tf.ensure_shape(images, [None])
+        count = tf.shape(images)[0]
+        return {"embedding": self._guarded(count, lambda: self._embed_uint8(self._decode(images, "serving_default")))}
+
+    def verify(self, images_a, images_b):
+        """Two batches of encoded images -> pair score and the decision at the stored threshold."""
+        images_a = tf.ensure_shape(images_a, [None])
+        images_b = tf.ensure_shape(images_b, [None])
+        count = tf.shape(images_a)[0]
+        same_count = tf.debugging.assert_equal(
+            count, tf.shape(images_b)[0], message="verify: images_a and images_b must hold the same number of images")
+        model = self.metric_model
+        key = "distance" if model.head == "distance" else "score"
+
+        def compute():
+            with tf.control_dependencies([same_count]):
+                e_a = self._raw_embedding(self._decode(images_a, "verify"))
+            e_b = self._raw_embedding(self._decode(images_b, "verify"))
+            score = tf.cast(model.pair_score(e_a, e_b), tf.float32)
+            same = score < self.threshold if model.head == "distance" else score >= self.threshold
+            return score, same
+
+        def empty():
+            with tf.control_dependencies([same_count]):
+                return tf.zeros([0], tf.float32), tf.zeros([0], tf.bool)
+
+        score, same = tf.cond(count > 0, compute, empty)
+        return {key: score, "same": same}
 
 
 def export_saved_model(encoder, export_root="saved_models", name="model", version=None, overwrite=False,
-                       config=None, normalize=True):
+                       config=None, normalize=True, threshold=None):
     """Exports `encoder` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
-      encoder: a Keras model, float images in [0, 1] `[B, H, W, C]` -> `[B, D]`.
+      encoder: a Keras model, float images in [0, 1] `[B, H, W, C]` -> `[B, D]`;
+        or a metric model (`Siamese`): its embedding is exported and a `verify`
+        signature is added (`images_a`, `images_b` -> `distance` or `score`,
+        and `same` at `threshold`, default the model's own).
       version: integer version; None picks the next free one.
       overwrite: replace an existing version (otherwise refused).
       config: JSON-serialisable run config stored in `assets.extra/config.json`.
@@ -143,21 +181,33 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
+    metric_model = None
+    if hasattr(encoder, "pair_score"):  # a Siamese-style metric model
+        from keras_ssl.models.siamese import _check_threshold
+
+        metric_model, encoder = encoder, encoder.encoder
+        threshold = _check_threshold(metric_model.threshold if threshold is None else threshold)
+    elif threshold is not None:
+        raise UserError("a threshold only applies to metric models (Siamese) with a verify signature")
     if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
         raise UserError(f"encoder input must be [batch, H, W, C] with known H, W, C; got {encoder.input_shape}")
     os.makedirs(model_root, exist_ok=True)
     tmp = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    embedder = _Embedder(encoder, normalize)
+    embedder = _Embedder(encoder, normalize, metric_model, threshold)
     try:
         archive = keras.export.ExportArchive()
-        archive.track(encoder)
+        archive.track(metric_model if metric_model is not None else encoder)
         archive.add_endpoint(
             "serving_default", embedder.serving_default,
             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         archive.add_endpoint(
             "embed_pixels", embedder.embed_pixels,
             input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
+        if metric_model is not None:
+            archive.add_endpoint("verify", embedder.verify, input_signature=[
+                tf.TensorSpec([None], tf.string, name="images_a"), tf.TensorSpec([None], tf.string, name="images_b")])
+            archive.add_variable_collection("threshold", [embedder.threshold])
         archive.write_out(tmp, verbose=False)
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
@@ -171,8 +221,15 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
             "image_height": embedder.height, "image_width": embedder.width,
             "channels": embedder.channels, "embedding_dim": embedder.dim,
             "l2_normalized": normalize,
+            "threshold": threshold,
             "preprocessing": "decode -> bilinear resize to HxW (rounded to uint8) if needed -> / 255",
         }
+        if metric_model is not None:
+            key = "distance" if metric_model.head == "distance" else "score"
+            rule = "distance < threshold" if key == "distance" else "score >= threshold"
+            facts["signatures"]["verify"] = {
+                "inputs": {"images_a": "string [batch]", "images_b": "string [batch]"},
+                "outputs": {key: "float32 [batch]", "same": f"bool [batch]: {rule}"}}
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
         if config is not None:

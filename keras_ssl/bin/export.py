@@ -6,6 +6,7 @@ Prints the path of the new version, e.g. saved_models/simclr_fashion_mnist/1.
 """
 
 import dataclasses
+import json
 import os
 
 from absl import flags
@@ -17,6 +18,8 @@ flags.DEFINE_string("export_root", "saved_models", "root of the exported models"
 flags.DEFINE_string("name", None, "model name (default: the run directory's name)")
 flags.DEFINE_integer("version", None, "version number (default: the next free one)")
 flags.DEFINE_boolean("overwrite", False, "replace an existing version")
+flags.DEFINE_float("threshold", None, "siamese: decision threshold of the verify signature "
+                   "(default: the one calibrated by keras-ssl-evaluate, else the model's)")
 FLAGS = flags.FLAGS
 
 
@@ -32,10 +35,26 @@ def main(argv):
     encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
     if not os.path.isfile(encoder_path):
         raise UserError(f"{encoder_path} not found; the run has not finished training")
-    encoder = keras.models.load_model(encoder_path)
+    threshold = None
+    if config.method == "siamese":
+        from keras_ssl.saving import load_model
+
+        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+        threshold, source = FLAGS.threshold, "--threshold"
+        report = os.path.join(FLAGS.model_dir, "evaluation.json")
+        if threshold is None and os.path.isfile(report):
+            threshold, source = json.load(open(report)).get("threshold"), "evaluation.json (calibrated)"
+        if threshold is None:
+            threshold, source = model.threshold, "model default (run keras-ssl-evaluate to calibrate)"
+    else:
+        if FLAGS.threshold is not None:
+            raise UserError("--threshold only applies to --method=siamese runs (verify signature)")
+        model = keras.models.load_model(encoder_path)
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
-    path = export_saved_model(encoder, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
-                              config=dataclasses.asdict(config))
+    path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
+                              config=dataclasses.asdict(config), threshold=threshold)
+    if threshold is not None:
+        print(f"verify threshold: {threshold:.4f} from {source}")
     print(f"exported: {path}")
 
 
