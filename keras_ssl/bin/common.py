@@ -24,3 +24,14 @@ def run_main(main):
             sys.exit(EXIT_USER_ERROR)
 
     app.run(guarded)
+
+
+def load_run(model_dir):
+    """`(config, encoder_path)` of a finished training run, or a UserError."""
+    from keras_ssl.training import read_config
+
+    config = read_config(model_dir)
+    encoder_path = os.path.join(model_dir, "encoder.keras")
+    if not os.path.isfile(encoder_path):
+        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    return config, encoder_path

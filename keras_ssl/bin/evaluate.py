@@ -9,7 +9,7 @@ import os
 
 from absl import flags
 
-from keras_ssl.bin.common import run_main
+from keras_ssl.bin.common import load_run, run_main
 
 flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
 flags.DEFINE_string("dataset", None, "dataset to evaluate on (default: the one trained on)")
@@ -27,16 +27,9 @@ def main(argv):
 
     from keras_ssl.data import load_source
     from keras_ssl.evaluation import evaluate_encoder, format_table
-    from keras_ssl.training import read_config
-
     from keras_ssl.training import parse_classes, training_split
 
-    config = read_config(FLAGS.model_dir)
-    encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
-    if not os.path.isfile(encoder_path):
-        from keras_ssl.errors import UserError
-
-        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    config, encoder_path = load_run(FLAGS.model_dir)
     encoder = keras.models.load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)

@@ -11,7 +11,7 @@ import os
 
 from absl import flags
 
-from keras_ssl.bin.common import run_main
+from keras_ssl.bin.common import load_run, run_main
 
 flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
 flags.DEFINE_string("export_root", "saved_models", "root of the exported models")
@@ -29,12 +29,8 @@ def main(argv):
 
     from keras_ssl.errors import UserError
     from keras_ssl.export import export_saved_model
-    from keras_ssl.training import read_config
 
-    config = read_config(FLAGS.model_dir)
-    encoder_path = os.path.join(FLAGS.model_dir, "encoder.keras")
-    if not os.path.isfile(encoder_path):
-        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    config, encoder_path = load_run(FLAGS.model_dir)
     threshold = None
     if config.method == "siamese":
         from keras_ssl.saving import load_model

@@ -1,8 +1,43 @@
 """Helpers shared by every method's train/test step."""
 
+import keras
 import tensorflow as tf
 
 from keras_ssl.errors import UserError
+
+
+class MethodModel(keras.Model):
+    """Base of every method model: the shared train/test step.
+
+    A subclass implements `_forward(data, training) -> loss` (already scaled
+    for the global batch, see each method) which also updates its metric
+    trackers, lists the trackers in `metrics`, and names its sub-models in
+    `_children()` so `build()` can build them (a model must be built before
+    saving, or Keras silently drops the optimizer state; TECH_NOTES).
+    """
+
+    def _children(self):
+        return ()
+
+    def build(self, input_shape=None):
+        for model in self._children():
+            if model is not None and not model.built:
+                model.build((None,) + tuple(model.input_shape[1:]))
+        self.built = True
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss = self._forward(data, training=True)
+            if self.losses:  # regularisers, counted once over the replicas
+                loss = loss + tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        self._forward(data, training=False)
+        return {m.name: m.result() for m in self.metrics}
 
 
 def split_data(data):

@@ -6,13 +6,13 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import global_batch_size, split_data
+from keras_ssl.models.common import MethodModel, global_batch_size, split_data
 
 HEADS = ("distance", "l1_sigmoid")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class Siamese(keras.Model):
+class Siamese(MethodModel):
     """Two inputs through one shared encoder, trained on same/different-class pairs.
 
     Heads:
@@ -74,11 +74,8 @@ class Siamese(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.pos_tracker, self.neg_tracker, self.accuracy_tracker]
 
-    def build(self, input_shape=None):
-        for model in (self.encoder, self.embedding_head, self.score_head):
-            if model is not None and not model.built:
-                model.build((None,) + tuple(model.input_shape[1:]))
-        self.built = True
+    def _children(self):
+        return (self.encoder, self.embedding_head, self.score_head)
 
     def embed(self, images, training=False):
         """Embeddings `[B, D]` of images (uint8 or float in [0, 1])."""
@@ -138,21 +135,7 @@ class Siamese(keras.Model):
         self.pos_tracker.update_state(score, sample_weight=same)
         self.neg_tracker.update_state(score, sample_weight=1.0 - same)
         self.accuracy_tracker.update_state(correct)
-        if self.losses:
-            loss = loss + tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
         return loss
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss = self._forward(data, training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        self._forward(data, training=False)
-        return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
         config = super().get_config()

@@ -7,11 +7,11 @@ from keras_ssl import losses
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
 from keras_ssl.errors import UserError
 from keras_ssl.heads import linear_classifier, projection_head
-from keras_ssl.models.common import global_batch_size, split_data
+from keras_ssl.models.common import MethodModel, global_batch_size, split_data
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class SimCLR(keras.Model):
+class SimCLR(MethodModel):
     """Contrastive learning of visual representations (SimCLR).
 
     Two views of each image go through the shared `encoder` f and the
@@ -76,14 +76,8 @@ class SimCLR(keras.Model):
             trackers += [self.probe_loss_tracker, self.probe_accuracy_tracker]
         return trackers
 
-    def build(self, input_shape=None):
-        """Builds every sub-model (needed before `save`, and under multi-worker)."""
-        if input_shape is None:
-            input_shape = (None,) + tuple(self.encoder.input_shape[1:])
-        for model in (self.encoder, self.projector, self.probe):
-            if model is not None and not model.built:
-                model.build(input_shape if model is self.encoder else (None, model.input_shape[-1]))
-        self.built = True
+    def _children(self):
+        return (self.encoder, self.projector, self.probe)
 
     def call(self, images, training=False):
         """Encoder features h = f(x) of float images in [0, 1] (or uint8)."""
@@ -130,23 +124,7 @@ class SimCLR(keras.Model):
                            tf.float32)
             self.probe_loss_tracker.update_state(tf.reduce_mean(probe_terms), sample_weight=tf.cast(n_local, tf.float32))
             self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=tf.cast(n_local, tf.float32))
-        if self.losses:  # regularisers: counted once over the replicas
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = loss + tf.add_n(self.losses) / replicas
         return loss
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss = self._forward(data, training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        self._forward(data, training=False)
-        return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
         config = super().get_config()
