@@ -395,3 +395,69 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
     if output_dir:
         results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"), "Siamese verification ROC")
     return results
+
+
+# --------------------------------------------------------------------------
+# Retrieval (Musgrave et al. 2020, "A Metric Learning Reality Check")
+# --------------------------------------------------------------------------
+
+def retrieval_metrics(embeddings, labels, index_embeddings=None, index_labels=None, ks=(1, 5, 10),
+                      metric="euclidean", chunk=512):
+    """Precision@1, recall@k, R-precision and MAP@R, exact, computed in chunks.
+
+    Without an index the queries are their own index, leave-one-out (a query
+    never retrieves itself). For a query with R relevant items (same label) in
+    the index: R-precision = relevant among the top R / R; MAP@R =
+    (1/R) sum_{i<=R} P@i * rel(i); recall@k = 1 if any of the top k is
+    relevant. Queries with R = 0 are skipped. Memory: `chunk x N_index`.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise UserError(f"metric must be euclidean or cosine, got {metric!r}")
+    leave_one_out = index_embeddings is None
+    q = tf.constant(embeddings, tf.float32)
+    idx = q if leave_one_out else tf.constant(index_embeddings, tf.float32)
+    q_labels = np.asarray(labels)
+    i_labels = q_labels if leave_one_out else np.asarray(index_labels)
+    if metric == "cosine":
+        q, idx = tf.math.l2_normalize(q, axis=1), tf.math.l2_normalize(idx, axis=1)
+    counts = {c: int(np.sum(i_labels == c)) for c in np.unique(q_labels)}
+    r_all = np.array([counts.get(c, 0) for c in q_labels]) - (1 if leave_one_out else 0)
+    depth = int(max(max(ks), r_all.max(initial=1)))
+    depth = min(depth, len(i_labels) - (1 if leave_one_out else 0))
+    idx_sq = tf.reduce_sum(tf.square(idx), axis=1)
+    idx_labels_t = tf.constant(i_labels)
+    sums = {"p1": 0.0, "rp": 0.0, "map": 0.0, **{f"r{k}": 0.0 for k in ks}}
+    n_valid = 0
+    for start in range(0, len(q_labels), chunk):
+        qc = q[start:start + chunk]
+        # similarity: higher = closer (negative squared distance, or cosine)
+        sim = tf.matmul(qc, idx, transpose_b=True)
+        if metric == "euclidean":
+            sim = 2.0 * sim - idx_sq[None, :] - tf.reduce_sum(tf.square(qc), axis=1, keepdims=True)
+        if leave_one_out:
+            rows = tf.range(tf.shape(qc)[0])
+            sim = tf.tensor_scatter_nd_update(sim, tf.stack([rows, rows + start], axis=1),
+                                              tf.fill([tf.shape(qc)[0]], -np.inf))
+        _, top = tf.math.top_k(sim, k=depth)
+        rel = (tf.gather(idx_labels_t, top).numpy() == q_labels[start:start + chunk, None])
+        r = r_all[start:start + chunk]
+        valid = r > 0
+        rel, r = rel[valid], r[valid]
+        n_valid += len(r)
+        sums["p1"] += rel[:, 0].sum()
+        ranks = np.arange(1, depth + 1)
+        within_r = ranks[None, :] <= r[:, None]
+        rel_r = rel & within_r
+        sums["rp"] += (rel_r.sum(1) / r).sum()
+        precision_at_i = np.cumsum(rel, axis=1) / ranks[None, :]
+        sums["map"] += ((precision_at_i * rel_r).sum(1) / r).sum()
+        for k in ks:
+            sums[f"r{k}"] += rel[:, :k].any(1).sum()
+    n = max(n_valid, 1)
+    return {
+        "precision_at_1": float(sums["p1"] / n),
+        "r_precision": float(sums["rp"] / n),
+        "map_at_r": float(sums["map"] / n),
+        "recall_at_k": {str(k): float(sums[f"r{k}"] / n) for k in ks},
+        "retrieval_queries": int(n_valid),
+    }
