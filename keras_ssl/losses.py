@@ -196,22 +196,12 @@ def pairwise_squared_distances(embeddings):
     return d * (1.0 - tf.eye(tf.shape(e)[0]))
 
 
-def batch_triplet(labels, embeddings, margin=0.2, mining="semi_hard", soft=False):
-    """Triplet loss with online mining inside the batch, on squared Euclidean distance.
+def batch_triplet_terms(labels, embeddings, margin=0.2, mining="semi_hard", soft=False):
+    """The mined terms of `batch_triplet` and which of them count: `(values, counted)`.
 
-    * `semi_hard` (FaceNet; TF Addons' rule): for every anchor-positive pair the
-      negative with the smallest `d(a,n)^2` among those with `d(a,n)^2 > d(a,p)^2`,
-      or if there is none the negative with the largest distance; mean over all
-      anchor-positive pairs (of anchors that have a negative).
-    * `hard` (batch-hard, Hermans et al. 2017): per anchor the farthest positive
-      and the closest negative; mean over anchors with a positive and a negative.
-    * `all` (batch-all): every valid triplet; mean over those whose loss is > 0.
-
-    `soft=True` replaces `max(0, x + margin)` by `softplus(x)` (Hermans et al.).
-    Memory is O(B^2) for `semi_hard` and `hard` (the semi-hard negative comes
-    from a sorted row and a binary search, not a B^3 tensor); `all` is B^3 by
-    nature. Anchors without a positive or a negative contribute nothing; an
-    empty selection gives 0, never NaN.
+    `values` and the boolean `counted` have the shape of the mining unit:
+    `[B]` anchors (hard), `[B, B]` anchor-positive pairs (semi_hard) or
+    `[B, B, B]` triplets (all); the loss is the mean of `values` over `counted`.
     """
     if mining not in MINING:
         raise UserError(f"mining must be one of {MINING}, got {mining!r}")
@@ -227,16 +217,12 @@ def batch_triplet(labels, embeddings, margin=0.2, mining="semi_hard", soft=False
     def hinge(x):
         return tf.nn.softplus(x) if soft else tf.nn.relu(x + margin)
 
-    def masked_mean(values, mask):
-        mask = tf.cast(mask, tf.float32)
-        return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
-
     if mining == "hard":
         big = tf.reduce_max(d) + 1.0
         hardest_pos = tf.reduce_max(tf.where(pos_mask, d, 0.0), axis=1)
         hardest_neg = tf.reduce_min(tf.where(neg_mask, d, big), axis=1)
         valid = tf.logical_and(tf.reduce_any(pos_mask, axis=1), has_neg)
-        return masked_mean(hinge(hardest_pos - hardest_neg), valid)
+        return hinge(hardest_pos - hardest_neg), valid
 
     if mining == "semi_hard":
         big = tf.reduce_max(d) + 1.0
@@ -249,15 +235,34 @@ def batch_triplet(labels, embeddings, margin=0.2, mining="semi_hard", soft=False
         semi_hard = tf.gather(sorted_neg, tf.minimum(index, n - 1), batch_dims=1)
         farthest = tf.reduce_max(tf.where(neg_mask, d, 0.0), axis=1, keepdims=True)
         negative = tf.where(found, semi_hard, farthest)
-        valid = tf.logical_and(pos_mask, has_neg[:, None])
-        return masked_mean(hinge(d - negative), valid)
+        return hinge(d - negative), tf.logical_and(pos_mask, has_neg[:, None])
 
     # all: [anchor, positive, negative]
-    x = d[:, :, None] - d[:, None, :]
+    values = hinge(d[:, :, None] - d[:, None, :])
     valid = tf.logical_and(pos_mask[:, :, None], neg_mask[:, None, :])
-    losses = hinge(x)
-    counted = tf.logical_and(valid, losses > 0.0)
-    return masked_mean(losses, counted)
+    return values, tf.logical_and(valid, values > 0.0)
+
+
+def batch_triplet(labels, embeddings, margin=0.2, mining="semi_hard", soft=False):
+    """Triplet loss with online mining inside the batch, on squared Euclidean distance.
+
+    * `semi_hard` (FaceNet; TF Addons' rule): for every anchor-positive pair the
+      negative with the smallest `d(a,n)^2` among those with `d(a,n)^2 > d(a,p)^2`,
+      or if there is none the negative with the largest distance; mean over all
+      anchor-positive pairs (of anchors that have a negative).
+    * `hard` (batch-hard, Hermans et al. 2017): per anchor the farthest positive
+      and the closest negative; mean over anchors with a positive and a negative.
+    * `all` (batch-all): every valid triplet; mean over those whose loss is > 0.
+
+    `soft=True` replaces `max(0, x + margin)` by `softplus(x)` (Hermans et al.).
+    Memory is O(B^2) for `semi_hard` and `hard` (the semi-hard negative comes
+    from a sorted row and a binary search, not a B^3 tensor); `all` is B^3 by
+    nature. Anchors without a positive or a negative contribute nothing; an
+    empty selection gives 0, never NaN. Float32 whatever the input dtype.
+    """
+    values, counted = batch_triplet_terms(labels, embeddings, margin, mining, soft)
+    mask = tf.cast(counted, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")

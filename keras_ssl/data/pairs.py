@@ -42,8 +42,8 @@ def pair_indices(labels, count, seed=0, offset=0, allow_self_pairs=False):
     if len(counts) < 2:
         raise UserError("pairs need at least two classes (negative pairs are of different classes)")
     k = tf.range(count, dtype=tf.int64) + offset
-    return _draw(k, tf.constant(table), tf.constant(counts), tf.constant(class_ids), tf.constant(position),
-                 len(labels), seed, allow_self_pairs)
+    return _pairs_from_draw(_draw(k, tf.constant(table), tf.constant(counts), tf.constant(class_ids),
+                                  tf.constant(position), len(labels), seed, allow_self_pairs))
 
 
 def _draw(k, table, counts, class_ids, position, n, seed, allow_self_pairs):
@@ -74,6 +74,11 @@ def _draw(k, table, counts, class_ids, position, n, seed, allow_self_pairs):
     other_cnt = tf.gather(counts, other)
     neg_pick = tf.minimum(tf.cast(tf.floor(u[:, 2] * tf.cast(other_cnt, tf.float64)), tf.int64), other_cnt - 1)
     neg_j = tf.gather_nd(table, tf.stack([other, neg_pick], axis=1))
+    return anchor, pos_j, neg_j, is_pos
+
+
+def _pairs_from_draw(drawn):
+    anchor, pos_j, neg_j, is_pos = drawn
     return anchor, tf.where(is_pos, pos_j, neg_j), tf.cast(is_pos, tf.float32)
 
 
@@ -100,7 +105,7 @@ def pair_batches(split, batch_size, seed=0, augment=None, allow_self_pairs=False
     ds = ds.batch(batch_size, drop_remainder=True)
 
     def make(k):
-        i, j, same = _draw(k, *consts, n, seed, allow_self_pairs)
+        i, j, same = _pairs_from_draw(_draw(k, *consts, n, seed, allow_self_pairs))
         x_a, x_b = tf.gather(images, i), tf.gather(images, j)
         if config is not None:
             step = k[0] // batch_size
@@ -125,3 +130,34 @@ def user_pairs(x_a, x_b, same, batch_size, shuffle=True, seed=0):
         ds = ds.shuffle(len(same), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda x, y: ((to_float01(x[0]), to_float01(x[1])), y))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def triplet_batches(split, batch_size, seed=0, augment=None):
+    """Batches `(x_anchor, x_positive, x_negative)` for `TripletNetwork` (offline triplets).
+
+    Every example is an anchor once per epoch; its positive is another image of
+    its class, its negative an image of a uniformly drawn other class; fresh
+    partners every epoch. Images float32 in [0, 1], optionally augmented.
+    """
+    if split.labels is None:
+        raise UserError("triplets need a labelled split")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    table, counts, class_ids, position = _class_tables(split.labels)
+    if len(counts) < 2:
+        raise UserError("triplets need at least two classes")
+    images = tf.constant(split.images)
+    consts = [tf.constant(t) for t in (table, counts, class_ids, position)]
+    config = get_preset(augment) if augment is not None else None
+    ds = tf.data.Dataset.range(np.iinfo(np.int64).max // 2).batch(batch_size, drop_remainder=True)
+
+    def make(k):
+        anchor, pos_j, neg_j, _ = _draw(k, *consts, len(split), seed, False)
+        out = [tf.gather(images, idx) for idx in (anchor, pos_j, neg_j)]
+        if config is not None:
+            step = k[0] // batch_size
+            out = [simclr_augment(x, tf.stack([tf.constant(seed, tf.int64), 3 * step + i]), config)
+                   for i, x in enumerate(out)]
+        return tuple(to_float01(x) for x in out)
+
+    return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -2,8 +2,9 @@
 
 from keras_ssl.models.siamese import Siamese
 from keras_ssl.models.simclr import SimCLR
+from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork
 
 # Methods the training binary can run.
 METHODS = ("simclr", "siamese")
 
-__all__ = ["SimCLR", "Siamese", "METHODS"]
+__all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "METHODS"]

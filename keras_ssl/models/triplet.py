@@ -1,0 +1,181 @@
+"""Triplet networks (Hoffer & Ailon 2015; FaceNet, Schroff et al. 2015; Hermans et al. 2017)."""
+
+import keras
+import tensorflow as tf
+
+from keras_ssl import losses
+from keras_ssl.data.augment import to_float01
+from keras_ssl.errors import UserError
+from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+
+
+class _Embedding(MethodModel):
+    """Shared encoder + optional Dense embedding head + L2 normalisation."""
+
+    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, embedding_head=None, **kwargs):
+        super().__init__(**kwargs)
+        if margin < 0:
+            raise UserError(f"margin must be >= 0, got {margin}")
+        self.encoder = encoder
+        self.embedding_dim = int(embedding_dim) if embedding_dim else None
+        self.normalize = bool(normalize)
+        self.margin = float(margin)
+        if embedding_head is None and self.embedding_dim:
+            embedding_head = keras.Sequential(
+                [keras.Input((int(encoder.output_shape[-1]),)),
+                 keras.layers.Dense(self.embedding_dim, name="embedding")], name="embedding_head")
+        self.embedding_head = embedding_head
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.active_tracker = keras.metrics.Mean(name="active_fraction")
+        self.pos_tracker = keras.metrics.Mean(name="pos_distance")
+        self.neg_tracker = keras.metrics.Mean(name="neg_distance")
+        self.std_tracker = keras.metrics.Mean(name="embedding_std")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.active_tracker, self.pos_tracker, self.neg_tracker, self.std_tracker]
+
+    def _children(self):
+        return (self.encoder, self.embedding_head)
+
+    def embed(self, images, training=False):
+        """Embeddings `[B, D]` (L2-normalised by default) of uint8 or [0, 1] images."""
+        e = self.encoder(to_float01(images), training=training)
+        if self.embedding_head is not None:
+            e = self.embedding_head(e, training=training)
+        e = tf.cast(e, tf.float32)
+        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+    def call(self, images, training=False):
+        return self.embed(images, training=training)
+
+    def pair_score(self, e_a, e_b):
+        """Euclidean distance (for verification-style use and export)."""
+        return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 1e-12))
+
+    def similarity(self, e_a, e_b):
+        return -self.pair_score(e_a, e_b)
+
+    def _track_std(self, e):
+        self.std_tracker.update_state(tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(e, -1), axis=0)))
+
+    def get_config(self):
+        config = super().get_config()
+        ser = keras.saving.serialize_keras_object
+        config.update(encoder=ser(self.encoder),
+                      embedding_head=ser(self.embedding_head) if self.embedding_head is not None else None,
+                      embedding_dim=self.embedding_dim, normalize=self.normalize, margin=self.margin)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "embedding_head"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class OnlineTriplet(_Embedding):
+    """Triplet loss with online mining on labelled batches (`losses.batch_triplet`).
+
+    `fit()` takes `(images, labels)` batches, best class-balanced P x K
+    batches (`keras_ssl.data.sampling.pk_batches`). Defaults: L2-normalised
+    128-d embeddings and margin 0.2 (FaceNet), `mining="semi_hard"`.
+
+    Under R replicas mining sees the GLOBAL batch: embeddings and labels are
+    all-gathered, each replica computes the loss of the whole batch and returns
+    a 1/R share, so loss and gradients equal one device on the whole batch
+    (the all-gather's gradient routes each row's share back to its replica).
+
+    Metrics: `loss`, `active_fraction` (share of the mined terms with a
+    non-zero loss), `pos_distance` / `neg_distance` (mean Euclidean distance of
+    same- and different-class pairs in the batch), `embedding_std`.
+    """
+
+    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, mining="semi_hard", soft=False,
+                 **kwargs):
+        if mining not in losses.MINING:
+            raise UserError(f"mining must be one of {losses.MINING}, got {mining!r}")
+        super().__init__(encoder, embedding_dim, normalize, margin, **kwargs)
+        self.mining = mining
+        self.soft = bool(soft)
+        self.build()
+
+    def _forward(self, data, training):
+        x, y = split_data(data)
+        if y is None:
+            raise UserError("OnlineTriplet needs labelled batches (images, labels)")
+        e = self.embed(x, training=training)
+        labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        ctx = tf.distribute.get_replica_context()
+        replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+        if replicas > 1:
+            e_all, labels_all = ctx.all_gather(e, axis=0), ctx.all_gather(labels, axis=0)
+        else:
+            e_all, labels_all = e, labels
+        values, counted = losses.batch_triplet_terms(labels_all, e_all, self.margin, self.mining, self.soft)
+        mask = tf.cast(counted, tf.float32)
+        full_loss = tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+        if self.mining == "all":  # counted excludes zero-loss triplets: active over valid ones
+            pos = tf.logical_and(tf.equal(labels_all[:, None], labels_all[None, :]),
+                                 tf.logical_not(tf.eye(tf.shape(labels_all)[0], dtype=tf.bool)))
+            neg = tf.not_equal(labels_all[:, None], labels_all[None, :])
+            valid = tf.cast(tf.logical_and(pos[:, :, None], neg[:, None, :]), tf.float32)
+            active = tf.math.divide_no_nan(tf.reduce_sum(mask), tf.reduce_sum(valid))
+        else:
+            active = tf.math.divide_no_nan(tf.reduce_sum(mask * tf.cast(values > 0, tf.float32)),
+                                           tf.reduce_sum(mask))
+        d = tf.sqrt(tf.maximum(losses.pairwise_squared_distances(e_all), 1e-12))
+        same = tf.cast(tf.equal(labels_all[:, None], labels_all[None, :]), tf.float32)
+        off_diag = 1.0 - tf.eye(tf.shape(d)[0])
+        self.loss_tracker.update_state(full_loss)
+        self.active_tracker.update_state(active)
+        self.pos_tracker.update_state(d, sample_weight=same * off_diag)
+        self.neg_tracker.update_state(d, sample_weight=1.0 - same)
+        self._track_std(e)
+        # Every replica holds the same full loss: each contributes 1/R of it.
+        return full_loss / replicas
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mining=self.mining, soft=self.soft)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class TripletNetwork(_Embedding):
+    """Explicit triplets `(anchor, positive, negative)` through one shared encoder
+    (Hoffer & Ailon 2015), loss `losses.triplet` (FaceNet margin 0.2).
+
+    `fit()` takes batches `(x_a, x_p, x_n)` (no labels needed). Under R
+    replicas each returns `sum(local triplet losses) / N_global`.
+    """
+
+    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, **kwargs):
+        super().__init__(encoder, embedding_dim, normalize, margin, **kwargs)
+        self.build()
+
+    def _forward(self, data, training):
+        # (a, p, n) itself, or ((a, p, n),) / ((a, p, n), ignored_labels)
+        x = data if (isinstance(data, (tuple, list)) and len(data) == 3
+                     and not isinstance(data[0], (tuple, list))) else split_data(data)[0]
+        if not isinstance(x, (tuple, list)) or len(x) != 3:
+            raise UserError("TripletNetwork expects batches (anchor, positive, negative)")
+        if not (x[0].shape[1:] == x[1].shape[1:] == x[2].shape[1:]):
+            raise UserError(f"triplet inputs must have the same shape, got {[t.shape for t in x]}")
+        n_local = tf.shape(x[0])[0]
+        e = self.embed(tf.concat([to_float01(t) for t in x], axis=0), training=training)
+        e_a, e_p, e_n = tf.split(e, 3, axis=0)
+        d_ap = tf.reduce_sum(tf.square(e_a - e_p), axis=-1)
+        d_an = tf.reduce_sum(tf.square(e_a - e_n), axis=-1)
+        terms = tf.nn.relu(d_ap - d_an + self.margin)
+        loss = tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+        weight = tf.cast(n_local, tf.float32)
+        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
+        self.active_tracker.update_state(tf.reduce_mean(tf.cast(terms > 0, tf.float32)), sample_weight=weight)
+        self.pos_tracker.update_state(tf.sqrt(tf.maximum(d_ap, 1e-12)))
+        self.neg_tracker.update_state(tf.sqrt(tf.maximum(d_an, 1e-12)))
+        self._track_std(e)
+        return loss
