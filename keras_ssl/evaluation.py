@@ -206,6 +206,12 @@ def format_table(results):
             rows.append((key, f"{100 * value:.2f}%"))
         elif key == "roc_auc":
             rows.append((key, f"{value:.4f}"))
+        elif key in ("precision_at_1", "r_precision", "map_at_r"):
+            rows.append((key, f"{100 * value:.2f}%"))
+        elif key == "recall_at_k":
+            rows += [(f"recall_at_{k}", f"{100 * v:.2f}%") for k, v in sorted(value.items(), key=lambda t: int(t[0]))]
+        elif key == "heldout_retrieval":
+            rows += [(f"heldout/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
         elif key == "threshold":
             rows.append((f"threshold ({results.get('threshold_units', '')})", f"{value:.4f}"))
     for layer, scores in sorted(results.get("per_layer", {}).items()):
@@ -461,3 +467,48 @@ def retrieval_metrics(embeddings, labels, index_embeddings=None, index_labels=No
         "recall_at_k": {str(k): float(sums[f"r{k}"] / n) for k in ks},
         "retrieval_queries": int(n_valid),
     }
+
+
+def retrieval_grid(images, embeddings, labels, path, n_queries=8, k=8, seed=0):
+    """PNG: each row a query image (left) and its k nearest neighbours; a red
+    frame marks a neighbour of another class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    queries = rng.choice(len(images), min(n_queries, len(images)), replace=False)
+    e = tf.constant(embeddings, tf.float32)
+    d = tf.reduce_sum(tf.square(tf.gather(e, queries)[:, None, :] - e[None, :, :]), axis=-1)
+    d = tf.tensor_scatter_nd_update(d, tf.stack([tf.range(len(queries)), tf.constant(queries, tf.int32)], 1),
+                                    tf.fill([len(queries)], np.inf))
+    neighbours = tf.math.top_k(-d, k=k).indices.numpy()
+    h, w = images.shape[1:3]
+    pad, scale = 3, max(1, 64 // h)
+    grid = np.full(((h + 2 * pad) * len(queries), (w + 2 * pad) * (k + 1) + pad, 3), 255, np.uint8)
+    for r, q in enumerate(queries):
+        for c, idx in enumerate([q] + list(neighbours[r])):
+            y, x = r * (h + 2 * pad) + pad, c * (w + 2 * pad) + pad + (pad if c else 0)
+            tile = images[idx]
+            tile = np.repeat(tile, 3, axis=-1) if tile.shape[-1] == 1 else tile
+            color = (0, 0, 255) if c == 0 else ((0, 160, 0) if labels[idx] == labels[q] else (220, 0, 0))
+            grid[y - 2:y + h + 2, x - 2:x + w + 2] = color
+            grid[y:y + h, x:x + w] = tile
+    grid = np.kron(grid, np.ones((scale, scale, 1), np.uint8))
+    Image.fromarray(grid).save(path)
+    return path
+
+
+def evaluate_retrieval(model, dataset, output_dir=None, train_classes=None):
+    """Retrieval on the test split, leave-one-out (index = test set), with
+    `model.embed`; also restricted to classes held out of training when
+    `train_classes` is given (`heldout_retrieval`). Writes `retrieval.png`."""
+    test = dataset.test
+    e = _embed_split(model, test)
+    results = retrieval_metrics(e, test.labels)
+    if train_classes is not None:
+        held = ~np.isin(test.labels, train_classes)
+        if held.any():
+            results["heldout_retrieval"] = retrieval_metrics(e[held], test.labels[held])
+    if output_dir:
+        results["retrieval_plot"] = retrieval_grid(test.images, e, test.labels,
+                                                   os.path.join(output_dir, "retrieval.png"))
+    return results

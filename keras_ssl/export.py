@@ -72,6 +72,7 @@ class _Embedder(tf.Module):
         _, self.height, self.width, self.channels = encoder.input_shape
         if metric_model is not None:
             self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
+        if threshold is not None:
             self.threshold = tf.Variable(float(threshold), dtype=tf.float32, trainable=False, name="threshold")
         else:
             self.dim = int(encoder.output_shape[-1])
@@ -182,10 +183,11 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
     metric_model = None
-    if hasattr(encoder, "pair_score"):  # a Siamese-style metric model
+    if hasattr(encoder, "embed") and hasattr(encoder, "encoder"):  # a metric model: export its embedding
+        metric_model, encoder = encoder, encoder.encoder
+    if metric_model is not None and hasattr(metric_model, "threshold"):  # Siamese: + verify
         from keras_ssl.models.siamese import _check_threshold
 
-        metric_model, encoder = encoder, encoder.encoder
         threshold = _check_threshold(metric_model.threshold if threshold is None else threshold)
     elif threshold is not None:
         raise UserError("a threshold only applies to metric models (Siamese) with a verify signature")
@@ -204,7 +206,7 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
         archive.add_endpoint(
             "embed_pixels", embedder.embed_pixels,
             input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
-        if metric_model is not None:
+        if threshold is not None:
             archive.add_endpoint("verify", embedder.verify, input_signature=[
                 tf.TensorSpec([None], tf.string, name="images_a"), tf.TensorSpec([None], tf.string, name="images_b")])
             archive.add_variable_collection("threshold", [embedder.threshold])
@@ -224,7 +226,7 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
             "threshold": threshold,
             "preprocessing": "decode -> bilinear resize to HxW (rounded to uint8) if needed -> / 255",
         }
-        if metric_model is not None:
+        if threshold is not None:
             key = "distance" if metric_model.head == "distance" else "score"
             rule = "distance < threshold" if key == "distance" else "score >= threshold"
             facts["signatures"]["verify"] = {

@@ -27,6 +27,8 @@ import numpy as np
 from keras_ssl.errors import UserError
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
+# Images through the encoder per batch element: two views, a pair, a triplet, one image.
+_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
 
@@ -66,12 +68,18 @@ class TrainConfig:
     projection_layers: int = 2
     augment: str = "fashion_mnist"
     online_probe: bool = True
-    # Siamese (method=siamese); defaults: Hadsell et al. 2006 (margin 1).
+    # Siamese (method=siamese) and triplet (method=triplet / triplet_explicit).
+    # margin None: the method's default, 1.0 for contrastive (Hadsell et al.
+    # 2006), 0.2 for triplet losses (FaceNet).
     head: str = "distance"
-    margin: float = 1.0
+    margin: float | None = None
     negative_hinge: str = "distance"
     embedding_dim: int | None = None
     normalize_embeddings: bool = False
+    mining: str = "semi_hard"
+    soft_margin: bool = False
+    classes_per_batch: int = 8
+    images_per_class: int = 4
     train_classes: str | None = None
     val_fraction: float = 0.0
     strategy: str = "default"
@@ -81,6 +89,12 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     verbose: int = 1
+
+    @property
+    def resolved_margin(self):
+        if self.margin is not None:
+            return self.margin
+        return 1.0 if self.method == "siamese" else 0.2
 
     def validate(self):
         """Raises `UserError` naming the first bad value."""
@@ -97,7 +111,10 @@ class TrainConfig:
             (self.augment in PRESETS or (self.augment == "none" and self.method != "simclr"),
              f"augment must be one of {tuple(PRESETS)}" + ("" if self.method == "simclr" else " or none")),
             (self.head in ("distance", "l1_sigmoid"), "head must be distance or l1_sigmoid"),
-            (self.margin > 0, "margin must be > 0"),
+            (self.margin is None or self.margin > 0, "margin must be > 0"),
+            (self.mining in ("semi_hard", "hard", "all"), "mining must be one of semi_hard, hard, all"),
+            (self.classes_per_batch >= 2, "classes_per_batch (P) must be >= 2"),
+            (self.images_per_class >= 2, "images_per_class (K) must be >= 2 so every anchor has a positive"),
             (self.negative_hinge in ("distance", "squared"), "negative_hinge must be distance or squared"),
             (self.embedding_dim is None or self.embedding_dim >= 1, "embedding_dim must be >= 1"),
             (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
@@ -243,12 +260,18 @@ def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
     from keras_ssl.heads import projection_head
-    from keras_ssl.models import Siamese, SimCLR
+    from keras_ssl.models import OnlineTriplet, Siamese, SimCLR, TripletNetwork
 
     encoder = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem)
     if config.method == "siamese":
-        return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head, margin=config.margin,
-                       negative_hinge=config.negative_hinge, normalize=config.normalize_embeddings)
+        return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head,
+                       margin=config.resolved_margin, negative_hinge=config.negative_hinge,
+                       normalize=config.normalize_embeddings)
+    if config.method == "triplet":
+        return OnlineTriplet(encoder, embedding_dim=config.embedding_dim or 128, margin=config.resolved_margin,
+                             mining=config.mining, soft=config.soft_margin)
+    if config.method == "triplet_explicit":
+        return TripletNetwork(encoder, embedding_dim=config.embedding_dim or 128, margin=config.resolved_margin)
     feature_dim = int(encoder.output_shape[-1])
     projector = projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim,
                                 config.projection_layers)
@@ -258,15 +281,26 @@ def build_model(config, dataset):
 
 
 def method_data(config, split):
-    """The method's training batches from a split (an infinite tf.data pipeline)."""
+    """`(dataset, steps_per_epoch, batch_size)`: the method's training batches
+    (an infinite tf.data pipeline) and what one epoch is."""
     from keras_ssl.data import simclr_views
-    from keras_ssl.data.pairs import pair_batches
+    from keras_ssl.data.pairs import pair_batches, triplet_batches
+    from keras_ssl.data.sampling import pk_batches, pk_plan
 
+    augment = None if config.augment == "none" else config.augment
+    if config.method == "triplet":
+        p, k = config.classes_per_batch, config.images_per_class
+        steps = len(pk_plan(split.labels, p, k, config.seed))
+        data = pk_batches(split, p, k, seed=config.seed, augment=augment, epochs=config.epochs)
+        return data, steps, p * k
+    steps = len(split) // config.batch_size
     if config.method == "siamese":
-        augment = None if config.augment == "none" else config.augment
-        return pair_batches(split, config.batch_size, seed=config.seed, augment=augment)
-    return simclr_views(split, config.batch_size, config.augment, seed=config.seed,
+        return pair_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
+    if config.method == "triplet_explicit":
+        return triplet_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
+    data = simclr_views(split, config.batch_size, config.augment, seed=config.seed,
                         with_labels=config.online_probe)
+    return data, steps, config.batch_size
 
 
 def train(config):
@@ -289,14 +323,14 @@ def train(config):
     image_size = (config.image_size, config.image_size) if config.image_size else None
     dataset = load_source(config.dataset, config.data_dir, image_size, config.channels)
     train_split, _ = training_split(config, dataset)
-    if len(train_split) < config.batch_size:
+    if config.method != "triplet" and len(train_split) < config.batch_size:
         raise UserError(f"{config.dataset} has {len(train_split)} training images, fewer than one batch of "
                         f"{config.batch_size}; lower --batch_size")
-    steps = config.steps_per_epoch or len(train_split) // config.batch_size
+    data, epoch_steps, batch_size = method_data(config, train_split)
+    steps = config.steps_per_epoch or epoch_steps
     total_steps = steps * config.epochs
-    peak_lr = scale_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
+    peak_lr = scale_learning_rate(config.learning_rate, batch_size, config.lr_scaling)
     schedule = WarmupCosine(peak_lr, total_steps, int(round(config.warmup_epochs * steps)))
-    data = method_data(config, train_split)
 
     with strategy.scope():
         model = build_model(config, dataset)
@@ -335,8 +369,8 @@ def train(config):
         "peak_learning_rate": peak_lr,
         "replicas": strategy.num_replicas_in_sync,
         "train_seconds": elapsed,
-        # images through the encoder per second: 2 per example (two views, or a pair)
-        "images_per_second": (2 * epochs_run * steps * config.batch_size / elapsed) if epochs_run else None,
+        "images_per_second": (_IMAGES_PER_EXAMPLE.get(config.method, 1) * epochs_run * steps * batch_size
+                              / elapsed) if epochs_run else None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
     }
     write_json(os.path.join(config.model_dir, "training.json"), result)

@@ -44,13 +44,19 @@ def main(argv):
             val = dataset.train.take(FLAGS.train_limit)
         extra.update(evaluate_siamese(model, dataset.test, val, FLAGS.model_dir,
                                       parse_classes(config.train_classes)))
+    elif config.method in ("triplet", "triplet_explicit"):
+        from keras_ssl.evaluation import evaluate_retrieval
+        from keras_ssl.saving import load_model
+
+        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+        extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
         plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,
         train_limit=FLAGS.train_limit, extra=extra)
     print(format_table(results))
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
-    for key in ("embedding_plot", "roc_plot"):
+    for key in ("embedding_plot", "roc_plot", "retrieval_plot"):
         if results.get(key):
             print(f"{key.replace('_', ' ')}: {results[key]}")
 

@@ -45,7 +45,12 @@ def main(argv):
     else:
         if FLAGS.threshold is not None:
             raise UserError("--threshold only applies to --method=siamese runs (verify signature)")
-        model = keras.models.load_model(encoder_path)
+        if config.method in ("triplet", "triplet_explicit"):  # embedding head included
+            from keras_ssl.saving import load_model
+
+            model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+        else:
+            model = keras.models.load_model(encoder_path)
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
                               config=dataclasses.asdict(config), threshold=threshold)

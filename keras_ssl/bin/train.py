@@ -23,7 +23,8 @@ def _defaults():
 
 d = _defaults()
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
-flags.DEFINE_enum("method", d.method, ["simclr", "siamese"], "method")
+flags.DEFINE_enum("method", d.method, ["simclr", "siamese", "triplet", "triplet_explicit"],
+                  "simclr; siamese (pairs); triplet (online mining on P x K batches); triplet_explicit")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
@@ -51,10 +52,15 @@ flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist", "
 flags.DEFINE_boolean("online_probe", d.online_probe, "train a linear probe on frozen features in-run")
 flags.DEFINE_enum("head", d.head, ["distance", "l1_sigmoid"],
                   "siamese: contrastive loss on distance, or Koch's weighted-L1 + sigmoid")
-flags.DEFINE_float("margin", d.margin, "siamese: contrastive margin")
+flags.DEFINE_float("margin", None, "siamese/triplet margin (default: 1.0 contrastive, 0.2 triplet)")
+flags.DEFINE_enum("mining", d.mining, ["semi_hard", "hard", "all"], "triplet: online mining strategy")
+flags.DEFINE_boolean("soft_margin", d.soft_margin, "triplet: softplus instead of the hinge")
+flags.DEFINE_integer("classes_per_batch", d.classes_per_batch, "triplet: P classes per batch")
+flags.DEFINE_integer("images_per_class", d.images_per_class, "triplet: K images per class (batch = P*K)")
 flags.DEFINE_enum("negative_hinge", d.negative_hinge, ["distance", "squared"],
                   "siamese: max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)")
-flags.DEFINE_integer("embedding_dim", None, "siamese: Dense embedding head size (default: encoder features)")
+flags.DEFINE_integer("embedding_dim", None,
+                     "siamese/triplet: Dense embedding head size (default: encoder features; triplet 128)")
 flags.DEFINE_boolean("normalize_embeddings", d.normalize_embeddings, "siamese: L2-normalise embeddings")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
