@@ -1,0 +1,85 @@
+"""Pretext-task models: the encoder learns by predicting how an image was transformed."""
+
+import keras
+import tensorflow as tf
+
+from keras_ssl.data.augment import to_float01
+from keras_ssl.data.pretext import rotate_all
+from keras_ssl.errors import UserError
+from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class RotationPrediction(MethodModel):
+    """RotNet (Gidaris et al. 2018): a 4-way classifier of the rotation applied.
+
+    `fit()` takes either plain image batches `x` (all four rotations are made
+    inside the step, the labels are the quarter turns) or pre-rotated batches
+    `(images, rotation_labels)` from `keras_ssl.data.pretext.rotation_batches`.
+    The head is an MLP on the encoder features (`hidden_dim` units, BN, ReLU;
+    0 = linear), the encoder is what the user keeps. Metrics: `loss`,
+    `rotation_accuracy`. Under R replicas each replica returns
+    `sum(local losses) / N_global`.
+    """
+
+    def __init__(self, encoder, hidden_dim=256, head=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.hidden_dim = int(hidden_dim)
+        if head is None:
+            layers = [keras.Input((int(encoder.output_shape[-1]),))]
+            if self.hidden_dim:
+                layers += [keras.layers.Dense(self.hidden_dim, use_bias=False, name="hidden"),
+                           keras.layers.BatchNormalization(name="hidden_bn"), keras.layers.ReLU(name="hidden_relu")]
+            layers.append(keras.layers.Dense(4, name="rotation_logits"))
+            head = keras.Sequential(layers, name="rotation_head")
+        self.head = head
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="rotation_accuracy")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def _children(self):
+        return (self.encoder, self.head)
+
+    def call(self, images, training=False):
+        """Encoder features of images (uint8 or float in [0, 1])."""
+        return self.encoder(to_float01(images), training=training)
+
+    def rotation_probabilities(self, images):
+        """Softmax over the four rotations, `[B, 4]`."""
+        return tf.nn.softmax(tf.cast(self.head(self.encoder(to_float01(images), training=False)), tf.float32))
+
+    def _forward(self, data, training):
+        x, y = split_data(data)
+        if isinstance(x, (tuple, list)):
+            raise UserError("RotationPrediction expects image batches x or (images, rotation_labels)")
+        if y is None:
+            x, y = rotate_all(to_float01(x))
+        else:
+            x = to_float01(x)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        n_local = tf.shape(y)[0]
+        logits = tf.cast(self.head(self.encoder(x, training=training), training=training), tf.float32)
+        terms = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        weight = tf.cast(n_local, tf.float32)
+        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
+        self.accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
+        return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
+                      head=keras.saving.serialize_keras_object(self.head), hidden_dim=self.hidden_dim)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "head"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
