@@ -206,7 +206,7 @@ def format_table(results):
             rows.append((key, f"{100 * value:.2f}%"))
         elif key == "roc_auc":
             rows.append((key, f"{value:.4f}"))
-        elif key in ("precision_at_1", "r_precision", "map_at_r"):
+        elif key in ("precision_at_1", "r_precision", "map_at_r", "pretext_accuracy"):
             rows.append((key, f"{100 * value:.2f}%"))
         elif key == "recall_at_k":
             rows += [(f"recall_at_{k}", f"{100 * v:.2f}%") for k, v in sorted(value.items(), key=lambda t: int(t[0]))]
@@ -512,3 +512,16 @@ def evaluate_retrieval(model, dataset, output_dir=None, train_classes=None):
         results["retrieval_plot"] = retrieval_grid(test.images, e, test.labels,
                                                    os.path.join(output_dir, "retrieval.png"))
     return results
+
+
+def pretext_accuracy(model, split, batch_size=256):
+    """Rotation-prediction accuracy on a split: every image in its four rotations."""
+    from keras_ssl.data.pretext import rotate_all
+
+    hits, total = 0, 0
+    for (images,) in tf.data.Dataset.from_tensor_slices((split.images,)).batch(batch_size):
+        x, y = rotate_all(tf.cast(images, tf.float32) / 255.0)
+        pred = tf.argmax(model.rotation_probabilities(x), axis=-1, output_type=tf.int32)
+        hits += int(tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.int32)))
+        total += int(tf.size(y))
+    return hits / max(total, 1)

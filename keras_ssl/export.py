@@ -65,10 +65,11 @@ def _resize_like_loader(pixels, height, width):
 class _Embedder(tf.Module):
     """The traced serving functions around one encoder (or a metric model)."""
 
-    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None):
+    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None, classifier=None):
         super().__init__()
         self.encoder = encoder
         self.metric_model = metric_model
+        self.classifier = classifier
         _, self.height, self.width, self.channels = encoder.input_shape
         if metric_model is not None:
             self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
@@ -131,6 +132,18 @@ class _Embedder(tf.Module):
         count = tf.shape(images)[0]
         return {"embedding": self._guarded(count, lambda: self._embed_uint8(self._decode(images, "serving_default")))}
 
+    def classify(self, images):
+        """Encoded images -> the pretext head's `probabilities` and `class`."""
+        images = tf.ensure_shape(images, [None])
+        count = tf.shape(images)[0]
+
+        def compute():
+            x = tf.cast(self._decode(images, "classify"), tf.float32) / 255.0
+            return tf.cast(self.classifier.rotation_probabilities(x), tf.float32)
+
+        probs = tf.cond(count > 0, compute, lambda: tf.zeros([0, 4], tf.float32))
+        return {"probabilities": probs, "class": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+
     def verify(self, images_a, images_b):
         """Two batches of encoded images -> pair score and the decision at the stored threshold."""
         images_a = tf.ensure_shape(images_a, [None])
@@ -182,7 +195,9 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
-    metric_model = None
+    metric_model = classifier = None
+    if hasattr(encoder, "rotation_probabilities"):  # pretext model: embedding + classify
+        classifier, encoder = encoder, encoder.encoder
     if hasattr(encoder, "embed") and hasattr(encoder, "encoder"):  # a metric model: export its embedding
         metric_model, encoder = encoder, encoder.encoder
     if metric_model is not None and hasattr(metric_model, "threshold"):  # Siamese: + verify
@@ -196,16 +211,19 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     os.makedirs(model_root, exist_ok=True)
     tmp = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    embedder = _Embedder(encoder, normalize, metric_model, threshold)
+    embedder = _Embedder(encoder, normalize, metric_model, threshold, classifier)
     try:
         archive = keras.export.ExportArchive()
-        archive.track(metric_model if metric_model is not None else encoder)
+        archive.track(classifier or metric_model or encoder)
         archive.add_endpoint(
             "serving_default", embedder.serving_default,
             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         archive.add_endpoint(
             "embed_pixels", embedder.embed_pixels,
             input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
+        if classifier is not None:
+            archive.add_endpoint("classify", embedder.classify,
+                                 input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         if threshold is not None:
             archive.add_endpoint("verify", embedder.verify, input_signature=[
                 tf.TensorSpec([None], tf.string, name="images_a"), tf.TensorSpec([None], tf.string, name="images_b")])
@@ -232,6 +250,11 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
             facts["signatures"]["verify"] = {
                 "inputs": {"images_a": "string [batch]", "images_b": "string [batch]"},
                 "outputs": {key: "float32 [batch]", "same": f"bool [batch]: {rule}"}}
+        if classifier is not None:
+            facts["signatures"]["classify"] = {
+                "inputs": {"images": "string [batch]"},
+                "outputs": {"probabilities": "float32 [batch, 4]: rotation by 0/90/180/270 degrees",
+                            "class": "int32 [batch]"}}
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
         if config is not None:

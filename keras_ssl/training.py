@@ -28,7 +28,7 @@ from keras_ssl.errors import UserError
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
 # Images through the encoder per batch element: two views, a pair, a triplet, one image.
-_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1}
+_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1, "rotation": 4}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
 
@@ -260,7 +260,7 @@ def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
     from keras_ssl.heads import projection_head
-    from keras_ssl.models import OnlineTriplet, Siamese, SimCLR, TripletNetwork
+    from keras_ssl.models import OnlineTriplet, RotationPrediction, Siamese, SimCLR, TripletNetwork
 
     encoder = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem)
     if config.method == "siamese":
@@ -272,6 +272,8 @@ def build_model(config, dataset):
                              mining=config.mining, soft=config.soft_margin)
     if config.method == "triplet_explicit":
         return TripletNetwork(encoder, embedding_dim=config.embedding_dim or 128, margin=config.resolved_margin)
+    if config.method == "rotation":
+        return RotationPrediction(encoder, hidden_dim=config.projection_hidden_dim or 256)
     feature_dim = int(encoder.output_shape[-1])
     projector = projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim,
                                 config.projection_layers)
@@ -298,6 +300,10 @@ def method_data(config, split):
         return pair_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
     if config.method == "triplet_explicit":
         return triplet_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
+    if config.method == "rotation":
+        from keras_ssl.data.pretext import rotation_batches
+
+        return rotation_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
     data = simclr_views(split, config.batch_size, config.augment, seed=config.seed,
                         with_labels=config.online_probe)
     return data, steps, config.batch_size

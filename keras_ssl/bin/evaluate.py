@@ -50,6 +50,12 @@ def main(argv):
 
         model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
         extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
+    elif config.method == "rotation":
+        from keras_ssl.evaluation import pretext_accuracy
+        from keras_ssl.saving import load_model
+
+        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+        extra["pretext_accuracy"] = pretext_accuracy(model, dataset.test)
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
         plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,

@@ -45,7 +45,7 @@ def main(argv):
     else:
         if FLAGS.threshold is not None:
             raise UserError("--threshold only applies to --method=siamese runs (verify signature)")
-        if config.method in ("triplet", "triplet_explicit"):  # embedding head included
+        if config.method in ("triplet", "triplet_explicit", "rotation"):  # heads included
             from keras_ssl.saving import load_model
 
             model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))

@@ -23,8 +23,9 @@ def _defaults():
 
 d = _defaults()
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
-flags.DEFINE_enum("method", d.method, ["simclr", "siamese", "triplet", "triplet_explicit"],
-                  "simclr; siamese (pairs); triplet (online mining on P x K batches); triplet_explicit")
+flags.DEFINE_enum("method", d.method, ["simclr", "siamese", "triplet", "triplet_explicit", "rotation"],
+                  "simclr; siamese (pairs); triplet (online mining on P x K batches); triplet_explicit; "
+                  "rotation (RotNet pretext task)")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
@@ -45,7 +46,8 @@ flags.DEFINE_float("weight_decay", d.weight_decay, "weight decay (LARS, AdamW)")
 flags.DEFINE_float("momentum", d.momentum, "momentum (LARS, SGD)")
 flags.DEFINE_float("temperature", d.temperature, "NT-Xent temperature")
 flags.DEFINE_integer("projection_dim", d.projection_dim, "projection head output size")
-flags.DEFINE_integer("projection_hidden_dim", None, "projection hidden size (default: feature size)")
+flags.DEFINE_integer("projection_hidden_dim", None,
+                     "projection hidden size (default: feature size); rotation: head hidden size (256)")
 flags.DEFINE_integer("projection_layers", d.projection_layers, "projection head depth (layers)")
 flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist", "none"],
                   "augmentation preset (none: siamese pairs without augmentation)")

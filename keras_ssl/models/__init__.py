@@ -6,6 +6,6 @@ from keras_ssl.models.simclr import SimCLR
 from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork
 
 # Methods the training binary can run.
-METHODS = ("simclr", "siamese", "triplet", "triplet_explicit")
+METHODS = ("simclr", "siamese", "triplet", "triplet_explicit", "rotation")
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "METHODS"]

@@ -1,0 +1,58 @@
+"""Rotation pretext task through the binaries; the export's classify signature served without keras_ssl."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+import numpy as np
+
+from test_end_to_end import PY, _png, _run
+
+CLASSIFY_SCRIPT = textwrap.dedent('''
+    import importlib.abc, importlib.util, json, sys
+    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("keras_ssl", "keras"):
+                return importlib.util.spec_from_loader(name, self)
+        def create_module(self, spec):
+            raise ImportError("blocked: " + spec.name)
+        def exec_module(self, module):
+            raise ImportError("blocked")
+    sys.meta_path.insert(0, Block())
+    import numpy as np, tensorflow as tf
+    m = tf.saved_model.load(sys.argv[1])
+    npz = np.load(sys.argv[2], allow_pickle=True)
+    out = m.signatures["classify"](images=tf.constant(list(npz["pngs"])))
+    print(json.dumps({k: v.numpy().tolist() for k, v in out.items()} | {"signatures": sorted(m.signatures)}))
+''')
+
+
+def test_rotation_binaries_end_to_end(tmp_path):
+    from keras_ssl.data import load_source
+    from keras_ssl.data.pretext import rotate_all
+    from keras_ssl.saving import load_model
+
+    model_dir = str(tmp_path / "rotation")
+    _run(["keras_ssl.bin.train", "--method=rotation", "--dataset=digits", "--epochs=2", "--batch_size=64",
+          "--width_multiplier=0.5", "--augment=none", "--optimizer=adam", "--learning_rate=1e-3",
+          "--lr_scaling=none", "--warmup_epochs=0", f"--model_dir={model_dir}", "--verbose=0"], tmp_path)
+    _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--layers=block1,block2"], tmp_path)
+    report = json.load(open(os.path.join(model_dir, "evaluation.json")))
+    assert report["pretext_accuracy"] > 0.5 and set(report["per_layer"]) == {"block1", "block2"}
+    export_root = str(tmp_path / "saved_models")
+    _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={export_root}"], tmp_path)
+
+    rotated, labels = rotate_all(load_source("digits").test.images[:4])
+    rotated = rotated.numpy()
+    npz = str(tmp_path / "rot.npz")
+    np.savez(npz, pngs=np.array([_png(i) for i in rotated], dtype=object))
+    proc = subprocess.run([PY, "-c", CLASSIFY_SCRIPT, os.path.join(export_root, "rotation", "1"), npz],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["signatures"] == ["classify", "embed_pixels", "serving_default"]
+    model = load_model(os.path.join(model_dir, "model.keras"))
+    expected = model.rotation_probabilities(rotated.astype(np.float32) / 255.0).numpy()
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    assert out["class"] == expected.argmax(1).tolist()
