@@ -1,0 +1,65 @@
+"""Relative-position patch builder (Doersch et al. 2015): geometry, labels, bounds, errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl.data.pretext import (NEIGHBOURS, PATCH_PRESETS, patch_geometry, relative_position_batches,
+                                    relative_position_pairs, save_patch_grid)
+from keras_ssl.data.sources import Split
+from keras_ssl.errors import UserError
+
+
+@pytest.mark.parametrize("side, preset", [(28, "small"), (32, "small"), (96, "small"), (224, "imagenet")])
+def test_positions_labels_bounds(side, preset):
+    pitch, patch, jitter, min_gap = patch_geometry(side, preset)
+    # a coordinate image: pixel value encodes (row, col), so a crop tells where it came from
+    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    coord = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.int32)
+    images = np.repeat(coord[None], 400, axis=0)
+    centre, neighbour, labels, corners = relative_position_pairs(images, tf.constant([1, 2]), preset,
+                                                                 color_drop=False)
+    centre, neighbour, labels, corners = (t.numpy() for t in (centre, neighbour, labels, corners))
+    assert centre.shape == neighbour.shape == (400, patch, patch, 3)
+    assert set(labels) == set(range(8))  # all 8 neighbours, the centre (label for (1,1)) never a target
+    offset = (pitch - patch) // 2
+    for i in range(400):
+        ct, cl, nt, nl = corners[i]
+        # the crops are exactly where the corners say
+        assert centre[i, 0, 0, 0] == ct and centre[i, 0, 0, 1] == cl
+        assert neighbour[i, 0, 0, 0] == nt and neighbour[i, -1, -1, 1] == nl + patch - 1
+        # inside the image
+        assert 0 <= min(ct, cl, nt, nl) and max(ct, cl, nt, nl) + patch <= side
+        # jitter bound around each cell's nominal corner
+        r, c = NEIGHBOURS[labels[i]]
+        assert abs(ct - (pitch + offset)) <= jitter and abs(cl - (pitch + offset)) <= jitter
+        assert abs(nt - (r * pitch + offset)) <= jitter and abs(nl - (c * pitch + offset)) <= jitter
+        # the gap holds: patches never touch along the axis where they are neighbours
+        if r != 1:
+            assert (nt + patch + min_gap <= ct) if r == 0 else (ct + patch + min_gap <= nt)
+        if c != 1:
+            assert (nl + patch + min_gap <= cl) if c == 0 else (cl + patch + min_gap <= nl)
+    if jitter:
+        assert len(set(corners[:, 0])) > 1  # jitter actually moves patches
+
+
+def test_errors_and_color_drop(tmp_path):
+    with pytest.raises(UserError, match="too small"):
+        patch_geometry(12)
+    with pytest.raises(UserError, match="unknown patch preset"):
+        patch_geometry(64, "huge")
+    with pytest.raises(UserError, match="square"):
+        relative_position_batches(Split(np.zeros((4, 28, 32, 1), np.uint8), None), 2)
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3)).astype(np.float32) / 255
+    centre, _, _, _ = relative_position_pairs(rgb, tf.constant([0, 0]), "small", color_drop=True)
+    stds = np.std(centre.numpy(), axis=(1, 2))  # per patch and channel
+    assert np.all(np.sum(stds > 0.05, axis=1) == 1)  # one real channel, two near-constant noise
+    labels = save_patch_grid((rgb[:3] * 255).astype(np.uint8), str(tmp_path / "patches.png"))
+    assert len(labels) == 3 and (tmp_path / "patches.png").stat().st_size > 500
+    assert set(PATCH_PRESETS) == {"imagenet", "small"}
+
+
+def test_batches():
+    split = Split(np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), None)
+    (c, n), y = next(iter(relative_position_batches(split, 8)))
+    assert c.shape == n.shape == (8, 6, 6, 1) and y.shape == (8,) and c.dtype == tf.float32
