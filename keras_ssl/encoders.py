@@ -51,9 +51,13 @@ def _conv_bn_relu(x, filters, kernel, stride, sync_bn, name):
 
 
 def _check_input_shape(input_shape, min_side):
-    if len(input_shape) != 3 or any(s is None or s <= 0 for s in input_shape):
+    """(H, W, C) with positive sizes; H and W may both be None (any size:
+    the encoders are fully convolutional up to the global pooling)."""
+    flexible = input_shape[:2] == (None, None) if len(input_shape) == 3 else False
+    if len(input_shape) != 3 or input_shape[2] is None or any(
+            s is not None and s <= 0 for s in input_shape) or (not flexible and None in input_shape):
         raise UserError(f"input_shape must be (height, width, channels), got {input_shape}")
-    if min(input_shape[:2]) < min_side:
+    if not flexible and min(input_shape[:2]) < min_side:
         raise UserError(
             f"images of {input_shape[0]}x{input_shape[1]} px are too small for this "
             f"encoder (needs at least {min_side} px); resize them or pick another encoder"

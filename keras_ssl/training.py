@@ -28,7 +28,8 @@ from keras_ssl.errors import UserError
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
 # Images through the encoder per batch element: two views, a pair, a triplet, one image.
-_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1, "rotation": 4}
+_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1, "rotation": 4,
+                       "relative_position": 2}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
 
@@ -78,6 +79,7 @@ class TrainConfig:
     normalize_embeddings: bool = False
     mining: str = "semi_hard"
     soft_margin: bool = False
+    patch_preset: str = "small"
     classes_per_batch: int = 8
     images_per_class: int = 4
     train_classes: str | None = None
@@ -113,6 +115,7 @@ class TrainConfig:
             (self.head in ("distance", "l1_sigmoid"), "head must be distance or l1_sigmoid"),
             (self.margin is None or self.margin > 0, "margin must be > 0"),
             (self.mining in ("semi_hard", "hard", "all"), "mining must be one of semi_hard, hard, all"),
+            (self.patch_preset in ("small", "imagenet"), "patch_preset must be small or imagenet"),
             (self.classes_per_batch >= 2, "classes_per_batch (P) must be >= 2"),
             (self.images_per_class >= 2, "images_per_class (K) must be >= 2 so every anchor has a positive"),
             (self.negative_hinge in ("distance", "squared"), "negative_hinge must be distance or squared"),
@@ -260,9 +263,15 @@ def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
     from keras_ssl.heads import projection_head
-    from keras_ssl.models import OnlineTriplet, RotationPrediction, Siamese, SimCLR, TripletNetwork
+    from keras_ssl.models import (OnlineTriplet, RelativePosition, RotationPrediction, Siamese, SimCLR,
+                                  TripletNetwork)
 
-    encoder = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem)
+    shape = dataset.image_shape
+    if config.method == "relative_position":  # patches: a size-agnostic encoder
+        shape = (None, None, shape[-1])
+    encoder = build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
+    if config.method == "relative_position":
+        return RelativePosition(encoder, hidden_dim=config.projection_hidden_dim or 512)
     if config.method == "siamese":
         return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head,
                        margin=config.resolved_margin, negative_hinge=config.negative_hinge,
@@ -300,6 +309,11 @@ def method_data(config, split):
         return pair_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
     if config.method == "triplet_explicit":
         return triplet_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
+    if config.method == "relative_position":
+        from keras_ssl.data.pretext import relative_position_batches
+
+        return (relative_position_batches(split, config.batch_size, seed=config.seed, preset=config.patch_preset),
+                steps, config.batch_size)
     if config.method == "rotation":
         from keras_ssl.data.pretext import rotation_batches
 
@@ -307,6 +321,19 @@ def method_data(config, split):
     data = simclr_views(split, config.batch_size, config.augment, seed=config.seed,
                         with_labels=config.online_probe)
     return data, steps, config.batch_size
+
+
+def _encoder_for_images(config, encoder, image_shape):
+    """The encoder to keep, at the dataset's image size (a size-agnostic patch
+    encoder gets its weights copied into a fixed-size one, which evaluation and
+    export need)."""
+    if encoder.input_shape[1] is not None:
+        return encoder
+    from keras_ssl.encoders import build_encoder
+
+    fixed = build_encoder(config.encoder, image_shape, config.width_multiplier, config.cifar_stem, sync_bn=False)
+    fixed.set_weights(encoder.get_weights())
+    return fixed
 
 
 def train(config):
@@ -365,7 +392,7 @@ def train(config):
         raise UserError("training diverged (NaN loss); lower --learning_rate or check the data")
     epochs_run = config.epochs - initial_epoch
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
-    save_keras_atomic(model.encoder, encoder_path)
+    save_keras_atomic(_encoder_for_images(config, model.encoder, dataset.image_shape), encoder_path)
     save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     result = {
         "model_dir": config.model_dir,

@@ -63,3 +63,45 @@ def test_batches():
     split = Split(np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), None)
     (c, n), y = next(iter(relative_position_batches(split, 8)))
     assert c.shape == n.shape == (8, 6, 6, 1) and y.shape == (8,) and c.dtype == tf.float32
+
+
+def test_relative_position_model_learns_and_shares_weights_with_full_images(tmp_path):
+    import keras
+
+    from keras_ssl.data import load_source
+    from keras_ssl.encoders import small_cnn
+    from keras_ssl.models import RelativePosition
+
+    keras.utils.set_random_seed(0)
+    digits = load_source("digits", image_size=(32, 32))
+    encoder = small_cnn((None, None, 1), width_multiplier=0.5)
+    model = RelativePosition(encoder, hidden_dim=64)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    hist = model.fit(relative_position_batches(digits.train, 64), steps_per_epoch=20, epochs=3, verbose=0).history
+    assert hist["position_accuracy"][-1] > 0.3  # chance 0.125
+    # the same weights embed whole images
+    features = model.predict(digits.test.images[:4], verbose=0)
+    assert features.shape == (4, int(encoder.output_shape[-1]))
+    model.save(tmp_path / "rp.keras")
+    loaded = keras.models.load_model(tmp_path / "rp.keras")
+    np.testing.assert_allclose(loaded.predict(digits.test.images[:4], verbose=0), features, atol=1e-5)
+
+
+def test_relative_position_binaries(tmp_path):
+    import json
+    import os
+
+    from test_end_to_end import _run
+
+    model_dir = str(tmp_path / "rp")
+    _run(["keras_ssl.bin.train", "--method=relative_position", "--dataset=digits", "--image_size=32",
+          "--epochs=1", "--batch_size=64", "--width_multiplier=0.5", "--optimizer=adam", "--learning_rate=1e-3",
+          "--lr_scaling=none", "--warmup_epochs=0", f"--model_dir={model_dir}", "--verbose=0"], tmp_path)
+    import keras
+
+    encoder = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
+    assert encoder.input_shape == (None, 32, 32, 1)  # patch-trained weights, whole-image encoder
+    _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none"], tmp_path)
+    assert 0 < json.load(open(os.path.join(model_dir, "evaluation.json")))["linear_probe_accuracy"] <= 1
+    _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={tmp_path / 'sm'}"], tmp_path)
+    assert os.path.isdir(tmp_path / "sm" / "rp" / "1")

@@ -23,9 +23,12 @@ def _defaults():
 
 d = _defaults()
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
-flags.DEFINE_enum("method", d.method, ["simclr", "siamese", "triplet", "triplet_explicit", "rotation"],
+flags.DEFINE_enum("method", d.method,
+                  ["simclr", "siamese", "triplet", "triplet_explicit", "rotation", "relative_position"],
                   "simclr; siamese (pairs); triplet (online mining on P x K batches); triplet_explicit; "
-                  "rotation (RotNet pretext task)")
+                  "rotation (RotNet); relative_position (Doersch et al.)")
+flags.DEFINE_enum("patch_preset", d.patch_preset, ["small", "imagenet"],
+                  "relative_position: patch/jitter sizes relative to the image (small: 28-64 px)")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")

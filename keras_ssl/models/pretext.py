@@ -83,3 +83,86 @@ class RotationPrediction(MethodModel):
         for key in ("encoder", "head"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class RelativePosition(MethodModel):
+    """Relative patch position (Doersch, Gupta, Efros 2015): which of the 8
+    neighbours of the centre patch is the second patch?
+
+    Both patches go through the one shared `encoder` (build it with input
+    shape `(None, None, C)` so the same weights also embed whole images); the
+    two feature vectors are concatenated and an MLP head (`hidden_dim`, BN,
+    ReLU) classifies the 8 positions. `fit()` takes
+    `((centre, neighbour), labels)` from
+    `keras_ssl.data.pretext.relative_position_batches`. Metrics: `loss`,
+    `position_accuracy` (chance 1/8).
+    """
+
+    def __init__(self, encoder, hidden_dim=512, head=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.hidden_dim = int(hidden_dim)
+        if head is None:
+            head = keras.Sequential([
+                keras.Input((2 * int(encoder.output_shape[-1]),)),
+                keras.layers.Dense(self.hidden_dim, use_bias=False, name="hidden"),
+                keras.layers.BatchNormalization(name="hidden_bn"), keras.layers.ReLU(name="hidden_relu"),
+                keras.layers.Dense(8, name="position_logits")], name="position_head")
+        self.head = head
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="position_accuracy")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def _children(self):
+        return (self.encoder, self.head)
+
+    def build(self, input_shape=None):
+        if not self.encoder.built:
+            self.encoder.build(self.encoder.input_shape)
+        if not self.head.built:
+            self.head.build((None,) + tuple(self.head.input_shape[1:]))
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.encoder(to_float01(images), training=training)
+
+    def position_probabilities(self, centre, neighbour):
+        """Softmax over the 8 neighbour positions, `[B, 8]`."""
+        f = self.encoder(tf.concat([to_float01(centre), to_float01(neighbour)], axis=0), training=False)
+        f_c, f_n = tf.split(f, 2, axis=0)
+        return tf.nn.softmax(tf.cast(self.head(tf.concat([f_c, f_n], axis=-1), training=False), tf.float32))
+
+    def _forward(self, data, training):
+        x, y = split_data(data)
+        if not isinstance(x, (tuple, list)) or len(x) != 2 or y is None:
+            raise UserError("RelativePosition expects batches ((centre, neighbour), labels)")
+        centre, neighbour = x
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        n_local = tf.shape(y)[0]
+        f = self.encoder(tf.concat([to_float01(centre), to_float01(neighbour)], axis=0), training=training)
+        f_c, f_n = tf.split(f, 2, axis=0)
+        logits = tf.cast(self.head(tf.concat([f_c, f_n], axis=-1), training=training), tf.float32)
+        terms = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        weight = tf.cast(n_local, tf.float32)
+        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
+        self.accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
+        return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
+                      head=keras.saving.serialize_keras_object(self.head), hidden_dim=self.hidden_dim)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "head"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
