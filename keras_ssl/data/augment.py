@@ -70,11 +70,13 @@ PRESETS = {
     # SimCLR on CIFAR-10 (Appendix B.9): s = 0.5, no blur.
     "cifar": AugmentConfig(jitter_strength=0.5, blur_prob=0.0),
     # Ours for 28 px grayscale (Fashion-MNIST). Colour jitter reduces to
-    # brightness and contrast, so s = 0.5 as for CIFAR; no blur: at 28 px the
-    # 3x3 kernel with sigma up to 2 wipes the fine texture that separates
-    # shirts from pullovers and coats. The crop keeps at least 20% of the
-    # area: at 28 px a 0.08 crop is 8x8 px of a garment, too little to tell
-    # classes apart. Measured effect: docs/BENCHMARKS.md "augmentation preset".
+    # brightness and contrast, so s = 0.5 as for CIFAR. The crop keeps at least
+    # 20% of the area: at 28 px a 0.08 crop is an 8x8 px piece of a garment, too
+    # little to tell classes apart. Measured (docs/BENCHMARKS.md, one seed, one
+    # epoch of the demo run): kNN 82.90% with area >= 0.2 vs 82.10% with the
+    # paper's 0.08. No blur, as SimCLR's CIFAR setting: at 28 px the 3x3 kernel
+    # with sigma up to 2 wipes the fine texture that separates shirts from
+    # pullovers and coats (not measured separately).
     "fashion_mnist": AugmentConfig(crop_area=(0.2, 1.0), jitter_strength=0.5, blur_prob=0.0),
 }
 
