@@ -339,7 +339,6 @@ def _encoder_for_images(config, encoder, image_shape):
 def train(config):
     """Trains per `config`; returns a dict of final metrics and paths (also `training.json`)."""
     import keras
-    import tensorflow as tf
 
     from keras_ssl.data import load_source
     from keras_ssl.distribute import get_strategy

@@ -1,0 +1,186 @@
+"""Frozen-encoder classification quality: features, linear probe, weighted kNN,
+2-D embedding plot, and the shared evaluator that writes `evaluation.json`."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl.data.views import eval_batches
+from keras_ssl.errors import UserError
+from keras_ssl.evaluation.report import write_json_atomic
+
+KNN_TEMPERATURE = 0.07  # Wu et al. 2018 (InstDisc), as solo-learn's weighted kNN
+
+
+def feature_model(encoder, layer=None):
+    """The encoder, or a model up to `layer` (a name such as `block2`), pooled to vectors."""
+    if layer is None or layer == "features":
+        return encoder
+    try:
+        output = encoder.get_layer(layer).output
+    except ValueError:
+        names = [lyr.name for lyr in encoder.layers if lyr.name.startswith("block")]
+        raise UserError(f"encoder has no layer {layer!r}; probe points are {names + ['features']}")
+    import keras
+
+    if len(output.shape) == 4:
+        output = keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(output)
+    return keras.Model(encoder.input, output, name=f"{encoder.name}_{layer}")
+
+
+def extract_features(encoder, split, batch_size=512, layer=None):
+    """float32 features `[N, D]` of a split's unaugmented images."""
+    model = feature_model(encoder, layer)
+    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    chunks = [predict(batch[0]).numpy() for batch in eval_batches(split, batch_size)]
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def linear_probe(train_x, train_y, test_x, test_y, max_iter=1000, C=1.0):
+    """Test accuracy of a logistic regression on standardised features.
+
+    scikit-learn's multinomial `LogisticRegression` (lbfgs, L2, `C=1`) after a
+    `StandardScaler` fit on the train features; the SimCLR paper's protocol
+    (Appendix B.5) with sklearn's defaults.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(max_iter=max_iter, C=C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(scaler.transform(train_x), train_y)
+    return float(np.mean(clf.predict(scaler.transform(test_x)) == test_y))
+
+
+def knn_predict(train_x, train_y, test_x, k=20, num_classes=None, temperature=KNN_TEMPERATURE,
+                chunk=1024):
+    """Weighted kNN on cosine similarity (Wu et al. 2018).
+
+    Each of the `k` most similar train features votes for its class with
+    weight `exp(similarity / temperature)`; computed in chunks of test rows so
+    memory stays at `chunk x N_train`.
+    """
+    num_classes = num_classes or int(np.max(train_y)) + 1
+    k = min(k, len(train_x))
+    keys = tf.math.l2_normalize(tf.constant(train_x, tf.float32), axis=1)
+    key_labels = tf.constant(train_y, tf.int32)
+    preds = []
+    for start in range(0, len(test_x), chunk):
+        q = tf.math.l2_normalize(tf.constant(test_x[start:start + chunk], tf.float32), axis=1)
+        sims = tf.matmul(q, keys, transpose_b=True)
+        top_sims, top_idx = tf.math.top_k(sims, k=k)
+        votes = tf.one_hot(tf.gather(key_labels, top_idx), num_classes) * tf.exp(top_sims / temperature)[..., None]
+        preds.append(tf.argmax(tf.reduce_sum(votes, axis=1), axis=1).numpy())
+    return np.concatenate(preds) if preds else np.zeros((0,), np.int64)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k=20, num_classes=None):
+    """Test accuracy of `knn_predict`."""
+    return float(np.mean(knn_predict(train_x, train_y, test_x, k, num_classes) == test_y))
+
+
+def embedding_plot(features, labels, path, class_names=(), method="tsne", max_points=2000, seed=0,
+                   title=None):
+    """Saves a 2-D scatter (t-SNE or PCA) of `max_points` test features as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(features))[:max_points]
+    x = features[idx].astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
+    elif method == "pca":
+        u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)
+        xy = u[:, :2] * s[:2]
+    else:
+        raise UserError(f"unknown plot method {method!r}; choose tsne or pca")
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    y = labels[idx] if labels is not None else np.zeros(len(idx), int)
+    for c in np.unique(y):
+        name = class_names[c] if labels is not None and c < len(class_names) else str(c)
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=4, label=name)
+    if labels is not None:
+        ax.legend(markerscale=3, fontsize=7, loc="best")
+    ax.set_title(title or f"{method.upper()} of {len(idx)} test embeddings")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def evaluate_features(train_x, train_y, test_x, test_y, num_classes=None, knn_k=(20, 200),
+                      probe_max_iter=1000):
+    """Linear-probe and kNN accuracies; `knn_accuracy` is the first k (20)."""
+    results = {"linear_probe_accuracy": linear_probe(train_x, train_y, test_x, test_y, probe_max_iter)}
+    for i, k in enumerate(knn_k):
+        acc = knn_accuracy(train_x, train_y, test_x, test_y, k, num_classes)
+        results[f"knn_accuracy_k{k}"] = acc
+        if i == 0:
+            results["knn_accuracy"] = acc
+    return results
+
+
+def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne", knn_k=(20, 200),
+                     probe_max_iter=1000, train_limit=None, extra=None):
+    """The shared evaluator: probe + kNN at each probe point, plot, `evaluation.json`.
+
+    Args:
+      encoder: frozen encoder (a Keras model, images in [0, 1] -> features).
+      dataset: an `ImageDataset` with labels.
+      output_dir: where `evaluation.json` and `embedding.png` go (None: nowhere).
+      layers: extra probe points (e.g. `["block2"]`); the encoder output is
+        always evaluated and gives the top-level keys.
+      plot: `tsne`, `pca` or None.
+      train_limit: use only the first N train images (quick checks).
+      extra: more key/values to store in the report.
+    Returns the results dict (also written as JSON).
+    """
+    if not dataset.labelled:
+        raise UserError(f"dataset {dataset.name} has no labels; linear probe and kNN need labelled "
+                        "train and test splits")
+    if len(dataset.test) == 0:
+        raise UserError(f"dataset {dataset.name} has no test split to evaluate on")
+    train = dataset.train.take(train_limit)
+    num_classes = dataset.num_classes or int(max(train.labels.max(), dataset.test.labels.max())) + 1
+    results = {"dataset": dataset.name, "train_images": len(train), "test_images": len(dataset.test)}
+    test_features = None
+    for layer in [None] + [lyr for lyr in (layers or []) if lyr != "features"]:
+        tr = extract_features(encoder, train, layer=layer)
+        te = extract_features(encoder, dataset.test, layer=layer)
+        scores = evaluate_features(tr, train.labels, te, dataset.test.labels, num_classes, knn_k, probe_max_iter)
+        if layer is None:
+            results.update(scores)
+            results["feature_dim"] = int(tr.shape[1])
+            test_features = te
+        else:
+            results.setdefault("per_layer", {})[layer] = dict(scores, feature_dim=int(tr.shape[1]))
+    if extra:
+        results.update(extra)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        if plot:
+            results["embedding_plot"] = embedding_plot(
+                test_features, dataset.test.labels, os.path.join(output_dir, "embedding.png"),
+                dataset.class_names, method=plot)
+        write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
+    return results
+
+
+def embed_split(model, split, batch_size=512):
+    """`model.embed` of a split's unaugmented images, `[N, D]` float32 (metric models)."""
+    embed = tf.function(lambda x: model.embed(x, training=False), reduce_retracing=True)
+    return np.concatenate([embed(b[0]).numpy() for b in eval_batches(split, batch_size)], axis=0)

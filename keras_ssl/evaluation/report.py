@@ -1,0 +1,43 @@
+"""Writing and printing evaluation results."""
+
+import json
+import os
+
+
+def write_json_atomic(path, obj):
+    """Writes JSON to `path` via a temporary file and rename (never half a file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def format_table(results):
+    """A plain-text table of the accuracies (and verification figures) in `results`."""
+    rows = [("metric", "value")]
+    for key in sorted(results):
+        value = results[key]
+        if isinstance(value, dict) and key == "one_shot_accuracy":
+            rows += [(f"one_shot_accuracy[{n.replace('_heldout', '')}-way{', held-out' if 'held' in n else ''}]",
+                      f"{100 * v:.2f}%") for n, v in sorted(value.items())]
+        elif key.endswith("accuracy") or "_accuracy_" in key or key.endswith("_rate") or key == "eer":
+            rows.append((key, f"{100 * value:.2f}%"))
+        elif key == "roc_auc":
+            rows.append((key, f"{value:.4f}"))
+        elif key in ("precision_at_1", "r_precision", "map_at_r", "pretext_accuracy"):
+            rows.append((key, f"{100 * value:.2f}%"))
+        elif key == "recall_at_k":
+            rows += [(f"recall_at_{k}", f"{100 * v:.2f}%") for k, v in sorted(value.items(), key=lambda t: int(t[0]))]
+        elif key == "heldout_retrieval":
+            rows += [(f"heldout/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
+        elif key == "threshold":
+            rows.append((f"threshold ({results.get('threshold_units', '')})", f"{value:.4f}"))
+    for layer, scores in sorted(results.get("per_layer", {}).items()):
+        for key in sorted(scores):
+            if "accuracy" in key:
+                rows.append((f"{layer}/{key}", f"{100 * scores[key]:.2f}%"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{width}}  {b:>8}" for a, b in rows]
+    lines.insert(1, "-" * (width + 10))
+    return "\n".join(lines)
