@@ -69,3 +69,15 @@ def global_batch_size(local_size):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return tf.cast(local_size, tf.int32)
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_size, tf.int32))
+
+
+def embed_images(encoder, head, images, normalize, training=False):
+    """Metric-model embedding: encoder -> optional `head` -> float32 -> optional L2
+    normalisation, for uint8 or [0, 1] float images (Siamese and triplet models)."""
+    from keras_ssl.data.augment import to_float01
+
+    e = encoder(to_float01(images), training=training)
+    if head is not None:
+        e = head(e, training=training)
+    e = tf.cast(e, tf.float32)
+    return tf.math.l2_normalize(e, axis=-1) if normalize else e

@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.common import MethodModel, embed_images, global_batch_size, split_data
 
 
 class _Embedding(MethodModel):
@@ -40,11 +40,7 @@ class _Embedding(MethodModel):
 
     def embed(self, images, training=False):
         """Embeddings `[B, D]` (L2-normalised by default) of uint8 or [0, 1] images."""
-        e = self.encoder(to_float01(images), training=training)
-        if self.embedding_head is not None:
-            e = self.embedding_head(e, training=training)
-        e = tf.cast(e, tf.float32)
-        return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+        return embed_images(self.encoder, self.embedding_head, images, self.normalize, training)
 
     def call(self, images, training=False):
         return self.embed(images, training=training)
