@@ -12,8 +12,8 @@ import pytest
 
 PY = sys.executable
 
-# Runs in a fresh interpreter where importing keras_ssl (or keras) fails.
-SERVE_SCRIPT = textwrap.dedent('''
+# Prepended to scripts run in a fresh interpreter where importing keras_ssl (or keras) fails.
+BLOCK_KERAS = textwrap.dedent('''
     import importlib.abc, importlib.util, json, sys
     class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         def find_spec(self, name, path, target=None):
@@ -24,6 +24,9 @@ SERVE_SCRIPT = textwrap.dedent('''
         def exec_module(self, module):
             raise ImportError("blocked")
     sys.meta_path.insert(0, Block())
+''')
+
+SERVE_SCRIPT = BLOCK_KERAS + textwrap.dedent('''
     import numpy as np, tensorflow as tf
     path, npz = sys.argv[1], np.load(sys.argv[2], allow_pickle=True)
     m = tf.saved_model.load(path)

@@ -7,19 +7,9 @@ import textwrap
 
 import numpy as np
 
-from test_end_to_end import PY, _png, _run
+from test_end_to_end import BLOCK_KERAS, PY, _png, _run
 
-CLASSIFY_SCRIPT = textwrap.dedent('''
-    import importlib.abc, importlib.util, json, sys
-    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("keras_ssl", "keras"):
-                return importlib.util.spec_from_loader(name, self)
-        def create_module(self, spec):
-            raise ImportError("blocked: " + spec.name)
-        def exec_module(self, module):
-            raise ImportError("blocked")
-    sys.meta_path.insert(0, Block())
+CLASSIFY_SCRIPT = BLOCK_KERAS + textwrap.dedent('''
     import numpy as np, tensorflow as tf
     m = tf.saved_model.load(sys.argv[1])
     npz = np.load(sys.argv[2], allow_pickle=True)

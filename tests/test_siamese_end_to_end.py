@@ -5,39 +5,20 @@ import io
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from test_end_to_end import PY, _run
+from test_end_to_end import BLOCK_KERAS, PY, _png, _run
 
-VERIFY_SCRIPT = textwrap.dedent('''
-    import importlib.abc, importlib.util, json, sys
-    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("keras_ssl", "keras"):
-                return importlib.util.spec_from_loader(name, self)
-        def create_module(self, spec):
-            raise ImportError("blocked: " + spec.name)
-        def exec_module(self, module):
-            raise ImportError("blocked")
-    sys.meta_path.insert(0, Block())
+VERIFY_SCRIPT = BLOCK_KERAS + textwrap.dedent('''
     import numpy as np, tensorflow as tf
     m = tf.saved_model.load(sys.argv[1])
     npz = np.load(sys.argv[2], allow_pickle=True)
     out = m.signatures["verify"](images_a=tf.constant(list(npz["a"])), images_b=tf.constant(list(npz["b"])))
     print(json.dumps({k: v.numpy().tolist() for k, v in out.items()} | {"threshold": float(m.threshold[0])}))
 ''')
-
-
-def _png(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0]).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
