@@ -1,7 +1,6 @@
 """Siamese through the binaries: train -> evaluate (verification, one-shot) -> export -> verify
 served in a process without keras_ssl, with the same decisions as the in-memory model."""
 
-import io
 import json
 import os
 import subprocess
