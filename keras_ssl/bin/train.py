@@ -12,8 +12,6 @@ from absl import flags
 
 from keras_ssl.bin.common import run_main
 
-_D = None  # defaults come from TrainConfig, so the binary and the library agree
-
 
 def _defaults():
     from keras_ssl.training import TrainConfig
@@ -21,7 +19,7 @@ def _defaults():
     return TrainConfig()
 
 
-d = _defaults()
+d = _defaults()  # defaults come from TrainConfig: the binary and the library agree
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
 flags.DEFINE_enum("method", d.method,
                   ["simclr", "siamese", "triplet", "triplet_explicit", "rotation", "relative_position"],

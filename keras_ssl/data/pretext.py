@@ -56,11 +56,6 @@ def rotation_batches(split, batch_size, seed=0, augment=None, shuffle=True):
     return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def rotation_count(images):
-    """How many images `rotate_all` makes from a batch (4 per image)."""
-    return 4 * int(np.shape(images)[0])
-
-
 # --------------------------------------------------------------------------
 # Relative patch position (Doersch, Gupta, Efros 2015)
 # --------------------------------------------------------------------------
