@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -32,6 +33,7 @@ _IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triple
                        "relative_position": 2}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
+DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass
@@ -86,7 +88,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     strategy: str = "default"
     cpu_replicas: int | None = None
-    dtype_policy: str = "float32"
+    dtype_policy: str = "auto"  # see resolve_dtype_policy
     jit_compile: bool = False
     seed: int = 0
     keep_checkpoints: int = 3
@@ -125,8 +127,7 @@ class TrainConfig:
              "batch_size must be even for siamese (half positive, half negative pairs)"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
-            (self.dtype_policy in ("float32", "mixed_bfloat16", "mixed_float16"),
-             "dtype_policy must be float32, mixed_bfloat16 or mixed_float16"),
+            (self.dtype_policy in DTYPE_POLICIES, f"dtype_policy must be one of {DTYPE_POLICIES}"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
@@ -222,12 +223,13 @@ def _check_resume(config):
                         f"(differs in {', '.join(diff)}); use a new --model_dir to start another run")
 
 
-def latest_checkpoint(model_dir):
-    """(epoch, path) of the newest epoch checkpoint, or (0, None)."""
+def latest_checkpoint(model_dir, epoch=None):
+    """(epoch, path) of the newest epoch checkpoint in `model_dir/checkpoints`
+    (or of the one for `epoch`), or (0, None)."""
     found = []
     for path in glob.glob(os.path.join(model_dir, "checkpoints", "epoch_*.weights.h5")):
         m = _CHECKPOINT.search(path)
-        if m:
+        if m and (epoch is None or int(m.group(1)) == epoch):
             found.append((int(m.group(1)), path))
     return max(found) if found else (0, None)
 
@@ -250,6 +252,49 @@ def _epoch_checkpoint_callback(model_dir, keep):
                 os.remove(old)
 
     return EpochCheckpoint()
+
+
+def worker_dir(model_dir, strategy):
+    """Where this process keeps its checkpoints: the run directory for the chief,
+    a scratch directory `<model_dir>/.worker_<type>_<id>` for the other workers
+    of a multi-worker run (removed when training ends)."""
+    from keras_ssl.distribute import is_chief, task_of
+
+    if is_chief(strategy):
+        return model_dir
+    task_type, task_id = task_of(strategy)
+    return os.path.join(model_dir, f".worker_{task_type}_{task_id}")
+
+
+def resume_epoch(config, strategy, own_dir):
+    """The epoch every worker restarts from, and this worker's checkpoint for it.
+
+    Each worker keeps its own atomic epoch checkpoints (Keras's
+    BackupAndRestore keeps one unversioned backup per worker, so a group
+    killed between two workers' saves would restart from different epochs);
+    a worker without its own (its scratch is removed after a finished run)
+    also sees the chief's, when the run directory is shared. The workers agree
+    on the smallest latest epoch among them; a finished chief run (latest
+    epoch >= `epochs`) is taken as it is.
+    """
+    from keras_ssl.distribute import agree_on_min, is_chief
+
+    dirs = [own_dir] if own_dir == config.model_dir else [own_dir, config.model_dir]
+    latest = max(latest_checkpoint(d)[0] for d in dirs)
+    chief_done = is_chief(strategy) and latest >= config.epochs
+    if agree_on_min(strategy, 0 if chief_done else 1) == 0:  # the chief has finished: nothing to train
+        return config.epochs, (latest_checkpoint(own_dir)[1] if chief_done else None)
+    epoch = agree_on_min(strategy, latest)
+    most = -agree_on_min(strategy, -latest)
+    if epoch == 0 and most == 0:
+        return 0, None
+    paths = [p for p in (latest_checkpoint(d, epoch)[1] for d in dirs) if p]
+    if not paths:
+        raise UserError(f"cannot resume: the workers' latest checkpoints are at epochs {epoch} to {most} and "
+                        f"{', '.join(d + '/checkpoints' for d in dirs)} has no epoch_{epoch:04d}.weights.h5 "
+                        "(a worker lost its checkpoints, or --keep_checkpoints is too low); "
+                        "start a new --model_dir")
+    return epoch, paths[0]
 
 
 def save_keras_atomic(model, path):
@@ -341,15 +386,21 @@ def train(config):
     import keras
 
     from keras_ssl.data import load_source
-    from keras_ssl.distribute import get_strategy
+    from keras_ssl.distribute import get_strategy, is_chief, shard_by_data
     from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
 
     config.validate()
     strategy = get_strategy(config.strategy, config.cpu_replicas)  # first: may split the CPU
+    chief = is_chief(strategy)
+    if config.jit_compile and strategy.num_replicas_in_sync > 1 and not _has_gpu():
+        raise UserError("--jit_compile fails under a multi-replica strategy on CPU (TF 2.21 places a variable "
+                        "on another device); drop --jit_compile or train on one replica")
+    own_dir = worker_dir(config.model_dir, strategy)
     _check_resume(config)
-    os.makedirs(config.model_dir, exist_ok=True)
-    write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
-    keras.mixed_precision.set_global_policy(config.dtype_policy)
+    os.makedirs(own_dir, exist_ok=True)
+    if chief:
+        write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
+    keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
     keras.utils.set_random_seed(config.seed)
 
     image_size = (config.image_size, config.image_size) if config.image_size else None
@@ -359,6 +410,7 @@ def train(config):
         raise UserError(f"{config.dataset} has {len(train_split)} training images, fewer than one batch of "
                         f"{config.batch_size}; lower --batch_size")
     data, epoch_steps, batch_size = method_data(config, train_split)
+    data = shard_by_data(data)
     steps = config.steps_per_epoch or epoch_steps
     total_steps = steps * config.epochs
     peak_lr = scale_learning_rate(config.learning_rate, batch_size, config.lr_scaling)
@@ -371,28 +423,25 @@ def train(config):
         model.build()
         model.optimizer.build(model.trainable_variables)
 
-    initial_epoch, checkpoint = latest_checkpoint(config.model_dir)
+    initial_epoch, checkpoint = resume_epoch(config, strategy, own_dir)
     if checkpoint:
         model.load_weights(checkpoint)
-        print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
-    callbacks = [
-        _epoch_checkpoint_callback(config.model_dir, config.keep_checkpoints),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+        if chief:
+            print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
+    callbacks = [_epoch_checkpoint_callback(own_dir, config.keep_checkpoints), keras.callbacks.TerminateOnNaN()]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"))
     start = time.time()
     history = {}
     if initial_epoch < config.epochs:
         hist = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
-                         callbacks=callbacks, verbose=config.verbose, shuffle=False)
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+                         callbacks=callbacks, verbose=config.verbose if chief else 0, shuffle=False)
+        history = {k: [float(np.ravel(v)[0]) for v in vals] for k, vals in hist.history.items()}
     elapsed = time.time() - start
     if any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):
         raise UserError("training diverged (NaN loss); lower --learning_rate or check the data")
     epochs_run = config.epochs - initial_epoch
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
-    save_keras_atomic(_encoder_for_images(config, model.encoder, dataset.image_shape), encoder_path)
-    save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     result = {
         "model_dir": config.model_dir,
         "encoder_path": encoder_path,
@@ -400,10 +449,49 @@ def train(config):
         "steps_per_epoch": steps,
         "peak_learning_rate": peak_lr,
         "replicas": strategy.num_replicas_in_sync,
+        "dtype_policy": keras.mixed_precision.global_policy().name,
         "train_seconds": elapsed,
         "images_per_second": (_IMAGES_PER_EXAMPLE.get(config.method, 1) * epochs_run * steps * batch_size
                               / elapsed) if epochs_run else None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
+        "chief": chief,
     }
+    if not chief:  # a worker's scratch checkpoints are only for restarting the group
+        shutil.rmtree(own_dir, ignore_errors=True)
+        return result
+    save_keras_atomic(_encoder_for_images(config, model.encoder, dataset.image_shape), encoder_path)
+    save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     write_json(os.path.join(config.model_dir, "training.json"), result)
     return result
+
+
+def _has_gpu():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_dtype_policy(name):
+    """`auto` -> the policy for this machine's devices, else `name` unchanged.
+
+    auto: `mixed_bfloat16` on GPUs of compute capability 8.0+ (A100, H100) and
+    on CPUs with AVX512-BF16 or AMX (1.3-1.4x faster here, docs/BENCHMARKS.md);
+    `mixed_float16` on GPUs of capability 7.x (V100, T4: fast float16, no
+    bfloat16); `float32` elsewhere (bfloat16 is emulated and slower there).
+    """
+    if name != "auto":
+        return name
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        if tuple(capability) >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16" if tuple(capability) >= (7, 0) else "float32"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

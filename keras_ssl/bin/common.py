@@ -17,6 +17,10 @@ def run_main(main):
     """`absl.app.run(main)`, printing a `UserError` as `error: <message>` (exit 2)."""
 
     def guarded(argv):
+        import logging
+
+        # TF's Python INFO lines (one per collective under multi-worker) drown the epoch lines.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
         try:
             return main(argv)
         except UserError as e:

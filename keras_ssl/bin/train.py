@@ -67,11 +67,16 @@ flags.DEFINE_integer("embedding_dim", None,
 flags.DEFINE_boolean("normalize_embeddings", d.normalize_embeddings, "siamese: L2-normalise embeddings")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
-flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored"], "distribution strategy")
+flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker", "tpu"],
+                  "distribution strategy (multi_worker reads TF_CONFIG; see keras-ssl-launch-local)")
 flags.DEFINE_integer("cpu_replicas", None, "mirrored without GPUs: split the CPU into N devices")
-flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["float32", "mixed_bfloat16", "mixed_float16"],
-                  "Keras dtype policy (mixed_bfloat16 was 1.2-1.4x faster on AVX512-BF16 CPUs)")
-flags.DEFINE_boolean("jit_compile", d.jit_compile, "XLA-compile the train step (slower on CPU)")
+flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy; auto: mixed_bfloat16 on bf16-capable CPUs and GPUs (8.0+), "
+                  "mixed_float16 on 7.x GPUs, else float32")
+flags.DEFINE_alias("mixed_precision", "dtype_policy")
+flags.DEFINE_boolean("jit_compile", d.jit_compile,
+                     "XLA-compile the train step (off by default: 1.75-2x slower on CPU, fails under "
+                     "multi-replica CPU strategies)")
 flags.DEFINE_integer("seed", d.seed, "random seed (shuffling, views, initialisation)")
 flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "epoch checkpoints to keep")
 flags.DEFINE_integer("verbose", d.verbose, "0 silent, 1 progress bar, 2 one line per epoch")
@@ -94,6 +99,9 @@ def main(argv):
     from keras_ssl.training import train
 
     result = train(config)
+    if not result["chief"]:
+        print(f"worker finished {result['epochs_run']} epoch(s); the chief wrote {config.model_dir}")
+        return
     print(f"trained {result['epochs_run']} epoch(s) in {result['train_seconds']:.0f} s "
           f"({result['images_per_second'] or 0:.0f} images/s); encoder: {result['encoder_path']}")
 

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_ssl.distribute import in_multi_worker_mode
 from keras_ssl.errors import UserError
 
 
@@ -25,6 +26,28 @@ class MethodModel(keras.Model):
                 model.build((None,) + tuple(model.input_shape[1:]))
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the model and optimizer without pulling a batch.
+
+        Keras's own version reduces a distributed batch across replicas, which
+        fails under MultiWorkerMirroredStrategy (keras-team/keras#20585, the
+        first of two failures in TECH_NOTES); our models know their shapes from
+        their children, so nothing needs a batch.
+        """
+        if not self.built:
+            self.build()
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def _logs(self):
+        """Metric results; rank 1 under multi-worker, where Keras's
+        `reduce(..., axis=0)` of the logs fails on scalars (the second failure)."""
+        logs = {m.name: m.result() for m in self.metrics}
+        if in_multi_worker_mode():
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
             loss = self._forward(data, training=True)
@@ -33,11 +56,11 @@ class MethodModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
     def test_step(self, data):
         self._forward(data, training=False)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
 
 def split_data(data):
