@@ -41,3 +41,17 @@ def linear_classifier(input_dim, num_classes, name="linear_probe"):
         [keras.Input(shape=(input_dim,)), keras.layers.Dense(num_classes, name="logits")],
         name=name,
     )
+
+
+def mlp_classifier(input_dim, hidden_dim, num_classes, sync_bn=None, name="classifier_head"):
+    """Dense(hidden, no bias) -> BN -> ReLU -> Dense(num_classes) logits; a
+    single Dense layer when `hidden_dim` is 0. The pretext tasks' heads. BN is
+    synchronised under more than one replica (as in the encoder), so the
+    update does not depend on how the global batch is split."""
+    layers = [keras.Input((input_dim,))]
+    if hidden_dim:
+        layers += [keras.layers.Dense(hidden_dim, use_bias=False, name="hidden"),
+                   keras.layers.BatchNormalization(synchronized=resolve_sync_bn(sync_bn), name="hidden_bn"),
+                   keras.layers.ReLU(name="hidden_relu")]
+    layers.append(keras.layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(layers, name=name)

@@ -66,6 +66,12 @@ def _relay(stream, prefix, sink):
     stream.close()
 
 
+def _describe(index, returncode):
+    if returncode < 0:
+        return f"worker {index} was killed by signal {-returncode}"
+    return f"worker {index} exited with status {returncode}"
+
+
 def _stop(procs, grace):
     for p in procs:
         if p.poll() is None:
@@ -97,11 +103,11 @@ def launch(n, train_args, grace=10.0, out=sys.stdout, err=sys.stderr):
             relays.append(t)
     status = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        while None in [p.poll() for p in procs]:  # poll every one: their return codes name the failure
+            failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
             if failed:
-                status = failed[0]
-                print(f"a worker exited with status {status}; stopping the others", file=err, flush=True)
+                status = failed[0][1]
+                print(f"{'; '.join(_describe(i, rc) for i, rc in failed)}; stopping the others", file=err, flush=True)
                 _stop(procs, grace)
                 break
             time.sleep(0.2)
@@ -116,7 +122,8 @@ def launch(n, train_args, grace=10.0, out=sys.stdout, err=sys.stderr):
 
 
 def main(argv):
-    sys.exit(launch(FLAGS.workers, argv[1:], FLAGS.grace_seconds))
+    status = launch(FLAGS.workers, argv[1:], FLAGS.grace_seconds)
+    sys.exit(128 - status if status < 0 else status)  # killed by signal N: 128 + N, as a shell reports it
 
 
 def run():

@@ -6,17 +6,8 @@ import tensorflow as tf
 from keras_ssl.data.augment import to_float01
 from keras_ssl.data.pretext import rotate_all
 from keras_ssl.errors import UserError
+from keras_ssl.heads import mlp_classifier
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
-
-
-def _mlp_head(input_dim, hidden_dim, classes, name):
-    """Dense(hidden, no bias) -> BN -> ReLU -> Dense(classes); linear when hidden_dim is 0."""
-    layers = [keras.Input((input_dim,))]
-    if hidden_dim:
-        layers += [keras.layers.Dense(hidden_dim, use_bias=False, name="hidden"),
-                   keras.layers.BatchNormalization(name="hidden_bn"), keras.layers.ReLU(name="hidden_relu")]
-    layers.append(keras.layers.Dense(classes, name="logits"))
-    return keras.Sequential(layers, name=name)
 
 
 class _PretextModel(MethodModel):
@@ -92,7 +83,7 @@ class RotationPrediction(_PretextModel):
         super().__init__(encoder, hidden_dim, head, **kwargs)
 
     def _default_head(self):
-        return _mlp_head(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, "rotation_head")
+        return mlp_classifier(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, "rotation_head")
 
     def rotation_probabilities(self, images):
         """Softmax over the four rotations, `[B, 4]`."""
@@ -128,7 +119,7 @@ class RelativePosition(_PretextModel):
         super().__init__(encoder, hidden_dim, head, **kwargs)
 
     def _default_head(self):
-        return _mlp_head(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, "position_head")
+        return mlp_classifier(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, "position_head")
 
     def _logits(self, centre, neighbour, training):
         f = self.encoder(tf.concat([to_float01(centre), to_float01(neighbour)], axis=0), training=training)

@@ -1,0 +1,114 @@
+"""Every method: one device and 2 logical CPU replicas give the same loss and update
+on the same global batch (issue 6); every method trains under mixed precision."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl.data import load_source
+from keras_ssl.training import TrainConfig, build_model, method_data, train
+
+# Tiny settings per method on the 8x8 digits (relative position on 24 px upsampled digits).
+METHODS = {
+    "simclr": dict(augment="fashion_mnist", batch_size=16),
+    "siamese": dict(augment="none", batch_size=16, normalize_embeddings=True, embedding_dim=8),
+    "triplet": dict(augment="none", classes_per_batch=4, images_per_class=4, embedding_dim=8),
+    "triplet_explicit": dict(augment="none", batch_size=16, embedding_dim=8),
+    "rotation": dict(augment="none", batch_size=8),
+    "relative_position": dict(augment="none", batch_size=16, image_size=24),
+}
+
+
+def _config(method, **extra):
+    return TrainConfig(**{"method": method, "dataset": "digits", "width_multiplier": 0.25, "model_dir": "unused",
+                          **METHODS[method], **extra})
+
+
+def _data(config):
+    size = (config.image_size, config.image_size) if config.image_size else None
+    return load_source("digits", image_size=size)
+
+
+def _step(strategy, config, dataset, batch, weights=None):
+    """One SGD step on `batch` under `strategy`: (loss, weights before, weights after)."""
+    with strategy.scope():
+        model = build_model(config, dataset)
+        if weights is not None:
+            model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+    before = [v.numpy() for v in model.weights]
+    hist = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)
+    return hist.history["loss"][0], before, [v.numpy() for v in model.weights]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_replicas_match_one_device(method, two_cpu_strategy):
+    keras.utils.set_random_seed(0)
+    config = _config(method)
+    dataset = _data(config)
+    data, _, _ = method_data(config, dataset.train.take(400))
+    batch = next(iter(data))
+    loss1, w0, w1 = _step(tf.distribute.get_strategy(), config, dataset, batch)
+    loss2, _, w2 = _step(two_cpu_strategy, config, dataset, batch, weights=w0)
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
+    moved = 0
+    for start, a, b in zip(w0, w1, w2):
+        np.testing.assert_allclose(b - start, a - start, rtol=1e-3, atol=2e-5)
+        moved += int(np.any(a != start))
+    assert moved > 0  # the step did something to compare
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trains_under_mixed_precision(method, policy, tmp_path):
+    config = _config(method, dtype_policy=policy, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path),
+                     optimizer="adam", learning_rate=1e-3, lr_scaling="none", warmup_epochs=0, verbose=0)
+    try:
+        result = train(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result["dtype_policy"] == policy
+    assert result["final_metrics"] and all(math.isfinite(v) for v in result["final_metrics"].values())
+
+
+def test_auto_dtype_policy_is_recorded_as_asked(tmp_path):
+    config = _config("rotation", epochs=1, steps_per_epoch=1, model_dir=str(tmp_path), verbose=0)
+    assert config.dtype_policy == "auto"
+    try:
+        result = train(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert result["dtype_policy"] == ("mixed_bfloat16" if bf16 else "float32")
+    assert dataclasses.asdict(config)["dtype_policy"] == "auto"
+
+
+def test_float16_embeddings_do_not_overflow_masks_or_logits():
+    """Losses cast to float32 first: float16 inputs (mixed_float16) give the
+    float32 value, finite, even with a low temperature and far-apart embeddings."""
+    from keras_ssl.losses import batch_triplet, contrastive, nt_xent, triplet
+
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(16, 8)) * 30).astype(np.float16)  # squared distances ~1e4: near float16's max
+    labels = tf.constant(np.repeat(np.arange(4), 4))
+    same = tf.constant(np.tile([1.0, 0.0], 4))
+    cases = {
+        "nt_xent": lambda e: nt_xent(e[:8], e[8:], temperature=0.05),
+        "contrastive": lambda e: contrastive(same, e[:8], e[8:], margin=1.0),
+        "triplet": lambda e: triplet(e[:5], e[5:10], e[10:15]),
+    }
+    for mining in ("semi_hard", "hard", "all"):
+        for soft in (False, True):
+            cases[f"batch_{mining}_{soft}"] = lambda e, m=mining, s=soft: batch_triplet(labels, e, 0.2, m, s)
+    for name, fn in cases.items():
+        got = fn(tf.constant(z))
+        want = fn(tf.constant(z.astype(np.float32)))
+        assert got.dtype == tf.float32, name
+        assert np.isfinite(got.numpy()), name
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, err_msg=name)
