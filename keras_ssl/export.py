@@ -62,14 +62,22 @@ def _resize_like_loader(pixels, height, width):
                    resize)
 
 
+def _verify_output(metric_model):
+    """`distance` (same when below the threshold) or `score` (Koch's l1_sigmoid head: same when above)."""
+    return "score" if getattr(metric_model, "head", None) == "l1_sigmoid" else "distance"
+
+
 class _Embedder(tf.Module):
     """The traced serving functions around one encoder (or a metric model)."""
 
-    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None, classifier=None):
+    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None, classifier=None,
+                 classifier_kind=None, num_classes=None):
         super().__init__()
         self.encoder = encoder
         self.metric_model = metric_model
         self.classifier = classifier
+        self.classifier_kind = classifier_kind
+        self.num_classes = num_classes
         _, self.height, self.width, self.channels = encoder.input_shape
         if metric_model is not None:
             self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
@@ -110,8 +118,9 @@ class _Embedder(tf.Module):
 
         return {"embedding": self._guarded(shape[0], compute)}
 
-    def _decode(self, images, name):
-        """string [B] -> uint8 [B, H, W, C], after checking every item is an image."""
+    def _decode(self, images, name, size=None):
+        """string [B] -> uint8 [B, H, W, C] (or at `size`), after checking every item is an image."""
+        height, width = size or (self.height, self.width)
         valid = _is_image(images)
         check = tf.debugging.Assert(
             tf.reduce_all(valid),
@@ -121,28 +130,54 @@ class _Embedder(tf.Module):
         def decode(data):
             img = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
             img = tf.ensure_shape(img, [None, None, self.channels])
-            return _resize_like_loader(img, self.height, self.width)
+            return _resize_like_loader(img, height, width)
 
         with tf.control_dependencies([check]):
             return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
-                [self.height, self.width, self.channels], tf.uint8))
+                [height, width, self.channels], tf.uint8))
 
     def serving_default(self, images):
         images = tf.ensure_shape(images, [None])
         count = tf.shape(images)[0]
         return {"embedding": self._guarded(count, lambda: self._embed_uint8(self._decode(images, "serving_default")))}
 
+    def _class_outputs(self, count, compute):
+        probs = tf.cond(count > 0, lambda: tf.cast(compute(), tf.float32),
+                        lambda: tf.zeros([0, self.num_classes], tf.float32))
+        return {"probabilities": probs, "class": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+
     def classify(self, images):
-        """Encoded images -> the pretext head's `probabilities` and `class`."""
+        """Encoded images -> `probabilities` of the rotation head or the linear
+        probe, and the most likely `class`."""
         images = tf.ensure_shape(images, [None])
-        count = tf.shape(images)[0]
 
         def compute():
             x = tf.cast(self._decode(images, "classify"), tf.float32) / 255.0
-            return tf.cast(self.classifier.rotation_probabilities(x), tf.float32)
+            if self.classifier_kind == "rotation":
+                return self.classifier.rotation_probabilities(x)
+            return tf.nn.softmax(tf.cast(self.classifier.probe(self.encoder(x, training=False)), tf.float32))
 
-        probs = tf.cond(count > 0, compute, lambda: tf.zeros([0, 4], tf.float32))
-        return {"probabilities": probs, "class": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+        return self._class_outputs(tf.shape(images)[0], compute)
+
+    def classify_position(self, centre, neighbour):
+        """Encoded (centre, neighbour) patch pairs -> `probabilities` over the 8
+        neighbour positions (resized to the training patch size first)."""
+        centre = tf.ensure_shape(centre, [None])
+        neighbour = tf.ensure_shape(neighbour, [None])
+        count = tf.shape(centre)[0]
+        same_count = tf.debugging.assert_equal(
+            count, tf.shape(neighbour)[0], message="classify: centre and neighbour must hold the same number of patches")
+        side = self.classifier.patch_size
+
+        def compute():
+            with tf.control_dependencies([same_count]):
+                c = self._decode(centre, "classify", (side, side))
+            n = self._decode(neighbour, "classify", (side, side))
+            return self.classifier.position_probabilities(tf.cast(c, tf.float32) / 255.0,
+                                                          tf.cast(n, tf.float32) / 255.0)
+
+        with tf.control_dependencies([same_count]):
+            return self._class_outputs(count, compute)
 
     def verify(self, images_a, images_b):
         """Two batches of encoded images -> pair score and the decision at the stored threshold."""
@@ -152,14 +187,17 @@ class _Embedder(tf.Module):
         same_count = tf.debugging.assert_equal(
             count, tf.shape(images_b)[0], message="verify: images_a and images_b must hold the same number of images")
         model = self.metric_model
-        key = "distance" if model.head == "distance" else "score"
+        key = _verify_output(model)
 
         def compute():
             with tf.control_dependencies([same_count]):
                 e_a = self._raw_embedding(self._decode(images_a, "verify"))
             e_b = self._raw_embedding(self._decode(images_b, "verify"))
-            score = tf.cast(model.pair_score(e_a, e_b), tf.float32)
-            same = score < self.threshold if model.head == "distance" else score >= self.threshold
+            if hasattr(model, "pair_score"):  # Siamese: its head's distance or score
+                score = tf.cast(model.pair_score(e_a, e_b), tf.float32)
+            else:  # triplet models: Euclidean distance of the embeddings
+                score = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 0.0))
+            same = score < self.threshold if key == "distance" else score >= self.threshold
             return score, same
 
         def empty():
@@ -171,7 +209,7 @@ class _Embedder(tf.Module):
 
 
 def export_saved_model(encoder, export_root="saved_models", name="model", version=None, overwrite=False,
-                       config=None, normalize=True, threshold=None):
+                       config=None, normalize=True, threshold=None, image_encoder=None, class_names=None):
     """Exports `encoder` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
@@ -183,6 +221,14 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
       overwrite: replace an existing version (otherwise refused).
       config: JSON-serialisable run config stored in `assets.extra/config.json`.
       normalize: L2-normalise the embedding (the documented contract).
+      image_encoder: the fixed-size encoder for the embedding signatures when
+        the model's own is size-agnostic (RelativePosition trains on patches).
+      class_names: names of the probe's classes, stored with the facts.
+
+    Models with a classification head also get one: RotationPrediction and
+    SimCLR with an online probe `classify` (`images` -> `probabilities`,
+    `class`); RelativePosition `classify` with `centre` and `neighbour`
+    patches -> probabilities over the 8 neighbour positions.
     """
     if not name or os.sep in name or name.startswith("."):
         raise UserError(f"export name must be a plain folder name, got {name!r}")
@@ -195,23 +241,36 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
-    metric_model = classifier = None
-    if hasattr(encoder, "rotation_probabilities"):  # pretext model: embedding + classify
-        classifier, encoder = encoder, encoder.encoder
-    if hasattr(encoder, "embed") and hasattr(encoder, "encoder"):  # a metric model: export its embedding
-        metric_model, encoder = encoder, encoder.encoder
-    if metric_model is not None and hasattr(metric_model, "threshold"):  # Siamese: + verify
+    metric_model = classifier = classifier_kind = None
+    num_classes = 0
+    model = encoder
+    if hasattr(model, "rotation_probabilities"):  # RotNet: embedding + classify (4 rotations)
+        classifier, classifier_kind, num_classes, encoder = model, "rotation", 4, model.encoder
+    elif hasattr(model, "position_probabilities"):  # relative position: + classify_position (8 neighbours)
+        if model.patch_size is None:
+            raise UserError("this RelativePosition model records no patch_size; rebuild it with patch_size=")
+        classifier, classifier_kind, num_classes, encoder = model, "position", 8, model.encoder
+    elif getattr(model, "probe", None) is not None:  # SimCLR with its online linear probe: + classify
+        classifier, classifier_kind, encoder = model, "probe", model.encoder
+        num_classes = int(model.probe.output_shape[-1])
+    elif hasattr(model, "embed") and hasattr(model, "encoder"):  # a metric model: export its embedding
+        metric_model, encoder = model, model.encoder
+    if image_encoder is not None:
+        encoder = image_encoder
+    if metric_model is not None and (hasattr(metric_model, "threshold") or threshold is not None):  # + verify
         from keras_ssl.models.siamese import _check_threshold
 
-        threshold = _check_threshold(metric_model.threshold if threshold is None else threshold)
+        threshold = _check_threshold(getattr(metric_model, "threshold", None) if threshold is None else threshold)
     elif threshold is not None:
-        raise UserError("a threshold only applies to metric models (Siamese) with a verify signature")
+        raise UserError("a threshold only applies to metric models (Siamese, triplet) with a verify signature")
+    if class_names and len(class_names) != num_classes:
+        class_names = None  # names of the dataset's classes, not of a pretext head's
     if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
         raise UserError(f"encoder input must be [batch, H, W, C] with known H, W, C; got {encoder.input_shape}")
     os.makedirs(model_root, exist_ok=True)
     tmp = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    embedder = _Embedder(encoder, normalize, metric_model, threshold, classifier)
+    embedder = _Embedder(encoder, normalize, metric_model, threshold, classifier, classifier_kind, num_classes)
     try:
         archive = keras.export.ExportArchive()
         archive.track(classifier or metric_model or encoder)
@@ -221,7 +280,10 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
         archive.add_endpoint(
             "embed_pixels", embedder.embed_pixels,
             input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
-        if classifier is not None:
+        if classifier_kind == "position":
+            archive.add_endpoint("classify", embedder.classify_position, input_signature=[
+                tf.TensorSpec([None], tf.string, name="centre"), tf.TensorSpec([None], tf.string, name="neighbour")])
+        elif classifier is not None:
             archive.add_endpoint("classify", embedder.classify,
                                  input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         if threshold is not None:
@@ -245,16 +307,23 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
             "preprocessing": "decode -> bilinear resize to HxW (rounded to uint8) if needed -> / 255",
         }
         if threshold is not None:
-            key = "distance" if metric_model.head == "distance" else "score"
+            key = _verify_output(metric_model)
             rule = "distance < threshold" if key == "distance" else "score >= threshold"
             facts["signatures"]["verify"] = {
                 "inputs": {"images_a": "string [batch]", "images_b": "string [batch]"},
                 "outputs": {key: "float32 [batch]", "same": f"bool [batch]: {rule}"}}
         if classifier is not None:
+            meaning = {"rotation": "rotation by 0/90/180/270 degrees",
+                       "position": "neighbour position 0-7 (row, column): (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) "
+                                   "(2,2), the centre being (1,1)",
+                       "probe": "the dataset's classes (online linear probe)"}[classifier_kind]
+            inputs = ({"centre": f"string [batch] patches (resized to {classifier.patch_size} px)",
+                       "neighbour": "string [batch]"} if classifier_kind == "position"
+                      else {"images": "string [batch]"})
             facts["signatures"]["classify"] = {
-                "inputs": {"images": "string [batch]"},
-                "outputs": {"probabilities": "float32 [batch, 4]: rotation by 0/90/180/270 degrees",
-                            "class": "int32 [batch]"}}
+                "inputs": inputs,
+                "outputs": {"probabilities": f"float32 [batch, {num_classes}]: {meaning}", "class": "int32 [batch]"}}
+            facts["class_names"] = list(class_names) if class_names else None
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
         if config is not None:

@@ -316,7 +316,11 @@ def build_model(config, dataset):
         shape = (None, None, shape[-1])
     encoder = build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
     if config.method == "relative_position":
-        return RelativePosition(encoder, hidden_dim=config.projection_hidden_dim or 512)
+        from keras_ssl.data.pretext import patch_geometry
+
+        patch = patch_geometry(dataset.image_shape[0], config.patch_preset)[1]
+        return RelativePosition(encoder, hidden_dim=config.projection_hidden_dim or 512, patch_size=patch,
+                                preset=config.patch_preset)
     if config.method == "siamese":
         return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head,
                        margin=config.resolved_margin, negative_hinge=config.negative_hinge,

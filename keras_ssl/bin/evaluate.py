@@ -50,7 +50,7 @@ def main(argv):
 
         model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
         extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
-    elif config.method == "rotation":
+    elif config.method in ("rotation", "relative_position"):
         from keras_ssl.evaluation import pretext_accuracy
         from keras_ssl.saving import load_model
 

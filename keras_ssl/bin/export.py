@@ -18,7 +18,7 @@ flags.DEFINE_string("export_root", "saved_models", "root of the exported models"
 flags.DEFINE_string("name", None, "model name (default: the run directory's name)")
 flags.DEFINE_integer("version", None, "version number (default: the next free one)")
 flags.DEFINE_boolean("overwrite", False, "replace an existing version")
-flags.DEFINE_float("threshold", None, "siamese: decision threshold of the verify signature "
+flags.DEFINE_float("threshold", None, "siamese/triplet: decision threshold of the verify signature "
                    "(default: the one calibrated by keras-ssl-evaluate, else the model's)")
 FLAGS = flags.FLAGS
 
@@ -31,29 +31,29 @@ def main(argv):
     from keras_ssl.export import export_saved_model
 
     config, encoder_path = load_run(FLAGS.model_dir)
-    threshold = None
-    if config.method == "siamese":
-        from keras_ssl.saving import load_model
+    from keras_ssl.saving import load_model
 
-        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        threshold, source = FLAGS.threshold, "--threshold"
+    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # heads: verify / classify signatures
+    image_encoder = keras.models.load_model(encoder_path) if config.method == "relative_position" else None
+    threshold, source = FLAGS.threshold, "--threshold"
+    if config.method == "siamese":
         report = os.path.join(FLAGS.model_dir, "evaluation.json")
         if threshold is None and os.path.isfile(report):
             threshold, source = json.load(open(report)).get("threshold"), "evaluation.json (calibrated)"
         if threshold is None:
             threshold, source = model.threshold, "model default (run keras-ssl-evaluate to calibrate)"
-    else:
-        if FLAGS.threshold is not None:
-            raise UserError("--threshold only applies to --method=siamese runs (verify signature)")
-        if config.method in ("triplet", "triplet_explicit", "rotation"):  # heads included
-            from keras_ssl.saving import load_model
+    elif threshold is not None and config.method not in ("triplet", "triplet_explicit"):
+        raise UserError("--threshold only applies to siamese and triplet runs (verify signature)")
+    class_names = None
+    if config.method == "simclr" and getattr(model, "probe", None) is not None:
+        from keras_ssl.data import load_source
 
-            model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        else:
-            model = keras.models.load_model(encoder_path)
+        _, h, w, c = model.encoder.input_shape
+        class_names = load_source(config.dataset, config.data_dir, (h, w), c).class_names or None
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
-                              config=dataclasses.asdict(config), threshold=threshold)
+                              config=dataclasses.asdict(config), threshold=threshold, image_encoder=image_encoder,
+                              class_names=class_names)
     if threshold is not None:
         print(f"verify threshold: {threshold:.4f} from {source}")
     print(f"exported: {path}")

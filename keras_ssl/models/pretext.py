@@ -115,8 +115,17 @@ class RelativePosition(_PretextModel):
 
     ACCURACY = "position_accuracy"
 
-    def __init__(self, encoder, hidden_dim=512, head=None, **kwargs):
+    def __init__(self, encoder, hidden_dim=512, head=None, patch_size=None, preset="small", **kwargs):
+        """`patch_size` and `preset`: the training patches' side in pixels and
+        the patch preset they came from (recorded for evaluation and export)."""
         super().__init__(encoder, hidden_dim, head, **kwargs)
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.preset = preset
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, preset=self.preset)
+        return config
 
     def _default_head(self):
         return mlp_classifier(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, "position_head")
