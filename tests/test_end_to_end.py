@@ -36,6 +36,9 @@ SERVE_SCRIPT = BLOCK_KERAS + textwrap.dedent('''
     out["resized"] = m.signatures["embed_pixels"](pixels=tf.constant(npz["big"]))["embedding"].numpy().tolist()
     out["empty"] = list(m.signatures["embed_pixels"](pixels=tf.zeros([0, 8, 8, 1], tf.uint8))["embedding"].shape)
     out["empty_bytes"] = list(m.signatures["serving_default"](images=tf.constant([], tf.string))["embedding"].shape)
+    if "classify" in m.signatures and "images" in m.signatures["classify"].structured_input_signature[1]:
+        c = m.signatures["classify"](images=tf.constant(list(npz["pngs"])))
+        out["classify"] = {"probabilities": c["probabilities"].numpy().tolist(), "class": c["class"].numpy().tolist()}
     bad = {
         "rank3": lambda: m.signatures["embed_pixels"](pixels=tf.zeros([8, 8, 1], tf.uint8)),
         "channels": lambda: m.signatures["embed_pixels"](pixels=tf.zeros([2, 8, 8, 3], tf.uint8)),
@@ -68,7 +71,8 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     model_dir = str(root / "run")
     _run(["keras_ssl.bin.train", "--dataset=digits", "--epochs=2", "--batch_size=64", "--steps_per_epoch=3",
-          "--width_multiplier=0.5", "--augment=fashion_mnist", f"--model_dir={model_dir}", "--verbose=0"], root)
+          "--width_multiplier=0.5", "--augment=fashion_mnist", "--dtype_policy=float32", f"--model_dir={model_dir}",
+          "--verbose=0"], root)  # float32: served outputs are compared with in-memory ones to 1e-5
     return root, model_dir
 
 
@@ -88,8 +92,8 @@ def test_train_writes_run_directory(trained_run):
 def test_resume_continues_from_latest_checkpoint(trained_run):
     root, model_dir = trained_run
     proc = _run(["keras_ssl.bin.train", "--dataset=digits", "--epochs=3", "--batch_size=64", "--steps_per_epoch=3",
-                 "--width_multiplier=0.5", "--augment=fashion_mnist", f"--model_dir={model_dir}", "--verbose=0"],
-                root)
+                 "--width_multiplier=0.5", "--augment=fashion_mnist", "--dtype_policy=float32",
+                 f"--model_dir={model_dir}", "--verbose=0"], root)
     assert "resuming from" in proc.stdout and "epoch 2" in proc.stdout
     assert json.load(open(os.path.join(model_dir, "training.json")))["epochs_run"] == 1
     assert "epoch_0003.weights.h5" in os.listdir(os.path.join(model_dir, "checkpoints"))
@@ -143,7 +147,16 @@ def test_export_serves_without_keras_ssl(trained_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not out["keras_loaded"]
-    assert out["signatures"] == ["embed_pixels", "serving_default"]
+    assert out["signatures"] == ["classify", "embed_pixels", "serving_default"]  # classify: the online probe
+
+    from keras_ssl.saving import load_model
+
+    model = load_model(os.path.join(model_dir, "model.keras"))
+    probs = tf.nn.softmax(tf.cast(model.probe(model.encoder(images.astype(np.float32) / 255.0)), tf.float32)).numpy()
+    np.testing.assert_allclose(out["classify"]["probabilities"], probs, atol=1e-4)
+    assert out["classify"]["class"] == probs.argmax(1).tolist()
+    facts = json.load(open(os.path.join(path, "assets.extra", "preprocessing.json")))
+    assert facts["class_names"] == [str(i) for i in range(10)]  # digits
 
     encoder = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
     expected = tf.math.l2_normalize(encoder(images.astype(np.float32) / 255.0, training=False), -1).numpy()

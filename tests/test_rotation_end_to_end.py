@@ -26,7 +26,8 @@ def test_rotation_binaries_end_to_end(tmp_path):
     model_dir = str(tmp_path / "rotation")
     _run(["keras_ssl.bin.train", "--method=rotation", "--dataset=digits", "--epochs=2", "--batch_size=64",
           "--width_multiplier=0.5", "--augment=none", "--optimizer=adam", "--learning_rate=1e-3",
-          "--lr_scaling=none", "--warmup_epochs=0", f"--model_dir={model_dir}", "--verbose=0"], tmp_path)
+          "--lr_scaling=none", "--warmup_epochs=0", "--dtype_policy=float32", f"--model_dir={model_dir}",
+          "--verbose=0"], tmp_path)
     _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--layers=block1,block2"], tmp_path)
     report = json.load(open(os.path.join(model_dir, "evaluation.json")))
     assert report["pretext_accuracy"] > 0.5 and set(report["per_layer"]) == {"block1", "block2"}

@@ -27,7 +27,8 @@ def siamese_run(tmp_path_factory):
     _run(["keras_ssl.bin.train", "--method=siamese", "--dataset=digits", "--epochs=3", "--batch_size=64",
           "--width_multiplier=0.5", "--augment=none", "--optimizer=adam", "--learning_rate=3e-3",
           "--lr_scaling=none", "--warmup_epochs=0", "--normalize_embeddings", "--embedding_dim=16",
-          "--train_classes=0-6", "--val_fraction=0.2", f"--model_dir={model_dir}", "--verbose=0"], root)
+          "--train_classes=0-6", "--val_fraction=0.2", "--dtype_policy=float32", f"--model_dir={model_dir}",
+          "--verbose=0"], root)
     return root, model_dir
 
 

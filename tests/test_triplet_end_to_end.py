@@ -19,7 +19,7 @@ def test_triplet_binaries_end_to_end(tmp_path):
     _run(["keras_ssl.bin.train", "--method=triplet", "--dataset=digits", "--epochs=2", "--classes_per_batch=4",
           "--images_per_class=4", "--embedding_dim=16", "--width_multiplier=0.5", "--augment=none",
           "--optimizer=adam", "--learning_rate=1e-3", "--lr_scaling=none", "--warmup_epochs=0",
-          "--train_classes=0-6", f"--model_dir={model_dir}", "--verbose=0"], tmp_path)
+          "--train_classes=0-6", "--dtype_policy=float32", f"--model_dir={model_dir}", "--verbose=0"], tmp_path)
     proc = _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none"], tmp_path)
     assert "retrieval plot:" in proc.stdout
     report = json.load(open(os.path.join(model_dir, "evaluation.json")))
