@@ -13,6 +13,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -e '.[cpu,test]'
+	# The serving API's protos (gRPC client, warmup file); --no-deps because it
+	# requires the `tensorflow` wheel, which would clash with tensorflow-cpu.
+	$(PY) -m pip install --no-deps 'tensorflow-serving-api==2.21.*'
 	touch $@
 
 install: $(VENV)/.installed

@@ -43,6 +43,8 @@ def next_version(model_root):
 def _is_image(data):
     """bool [batch]: the bytes start like a PNG, JPEG, GIF, BMP or WebP file."""
     ok = tf.zeros(tf.shape(data), tf.bool)
+    # substr fails on a position past the end: pad so items shorter than 12 bytes are just "not an image"
+    data = tf.strings.join([data, tf.fill(tf.shape(data), b"\0" * 12)])
     for magic in _MAGIC:
         ok |= tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
     webp = tf.equal(tf.strings.substr(data, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(data, 8, 4), b"WEBP")
@@ -208,8 +210,32 @@ class _Embedder(tf.Module):
         return {key: score, "same": same}
 
 
+def _write_warmup(export_dir, embedder, classifier_kind, threshold):
+    """One small request per signature into TF Serving's warmup file; the
+    signature names written, or None without tensorflow-serving-api."""
+    from keras_ssl.serving import serving_api_available, write_warmup
+
+    if not serving_api_available():
+        return None
+    h, w, c = embedder.height, embedder.width, embedder.channels
+    png = tf.io.encode_png(tf.zeros([h, w, c], tf.uint8)).numpy()
+    requests = [("serving_default", {"images": [png]}),
+                ("embed_pixels", {"pixels": tf.zeros([1, h, w, c], tf.uint8).numpy()})]
+    if threshold is not None:
+        requests.append(("verify", {"images_a": [png], "images_b": [png]}))
+    if classifier_kind == "position":
+        side = embedder.classifier.patch_size
+        patch = tf.io.encode_png(tf.zeros([side, side, c], tf.uint8)).numpy()
+        requests.append(("classify", {"centre": [patch], "neighbour": [patch]}))
+    elif classifier_kind is not None:
+        requests.append(("classify", {"images": [png]}))
+    write_warmup(export_dir, requests)
+    return [name for name, _ in requests]
+
+
 def export_saved_model(encoder, export_root="saved_models", name="model", version=None, overwrite=False,
-                       config=None, normalize=True, threshold=None, image_encoder=None, class_names=None):
+                       config=None, normalize=True, threshold=None, image_encoder=None, class_names=None,
+                       warmup=True):
     """Exports `encoder` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
@@ -224,6 +250,8 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
       image_encoder: the fixed-size encoder for the embedding signatures when
         the model's own is size-agnostic (RelativePosition trains on patches).
       class_names: names of the probe's classes, stored with the facts.
+      warmup: write `assets.extra/tf_serving_warmup_requests` (one request
+        per signature) when `tensorflow-serving-api` is installed.
 
     Models with a classification head also get one: RotationPrediction and
     SimCLR with an online probe `classify` (`images` -> `probabilities`,
@@ -324,6 +352,7 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
                 "inputs": inputs,
                 "outputs": {"probabilities": f"float32 [batch, {num_classes}]: {meaning}", "class": "int32 [batch]"}}
             facts["class_names"] = list(class_names) if class_names else None
+        facts["warmup_requests"] = _write_warmup(tmp, embedder, classifier_kind, threshold) if warmup else None
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
         if config is not None:
