@@ -14,7 +14,17 @@ CLASSIFY_SCRIPT = BLOCK_KERAS + textwrap.dedent('''
     m = tf.saved_model.load(sys.argv[1])
     npz = np.load(sys.argv[2], allow_pickle=True)
     out = m.signatures["classify"](images=tf.constant(list(npz["pngs"])))
-    print(json.dumps({k: v.numpy().tolist() for k, v in out.items()} | {"signatures": sorted(m.signatures)}))
+    result = {k: v.numpy().tolist() for k, v in out.items()} | {"signatures": sorted(m.signatures)}
+    empty = m.signatures["classify"](images=tf.constant([], tf.string))
+    result["empty"] = {k: list(v.shape) for k, v in empty.items()}
+    for name, bad in {"garbage": tf.constant([b"garbage"]), "rank2": tf.constant([[b"x"]]),
+                      "dtype": tf.constant([1.0])}.items():
+        try:
+            m.signatures["classify"](images=bad)
+            result[name] = None
+        except Exception as e:
+            result[name] = str(e)[:1500]
+    print(json.dumps(result))
 ''')
 
 
@@ -47,3 +57,6 @@ def test_rotation_binaries_end_to_end(tmp_path):
     expected = model.rotation_probabilities(rotated.astype(np.float32) / 255.0).numpy()
     np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
     assert out["class"] == expected.argmax(1).tolist()
+    assert out["empty"] == {"probabilities": [0, 4], "class": [0]}
+    assert "not PNG/JPEG/GIF/BMP/WebP images" in out["garbage"]
+    assert "not compatible with expected shape [?]" in out["rank2"] and "string" in out["dtype"]
