@@ -3,10 +3,11 @@
 import json
 import os
 import subprocess
+import textwrap
 
 import numpy as np
 
-from test_end_to_end import PY, SERVE_SCRIPT, _png, _run
+from test_end_to_end import BLOCK_KERAS, PY, SERVE_SCRIPT, _png, _run
 
 
 def test_triplet_binaries_end_to_end(tmp_path):
@@ -43,3 +44,21 @@ def test_triplet_binaries_end_to_end(tmp_path):
     np.testing.assert_allclose(out["bytes"], expected, atol=1e-5)
     np.testing.assert_allclose(out["pixels"], expected, atol=1e-5)
     assert "verify" not in out["signatures"]
+
+    # With --threshold the export gains verify: Euclidean distance of the embeddings, same when below.
+    _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={export_root}", "--threshold=0.9"],
+         tmp_path)
+    verify = BLOCK_KERAS + textwrap.dedent('''
+        import numpy as np, tensorflow as tf
+        m = tf.saved_model.load(sys.argv[1])
+        pngs = list(np.load(sys.argv[2], allow_pickle=True)["pngs"])
+        out = m.signatures["verify"](images_a=tf.constant(pngs), images_b=tf.constant(pngs[::-1]))
+        print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
+    ''')
+    proc = subprocess.run([PY, "-c", verify, os.path.join(export_root, "triplet", "2"), npz], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    distance = np.linalg.norm(expected - expected[::-1], axis=1)
+    np.testing.assert_allclose(out["distance"], distance, atol=1e-5)
+    assert out["same"] == (distance < 0.9).tolist()
