@@ -88,7 +88,7 @@ def main():
             rows.append((name, np.percentile(single, 50), np.percentile(single, 99), 64 / np.median(batch)))
         size = _folder_mb(path)
     label = args.saved_model or f"{args.encoder} {h}x{w}x{c}"
-    print(f"| model | signature | batch 1 p50 | batch 1 p99 | batch 64 images/s | SavedModel |")
+    print("| model | signature | batch 1 p50 | batch 1 p99 | batch 64 images/s | SavedModel |")
     print("|---|---|---|---|---|---|")
     for name, p50, p99, ips in rows:
         print(f"| {label} | {name} | {p50:.2f} ms | {p99:.2f} ms | {ips:,.0f} | {size:.1f} MB |")
