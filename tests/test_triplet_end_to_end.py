@@ -24,7 +24,8 @@ def test_triplet_binaries_end_to_end(tmp_path):
     proc = _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none"], tmp_path)
     assert "retrieval plot:" in proc.stdout
     report = json.load(open(os.path.join(model_dir, "evaluation.json")))
-    for key in ("precision_at_1", "r_precision", "map_at_r", "recall_at_k", "heldout_retrieval"):
+    for key in ("precision_at_1", "r_precision", "map_at_r", "recall_at_k", "heldout_retrieval", "roc_auc", "eer",
+                "threshold", "one_shot_accuracy"):
         assert key in report, key
     assert report["precision_at_1"] > 0.5 and set(report["recall_at_k"]) == {"1", "5", "10"}
 
@@ -43,9 +44,9 @@ def test_triplet_binaries_end_to_end(tmp_path):
     assert expected.shape == (6, 16)
     np.testing.assert_allclose(out["bytes"], expected, atol=1e-5)
     np.testing.assert_allclose(out["pixels"], expected, atol=1e-5)
-    assert "verify" not in out["signatures"]
+    assert "verify" in out["signatures"]  # at the threshold keras-ssl-evaluate calibrated
 
-    # With --threshold the export gains verify: Euclidean distance of the embeddings, same when below.
+    # --threshold overrides the calibrated one; verify: Euclidean distance of the embeddings, same when below.
     _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={export_root}", "--threshold=0.9"],
          tmp_path)
     verify = BLOCK_KERAS + textwrap.dedent('''

@@ -34,8 +34,8 @@ def main(argv):
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
     extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
-    if config.method == "siamese":
-        from keras_ssl.evaluation import evaluate_siamese
+    if config.method in ("siamese", "triplet", "triplet_explicit"):
+        from keras_ssl.evaluation import evaluate_retrieval, evaluate_siamese
         from keras_ssl.saving import load_model
 
         model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
@@ -44,12 +44,8 @@ def main(argv):
             val = dataset.train.take(FLAGS.train_limit)
         extra.update(evaluate_siamese(model, dataset.test, val, FLAGS.model_dir,
                                       parse_classes(config.train_classes)))
-    elif config.method in ("triplet", "triplet_explicit"):
-        from keras_ssl.evaluation import evaluate_retrieval
-        from keras_ssl.saving import load_model
-
-        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
+        if config.method != "siamese":
+            extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
     elif config.method in ("rotation", "relative_position"):
         from keras_ssl.evaluation import pretext_accuracy
         from keras_ssl.saving import load_model

@@ -19,7 +19,8 @@ flags.DEFINE_string("name", None, "model name (default: the run directory's name
 flags.DEFINE_integer("version", None, "version number (default: the next free one)")
 flags.DEFINE_boolean("overwrite", False, "replace an existing version")
 flags.DEFINE_float("threshold", None, "siamese/triplet: decision threshold of the verify signature "
-                   "(default: the one calibrated by keras-ssl-evaluate, else the model's)")
+                   "(default: the one calibrated by keras-ssl-evaluate; else Siamese: the model's, "
+                   "triplet: no verify signature)")
 FLAGS = flags.FLAGS
 
 
@@ -36,13 +37,13 @@ def main(argv):
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # heads: verify / classify signatures
     image_encoder = keras.models.load_model(encoder_path) if config.method == "relative_position" else None
     threshold, source = FLAGS.threshold, "--threshold"
-    if config.method == "siamese":
+    if config.method in ("siamese", "triplet", "triplet_explicit"):
         report = os.path.join(FLAGS.model_dir, "evaluation.json")
         if threshold is None and os.path.isfile(report):
             threshold, source = json.load(open(report)).get("threshold"), "evaluation.json (calibrated)"
-        if threshold is None:
+        if threshold is None and config.method == "siamese":
             threshold, source = model.threshold, "model default (run keras-ssl-evaluate to calibrate)"
-    elif threshold is not None and config.method not in ("triplet", "triplet_explicit"):
+    elif threshold is not None:
         raise UserError("--threshold only applies to siamese and triplet runs (verify signature)")
     class_names = None
     if config.method == "simclr" and getattr(model, "probe", None) is not None:

@@ -134,7 +134,8 @@ def pair_similarity(model, e_a, e_b, chunk=8192):
 
 def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pairs=10000, trials=2000,
                      seed=1234):
-    """Verification and N-way one-shot evaluation of a `Siamese` model.
+    """Verification and N-way one-shot evaluation of a metric model: `Siamese`,
+    or a triplet model (scored by Euclidean distance of its embeddings).
 
     * Verification: `pairs` balanced test pairs (`keras_ssl.data.pairs`, fixed
       seed); the threshold maximising accuracy is calibrated on as many pairs
@@ -156,8 +157,9 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
     vsim = pair_similarity(model, e_val[vi], e_val[vj])
     results = verification_metrics(vsame, vsim, same, sim)
     sim_threshold = results.pop("similarity_threshold")
-    results["threshold"] = -sim_threshold if model.head == "distance" else sim_threshold
-    results["threshold_units"] = "distance" if model.head == "distance" else "probability"
+    by_distance = getattr(model, "head", "distance") == "distance"  # triplet models: distance
+    results["threshold"] = -sim_threshold if by_distance else sim_threshold
+    results["threshold_units"] = "distance" if by_distance else "probability"
     results["verification_pairs"] = int(pairs)
 
     def score_fn(query, support):
@@ -175,5 +177,6 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
                                                                  classes=held, seed=seed, score_fn=score_fn)
     results["one_shot_accuracy"] = one_shot
     if output_dir:
-        results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"), "Siamese verification ROC")
+        results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"),
+                                       f"{type(model).__name__} verification ROC")
     return results
