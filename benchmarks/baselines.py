@@ -21,13 +21,14 @@ flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")
 flags.DEFINE_string("encoder", "small_cnn", "encoder name")
 flags.DEFINE_integer("supervised_epochs", 8, "epochs of supervised training (0: skip)")
 flags.DEFINE_list("only", [], "subset of raw_pixels,untrained,supervised")
+flags.DEFINE_integer("image_size", None, "resize images first (e.g. 56, as the relative-position run)")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_string("output", None, "append JSON lines here")
 FLAGS = flags.FLAGS
 
 
 def _report(name, scores, **extra):
-    row = dict(baseline=name, **{k: round(v, 4) for k, v in scores.items()}, **extra)
+    row = dict(baseline=name, **{k: round(v, 4) for k, v in scores.items()}, image_size=FLAGS.image_size, **extra)
     print(json.dumps(row), flush=True)
     if FLAGS.output:
         with open(FLAGS.output, "a") as f:
@@ -45,7 +46,7 @@ def main(argv):
     from keras_ssl.evaluation import evaluate_features, extract_features
 
     keras.utils.set_random_seed(FLAGS.seed)
-    ds = load_source(FLAGS.dataset)
+    ds = load_source(FLAGS.dataset, image_size=(FLAGS.image_size,) * 2 if FLAGS.image_size else None)
     ytr, yte = ds.train.labels, ds.test.labels
     wanted = set(FLAGS.only or ["raw_pixels", "untrained", "supervised"])
 
