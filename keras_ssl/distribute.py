@@ -137,16 +137,18 @@ def shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def agree_on_min(strategy, value):
-    """The smallest `value` (an int) over all workers (a collective; every
-    worker must call it). Used to agree on the epoch to resume from."""
+def gather_from_workers(strategy, values):
+    """Every replica's `values` (a list of ints), as a list of tuples, one per
+    replica of every worker (a collective: every worker must call it). Used to
+    agree on the epoch to resume from."""
     if not in_multi_worker_mode(strategy):
-        return int(value)
+        return [tuple(int(v) for v in values)]
+    row = [float(v) for v in values]
 
     def replica_fn():
-        ctx = tf.distribute.get_replica_context()  # each replica writes its slot; the sum gathers them
-        slots = tf.one_hot(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync, dtype=tf.float64)
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, slots * float(value))
+        ctx = tf.distribute.get_replica_context()  # each replica fills its row; the sum gathers them
+        slot = tf.one_hot(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync, dtype=tf.float64)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, slot[:, None] * tf.constant(row, tf.float64)[None, :])
 
     gathered = strategy.experimental_local_results(tf.function(lambda: strategy.run(replica_fn))())[0]
-    return int(tf.reduce_min(gathered))
+    return [tuple(int(v) for v in r) for r in gathered.numpy()]

@@ -195,10 +195,7 @@ class _Embedder(tf.Module):
             with tf.control_dependencies([same_count]):
                 e_a = self._raw_embedding(self._decode(images_a, "verify"))
             e_b = self._raw_embedding(self._decode(images_b, "verify"))
-            if hasattr(model, "pair_score"):  # Siamese: its head's distance or score
-                score = tf.cast(model.pair_score(e_a, e_b), tf.float32)
-            else:  # triplet models: Euclidean distance of the embeddings
-                score = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 0.0))
+            score = tf.cast(model.pair_score(e_a, e_b), tf.float32)  # Siamese head / triplet: Euclidean
             same = score < self.threshold if key == "distance" else score >= self.threshold
             return score, same
 
@@ -291,8 +288,8 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
         threshold = _check_threshold(getattr(metric_model, "threshold", None) if threshold is None else threshold)
     elif threshold is not None:
         raise UserError("a threshold only applies to metric models (Siamese, triplet) with a verify signature")
-    if class_names and len(class_names) != num_classes:
-        class_names = None  # names of the dataset's classes, not of a pretext head's
+    if classifier_kind != "probe" or (class_names and len(class_names) != num_classes):
+        class_names = None  # names of the dataset's classes: only the probe predicts those
     if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
         raise UserError(f"encoder input must be [batch, H, W, C] with known H, W, C; got {encoder.input_shape}")
     os.makedirs(model_root, exist_ok=True)

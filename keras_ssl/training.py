@@ -277,16 +277,15 @@ def resume_epoch(config, strategy, own_dir):
     on the smallest latest epoch among them; a finished chief run (latest
     epoch >= `epochs`) is taken as it is.
     """
-    from keras_ssl.distribute import agree_on_min, is_chief
+    from keras_ssl.distribute import gather_from_workers, is_chief
 
     dirs = [own_dir] if own_dir == config.model_dir else [own_dir, config.model_dir]
     latest = max(latest_checkpoint(d)[0] for d in dirs)
-    chief_done = is_chief(strategy) and latest >= config.epochs
-    if agree_on_min(strategy, 0 if chief_done else 1) == 0:  # the chief has finished: nothing to train
-        return config.epochs, (latest_checkpoint(own_dir)[1] if chief_done else None)
-    epoch = agree_on_min(strategy, latest)
-    most = -agree_on_min(strategy, -latest)
-    if epoch == 0 and most == 0:
+    everyone = gather_from_workers(strategy, [latest, int(is_chief(strategy))])  # one row per replica
+    if any(chief and epoch >= config.epochs for epoch, chief in everyone):  # the chief has finished
+        return config.epochs, latest_checkpoint(own_dir)[1] if is_chief(strategy) else None
+    epoch, most = min(e for e, _ in everyone), max(e for e, _ in everyone)
+    if most == 0:
         return 0, None
     paths = [p for p in (latest_checkpoint(d, epoch)[1] for d in dirs) if p]
     if not paths:
@@ -458,6 +457,7 @@ def train(config):
         "images_per_second": (_IMAGES_PER_EXAMPLE.get(config.method, 1) * epochs_run * steps * batch_size
                               / elapsed) if epochs_run else None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
+        "class_names": list(dataset.class_names),
         "chief": chief,
     }
     if not chief:  # a worker's scratch checkpoints are only for restarting the group

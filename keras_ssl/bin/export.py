@@ -45,12 +45,8 @@ def main(argv):
             threshold, source = model.threshold, "model default (run keras-ssl-evaluate to calibrate)"
     elif threshold is not None:
         raise UserError("--threshold only applies to siamese and triplet runs (verify signature)")
-    class_names = None
-    if config.method == "simclr" and getattr(model, "probe", None) is not None:
-        from keras_ssl.data import load_source
-
-        _, h, w, c = model.encoder.input_shape
-        class_names = load_source(config.dataset, config.data_dir, (h, w), c).class_names or None
+    training = os.path.join(FLAGS.model_dir, "training.json")  # class names recorded by training
+    class_names = json.load(open(training)).get("class_names") if os.path.isfile(training) else None
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
                               config=dataclasses.asdict(config), threshold=threshold, image_encoder=image_encoder,
