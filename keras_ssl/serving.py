@@ -65,7 +65,27 @@ def _decode_outputs(outputs, names):
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
-class RestClient:
+class _SignatureCalls:
+    """The documented signatures as methods, over a subclass's `predict`."""
+
+    def embed(self, images):
+        """Encoded images (bytes) -> L2-normalised embeddings `[n, D]`."""
+        return self.predict("serving_default", images=list(images))["embedding"]
+
+    def embed_pixels(self, pixels):
+        """uint8 `[n, H, W, C]` -> embeddings."""
+        return self.predict("embed_pixels", pixels=np.asarray(pixels, np.uint8))["embedding"]
+
+    def verify(self, images_a, images_b):
+        """Two lists of encoded images -> `{"distance" or "score": [n], "same": [n]}`."""
+        return self.predict("verify", images_a=list(images_a), images_b=list(images_b))
+
+    def classify(self, images):
+        """Encoded images -> `{"probabilities": [n, K], "class": [n]}`."""
+        return self.predict("classify", images=list(images))
+
+
+class RestClient(_SignatureCalls):
     """TF Serving's REST API for one model (`version=None`: the latest it serves)."""
 
     def __init__(self, host="localhost", port=REST_PORT, model="model", version=None, timeout=30.0):
@@ -97,22 +117,6 @@ class RestClient:
         if "error" in reply:
             raise UserError(f"TF Serving: {reply['error']}")
         return _decode_outputs(reply.get("outputs"), ["embedding"])
-
-    def embed(self, images):
-        """Encoded images (bytes) -> L2-normalised embeddings `[n, D]`."""
-        return self.predict("serving_default", images=list(images))["embedding"]
-
-    def embed_pixels(self, pixels):
-        """uint8 `[n, H, W, C]` -> embeddings."""
-        return self.predict("embed_pixels", pixels=np.asarray(pixels, np.uint8))["embedding"]
-
-    def verify(self, images_a, images_b):
-        """Two lists of encoded images -> `{"distance" or "score": [n], "same": [n]}`."""
-        return self.predict("verify", images_a=list(images_a), images_b=list(images_b))
-
-    def classify(self, images):
-        """Encoded images -> `{"probabilities": [n, K], "class": [n]}`."""
-        return self.predict("classify", images=list(images))
 
     def metadata(self):
         """The model's signature metadata (`GET .../metadata`)."""
@@ -156,7 +160,7 @@ def grpc_request(model, signature="serving_default", version=None, **inputs):
     return request
 
 
-class GrpcClient:
+class GrpcClient(_SignatureCalls):
     """TF Serving's gRPC PredictionService for one model."""
 
     def __init__(self, target=f"localhost:{GRPC_PORT}", model="model", version=None, timeout=30.0):
@@ -171,15 +175,6 @@ class GrpcClient:
 
         reply = self.stub.Predict(grpc_request(self.model, signature, self.version, **inputs), self.timeout)
         return {k: tf.make_ndarray(v) for k, v in reply.outputs.items()}
-
-    def embed(self, images):
-        return self.predict("serving_default", images=list(images))["embedding"]
-
-    def verify(self, images_a, images_b):
-        return self.predict("verify", images_a=list(images_a), images_b=list(images_b))
-
-    def classify(self, images):
-        return self.predict("classify", images=list(images))
 
 
 def models_config(models):
