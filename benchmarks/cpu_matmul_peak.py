@@ -9,6 +9,7 @@ docs/BENCHMARKS.md compares the SimCLR step's achieved rate with it.
 
 import time
 
+import keras_ssl  # noqa: F401  (before TensorFlow: the same oneDNN setting as training)
 import tensorflow as tf
 
 
@@ -24,5 +25,8 @@ def rate(dtype, n=2048, reps=20):
 
 
 if __name__ == "__main__":
+    from keras_ssl.precision import cpu_summary
+
+    print(f"cpu={cpu_summary()}")
     for dtype in (tf.float32, tf.bfloat16):
         print(f"matmul_gflops_{dtype.name}={rate(dtype):.1f}")

@@ -1,19 +1,21 @@
 """SimCLR training throughput (images/s, both views counted).
 
     python benchmarks/simclr_throughput.py --encoder=small_cnn --image_size=28 --channels=1 \
-        --batch=256 --steps=20 --dtype_policy=float32 --nojit_compile --pipeline
+        --batch=256 --steps=20 --dtype_policy=auto --nojit_compile --pipeline
 
 Measures `steps` training steps after `warmup` untimed ones. With
 `--pipeline` batches come from the real input pipeline (in-memory
 Fashion-MNIST resized/converted to the requested shape -> shuffle -> batch ->
 two augmented views per image -> prefetch); with `--nopipeline` one fixed
 batch of views is fed repeatedly, so only the model step is timed. The last
-line printed is `images_per_second=<float>`.
+line printed is `images_per_second=<float>`. `--optimizer=sgd` is lightly's
+(momentum 0.9, weight decay 5e-4), for benchmarks/compare_lightly.py.
 """
 
 import os
 import time
 
+import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
 from absl import app, flags
 
 flags.DEFINE_string("encoder", "small_cnn", "small_cnn, resnet18, resnet34 or resnet50")
@@ -23,7 +25,8 @@ flags.DEFINE_integer("batch", 256, "batch size (images; each gives two views)")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps first (tracing, allocator)")
 flags.DEFINE_float("width_multiplier", 1.0, "encoder width multiplier")
-flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "Keras dtype policy")
+flags.DEFINE_enum("dtype_policy", "auto", ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy (auto: keras_ssl.precision.resolve_dtype_policy)")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step")
 flags.DEFINE_boolean("pipeline", True, "feed from the real input pipeline")
 flags.DEFINE_enum("optimizer", "lars", ["lars", "adam", "sgd"], "optimizer")
@@ -58,13 +61,20 @@ def main(argv):
     from keras_ssl.encoders import build_encoder
     from keras_ssl.models import SimCLR
     from keras_ssl.optimizers import LARS
+    from keras_ssl.precision import cpu_summary, onednn_enabled, resolve_dtype_policy
 
-    keras.mixed_precision.set_global_policy(FLAGS.dtype_policy)
+    policy = resolve_dtype_policy(FLAGS.dtype_policy)
+    keras.mixed_precision.set_global_policy(policy)
     augment = FLAGS.augment or ("fashion_mnist" if FLAGS.channels == 1 else "cifar")
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     encoder = build_encoder(FLAGS.encoder, shape, FLAGS.width_multiplier, cifar_stem=True)
     model = SimCLR(encoder, augment=augment)
-    optimizer = LARS(0.3) if FLAGS.optimizer == "lars" else keras.optimizers.get(FLAGS.optimizer)
+    if FLAGS.optimizer == "lars":
+        optimizer = LARS(0.3)
+    elif FLAGS.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(0.06, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = keras.optimizers.Adam(1e-3)
     model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
     n_batches = FLAGS.steps + FLAGS.warmup
     if FLAGS.pipeline:
@@ -90,9 +100,11 @@ def main(argv):
     ips = 2 * FLAGS.batch / step_s
     # backward ~ 2x forward: a training step is ~3x the forward FLOPs per view
     gflops = 3 * (forward_flops(encoder) + forward_flops(model.projector)) * ips / 1e9
-    print(f"encoder={FLAGS.encoder} shape={shape} batch={FLAGS.batch} dtype_policy={FLAGS.dtype_policy} "
-          f"jit_compile={FLAGS.jit_compile} pipeline={FLAGS.pipeline} params={encoder.count_params()} "
-          f"step_ms={1000 * step_s:.1f} achieved_gflops={gflops:.1f} threads={os.cpu_count()}")
+    print(f"cpu={cpu_summary()} tensorflow={tf.__version__} onednn={onednn_enabled()}")
+    print(f"encoder={FLAGS.encoder} shape={shape} batch={FLAGS.batch} dtype_policy={policy} "
+          f"optimizer={FLAGS.optimizer} jit_compile={FLAGS.jit_compile} pipeline={FLAGS.pipeline} "
+          f"params={encoder.count_params()} step_ms={1000 * step_s:.1f} achieved_gflops={gflops:.1f} "
+          f"threads={os.cpu_count()}")
     print(f"images_per_second={ips:.1f}")
 
 

@@ -3,6 +3,7 @@
 import keras
 
 from keras_ssl.encoders import BN_EPSILON, BN_MOMENTUM, resolve_sync_bn
+from keras_ssl.layers import FusedBatchNormalization
 
 
 def projection_head(input_dim, hidden_dim=None, output_dim=128, num_layers=2, sync_bn=None,
@@ -23,13 +24,13 @@ def projection_head(input_dim, hidden_dim=None, output_dim=128, num_layers=2, sy
     for i in range(num_layers - 1):
         layers += [
             keras.layers.Dense(hidden_dim, use_bias=False, name=f"hidden{i + 1}"),
-            keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+            FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                             synchronized=sync_bn, name=f"hidden{i + 1}_bn"),
             keras.layers.ReLU(name=f"hidden{i + 1}_relu"),
         ]
     layers += [
         keras.layers.Dense(output_dim, use_bias=False, name="output"),
-        keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=False,
+        FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=False,
                                         synchronized=sync_bn, name="output_bn"),
     ]
     return keras.Sequential(layers, name=name)
@@ -51,7 +52,7 @@ def mlp_classifier(input_dim, hidden_dim, num_classes, sync_bn=None, name="class
     layers = [keras.Input((input_dim,))]
     if hidden_dim:
         layers += [keras.layers.Dense(hidden_dim, use_bias=False, name="hidden"),
-                   keras.layers.BatchNormalization(synchronized=resolve_sync_bn(sync_bn), name="hidden_bn"),
+                   FusedBatchNormalization(synchronized=resolve_sync_bn(sync_bn), name="hidden_bn"),
                    keras.layers.ReLU(name="hidden_relu")]
     layers.append(keras.layers.Dense(num_classes, name="logits"))
     return keras.Sequential(layers, name=name)

@@ -5,7 +5,8 @@ import keras
 
 def load_model(path, **kwargs):
     """`keras.models.load_model` after importing every keras_ssl class a file may name
-    (models, losses, LARS and its schedule), so a `.keras` file always loads."""
+    (layers, models, losses, LARS and its schedule), so a `.keras` file always loads."""
+    import keras_ssl.layers  # noqa: F401
     import keras_ssl.losses  # noqa: F401
     import keras_ssl.models  # noqa: F401
     import keras_ssl.optimizers  # noqa: F401

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from keras_ssl.errors import UserError
+from keras_ssl.precision import POLICIES, gpu_compute_capability, resolve_dtype_policy
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
 # Images through the encoder per batch element: two views, a pair, a triplet, one image.
@@ -33,7 +34,7 @@ _IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triple
                        "relative_position": 2}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
-DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+DTYPE_POLICIES = POLICIES
 
 
 @dataclasses.dataclass
@@ -88,7 +89,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     strategy: str = "default"
     cpu_replicas: int | None = None
-    dtype_policy: str = "auto"  # see resolve_dtype_policy
+    dtype_policy: str = "auto"  # see keras_ssl.precision.resolve_dtype_policy
     jit_compile: bool = False
     seed: int = 0
     keep_checkpoints: int = 3
@@ -372,16 +373,18 @@ def method_data(config, split):
 
 
 def _encoder_for_images(config, encoder, image_shape):
-    """The encoder to keep, at the dataset's image size (a size-agnostic patch
-    encoder gets its weights copied into a fixed-size one, which evaluation and
-    export need)."""
+    """The encoder to keep: Keras's own layers only (it loads without
+    keras_ssl), at the dataset's image size (a size-agnostic patch encoder gets
+    its weights copied into a fixed-size one, which evaluation and export need)."""
+    from keras_ssl.layers import with_keras_batch_norm
+
     if encoder.input_shape[1] is not None:
-        return encoder
+        return with_keras_batch_norm(encoder)
     from keras_ssl.encoders import build_encoder
 
     fixed = build_encoder(config.encoder, image_shape, config.width_multiplier, config.cifar_stem, sync_bn=False)
     fixed.set_weights(encoder.get_weights())
-    return fixed
+    return with_keras_batch_norm(fixed)
 
 
 def train(config):
@@ -395,7 +398,7 @@ def train(config):
     config.validate()
     strategy = get_strategy(config.strategy, config.cpu_replicas)  # first: may split the CPU
     chief = is_chief(strategy)
-    if config.jit_compile and strategy.num_replicas_in_sync > 1 and not _has_gpu():
+    if config.jit_compile and strategy.num_replicas_in_sync > 1 and gpu_compute_capability() is None:
         raise UserError("--jit_compile fails under a multi-replica strategy on CPU (TF 2.21 places a variable "
                         "on another device); drop --jit_compile or train on one replica")
     own_dir = worker_dir(config.model_dir, strategy)
@@ -467,35 +470,3 @@ def train(config):
     save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     write_json(os.path.join(config.model_dir, "training.json"), result)
     return result
-
-
-def _has_gpu():
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def resolve_dtype_policy(name):
-    """`auto` -> the policy for this machine's devices, else `name` unchanged.
-
-    auto: `mixed_bfloat16` on GPUs of compute capability 8.0+ (A100, H100) and
-    on CPUs with AVX512-BF16 or AMX (1.3-1.4x faster here, docs/BENCHMARKS.md);
-    `mixed_float16` on GPUs of capability 7.x (V100, T4: fast float16, no
-    bfloat16); `float32` elsewhere (bfloat16 is emulated and slower there).
-    """
-    if name != "auto":
-        return name
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-        if tuple(capability) >= (8, 0):
-            return "mixed_bfloat16"
-        return "mixed_float16" if tuple(capability) >= (7, 0) else "float32"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

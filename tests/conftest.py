@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras_ssl  # noqa: E402,F401  (first, as users do: it turns on TF's oneDNN kernels)
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

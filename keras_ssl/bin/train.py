@@ -7,6 +7,7 @@ Re-running with the same --model_dir resumes from the latest epoch checkpoint.
 """
 
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -71,8 +72,9 @@ flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker"
                   "distribution strategy (multi_worker reads TF_CONFIG; see keras-ssl-launch-local)")
 flags.DEFINE_integer("cpu_replicas", None, "mirrored without GPUs: split the CPU into N devices")
 flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
-                  "Keras dtype policy; auto: mixed_bfloat16 on bf16-capable CPUs and GPUs (8.0+), "
-                  "mixed_float16 on 7.x GPUs, else float32")
+                  "Keras dtype policy; auto: mixed_bfloat16 on CPUs with AVX512-BF16/AMX and GPUs (8.0+), "
+                  "mixed_float16 on 7.x GPUs, else float32 (16-bit types are emulated, 4-13x slower, "
+                  "on other CPUs: a forced one gets a warning)")
 flags.DEFINE_alias("mixed_precision", "dtype_policy")
 flags.DEFINE_boolean("jit_compile", d.jit_compile,
                      "XLA-compile the train step (off by default: 1.75-2x slower on CPU, fails under "
@@ -96,7 +98,12 @@ def main(argv):
 
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
     config = config_from_flags()
+    from keras_ssl.precision import slow_policy_warning
     from keras_ssl.training import train
+
+    warning = slow_policy_warning(config.dtype_policy)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     result = train(config)
     if not result["chief"]:

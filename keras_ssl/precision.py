@@ -1,0 +1,128 @@
+"""The dtype policy for the machine at hand, and a warning when a forced one is slow here.
+
+CPUs differ between machines: some have native bfloat16 (AVX512-BF16 or AMX),
+some native float16 (AVX512-FP16 or AMX-FP16), many only AVX2/FMA. Without
+native support TensorFlow emulates the 16-bit types op by op. Measured with
+the SimCLR training step of the small CNN (28 px, batch 256, LARS) on a
+2-core AMD EPYC with AVX2 only, back to back in one run (docs/BENCHMARKS.md):
+
+    float32          595 images/s
+    mixed_float16    140 images/s   (4.3x slower)
+    mixed_bfloat16    45 images/s   (13x slower)
+
+while on an AVX512-BF16/AMX CPU mixed_bfloat16 was 1.3-1.4x faster than
+float32. So nothing in keras_ssl names a precision: `auto` decides per
+machine, and `slow_policy_warning` explains a forced choice that will be slow.
+"""
+
+import functools
+
+POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
+# flags worth printing next to a speed figure
+CPU_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                   "amx_fp16")
+_SLOWDOWN = {"mixed_bfloat16": "about 13x", "mixed_float16": "about 4x"}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return "", frozenset()
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    return _cpuinfo()[1]
+
+
+def cpu_summary(flags=None):
+    """One line naming the CPU and its speed-relevant flags, e.g.
+    `AMD EPYC, 2 cores; avx2 fma; no avx512_bf16/amx_bf16`, printed next to every speed figure."""
+    import os
+
+    model = _cpuinfo()[0] or "unknown CPU"
+    flags = cpu_flags() if flags is None else flags
+    present = [f for f in CPU_SPEED_FLAGS if f in flags]
+    missing = [f for f in CPU_BF16_FLAGS if f not in flags]
+    return (f"{model}, {os.cpu_count()} cores; {' '.join(present) or 'no avx2'}"
+            + (f"; no {'/'.join(missing)}" if missing else ""))
+
+
+def gpu_compute_capability():
+    """(major, minor) of the first GPU TensorFlow sees, or None without one."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
+
+
+def native_16bit(policy, flags=None, gpu_capability=None):
+    """True when the device that will train runs `policy`'s 16-bit type natively
+    (bfloat16: GPUs of compute capability 8.0+, CPUs with AVX512-BF16/AMX-BF16;
+    float16: GPUs of 7.0+, CPUs with AVX512-FP16/AMX-FP16). float32 is always native."""
+    if policy not in ("mixed_bfloat16", "mixed_float16"):
+        return True
+    if gpu_capability is not None:
+        return gpu_capability >= ((8, 0) if policy == "mixed_bfloat16" else (7, 0))
+    flags = cpu_flags() if flags is None else flags
+    wanted = CPU_BF16_FLAGS if policy == "mixed_bfloat16" else CPU_FP16_FLAGS
+    return any(f in flags for f in wanted)
+
+
+def resolve_dtype_policy(name, flags=None, gpu_capability="detect"):
+    """`auto` -> the fastest policy for this machine; any other name unchanged.
+
+    auto: `mixed_bfloat16` on GPUs of compute capability 8.0+ (A100, H100) and
+    on CPUs with AVX512-BF16 or AMX-BF16 (1.3-1.4x faster there,
+    docs/BENCHMARKS.md); `mixed_float16` on GPUs of capability 7.x (V100, T4:
+    fast float16, no bfloat16); `float32` elsewhere (16-bit types are
+    emulated there, 4-13x slower).
+    """
+    if name not in POLICIES:
+        raise ValueError(f"dtype policy must be one of {POLICIES}, got {name!r}")
+    if name != "auto":
+        return name
+    capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
+    if capability is not None:
+        if capability >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16" if capability >= (7, 0) else "float32"
+    return "mixed_bfloat16" if native_16bit("mixed_bfloat16", flags) else "float32"
+
+
+def slow_policy_warning(name, flags=None, gpu_capability="detect"):
+    """One line warning that `name` is emulated (slow) on this machine, or None."""
+    if name in ("auto", "float32"):
+        return None
+    capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
+    if native_16bit(name, flags, capability):
+        return None
+    kind = "bfloat16" if name == "mixed_bfloat16" else "float16"
+    device = (f"this GPU (compute capability {capability[0]}.{capability[1]})" if capability is not None
+              else f"this CPU ({cpu_summary(flags)})")
+    return (f"warning: --dtype_policy={name} has no native {kind} on {device}; it is emulated and "
+            f"{_SLOWDOWN[name]} slower than float32 here; use --dtype_policy=auto (picks "
+            f"{resolve_dtype_policy('auto', flags, capability)}) or float32")
+
+
+def onednn_enabled():
+    """True when TensorFlow runs its oneDNN kernels (see keras_ssl/__init__.py)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -1,0 +1,101 @@
+"""The dtype policy is chosen per machine, a forced slow one is warned about, and no flagfile names one."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from keras_ssl.precision import cpu_flags, native_16bit, resolve_dtype_policy, slow_policy_warning
+
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
+SAPPHIRE_RAPIDS = AVX2_ONLY | {"avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"}
+COOPER_LAKE = AVX2_ONLY | {"avx512f", "avx512_bf16"}
+
+
+@pytest.mark.parametrize("flags,gpu,expected", [
+    (AVX2_ONLY, None, "float32"),
+    (COOPER_LAKE, None, "mixed_bfloat16"),
+    (SAPPHIRE_RAPIDS, None, "mixed_bfloat16"),
+    (frozenset(), None, "float32"),
+    (AVX2_ONLY, (8, 0), "mixed_bfloat16"),
+    (AVX2_ONLY, (7, 5), "mixed_float16"),
+    (AVX2_ONLY, (6, 1), "float32"),
+])
+def test_auto_picks_per_machine(flags, gpu, expected):
+    assert resolve_dtype_policy("auto", flags, gpu) == expected
+    assert resolve_dtype_policy("float32", flags, gpu) == "float32"  # an explicit choice is kept
+    assert resolve_dtype_policy("mixed_float16", flags, gpu) == "mixed_float16"
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="dtype policy must be one of"):
+        resolve_dtype_policy("bfloat16", AVX2_ONLY, None)
+
+
+def test_warning_only_where_the_16_bit_type_is_emulated():
+    line = slow_policy_warning("mixed_bfloat16", AVX2_ONLY, None)
+    assert line.startswith("warning: --dtype_policy=mixed_bfloat16 has no native bfloat16 on this CPU")
+    assert "13x slower" in line and "--dtype_policy=auto (picks float32)" in line and "\n" not in line
+    assert "float16" in slow_policy_warning("mixed_float16", COOPER_LAKE, None)  # bf16 but no fp16 there
+    assert slow_policy_warning("mixed_float16", SAPPHIRE_RAPIDS, None) is None
+    assert slow_policy_warning("mixed_bfloat16", COOPER_LAKE, None) is None
+    assert slow_policy_warning("mixed_bfloat16", AVX2_ONLY, (8, 0)) is None
+    assert "compute capability 7.5" in slow_policy_warning("mixed_bfloat16", AVX2_ONLY, (7, 5))
+    for name in ("auto", "float32"):
+        assert slow_policy_warning(name, AVX2_ONLY, None) is None
+    assert not native_16bit("mixed_bfloat16", AVX2_ONLY) and native_16bit("float32", frozenset())
+
+
+def _train(tmp_path, policy):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_ssl.bin.train", "--dataset=digits", "--method=rotation", "--batch_size=16",
+         "--epochs=1", "--steps_per_epoch=1", "--augment=none", f"--dtype_policy={policy}",
+         f"--model_dir={tmp_path / policy}", "--verbose=0"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_binary_warns_before_training_when_forced(tmp_path):
+    expected = slow_policy_warning("mixed_bfloat16")  # this machine's answer
+    out = _train(tmp_path, "mixed_bfloat16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: --dtype_policy")]
+    if expected is None:  # a CPU with native bfloat16
+        assert warnings == []
+    else:
+        assert warnings == [expected]
+        assert "trained 1 epoch" in out.stdout  # the warning came first, on stderr, and training went on
+    auto = _train(tmp_path, "auto")
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert "warning: --dtype_policy" not in auto.stderr
+
+
+def test_no_flagfile_names_a_precision():
+    files = glob.glob(os.path.join(REPO, "flags", "*.cfg"))
+    assert files
+    for path in files:
+        with open(path) as f:
+            text = f.read()
+        assert "--dtype_policy" not in text and "--mixed_precision" not in text, path
+
+
+@pytest.mark.parametrize("value,expected", [(None, "1 True"), ("0", "0 False")])
+def test_import_turns_on_onednn_unless_told_not_to(value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = value
+    code = ("import os, keras_ssl\nfrom keras_ssl.precision import onednn_enabled\n"
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if "x86" not in os.uname().machine and value is None:
+        pytest.skip("oneDNN kernels are an x86 build option")
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_cpu_flags_are_read():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_flags()
