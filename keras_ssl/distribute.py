@@ -21,7 +21,8 @@ Worker 0 (or the task of type `chief`, when the cluster has one) is the chief:
 only it writes checkpoints, logs and models to the run directory
 (`is_chief`). Keras's `fit` splits each global batch across all replicas of
 all workers; the models in `keras_ssl.models` carry the two fixes `fit` needs
-under this strategy (TECH_NOTES: keras-team/keras#20585), so user code calls
+under this strategy (keras-team/keras#20585: a symbolic build that reduces a
+distributed batch, and scalar logs reduced along axis 0), so user code calls
 `fit` as usual. Datasets are sharded with `AutoShardPolicy.DATA`
 (`shard_by_data`): every worker builds the same global batches from the same
 seed and keeps its replicas' slices, so a run does not depend on how the

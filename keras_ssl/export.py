@@ -17,7 +17,9 @@ uint8, as the dataset loader does) when the size differs, then `/ 255`.
 Every signature checks its input before the encoder runs (rank, channels,
 non-empty images, image magic bytes) and answers an empty batch with an empty
 result: with oneDNN on, a wrongly shaped tensor reaching a convolution can
-abort the whole serving process (TECH_NOTES "SavedModel export").
+abort the whole serving process (SIGABRT, seen with a rank-3 input to a
+convolution), and SignatureDef shapes are not enforced: hence `tf.ensure_shape`
+and the empty-batch branch.
 """
 
 import json

@@ -1,6 +1,7 @@
 """Losses of keras_ssl: pure functions plus thin `keras.losses.Loss` wrappers.
 
-The definitions are the normative ones of DESIGN.md. Every loss computes in
+Each function's docstring gives its formula and source; tests check each
+against an independent NumPy computation. Every loss computes in
 float32 whatever the compute dtype (mixed precision safe).
 """
 
@@ -10,7 +11,7 @@ import tensorflow as tf
 from keras_ssl.errors import UserError
 
 # Value subtracted from masked logits. Logits are float32 here, so 1e9 cannot
-# overflow (in float16 it would become inf; see TECH_NOTES "Speed on this CPU").
+# overflow (in float16 it would become inf: float16's largest value is 65504).
 _MASK_VALUE = 1e9
 
 

@@ -77,7 +77,7 @@ flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfl
                   "on other CPUs: a forced one gets a warning)")
 flags.DEFINE_alias("mixed_precision", "dtype_policy")
 flags.DEFINE_boolean("jit_compile", d.jit_compile,
-                     "XLA-compile the train step (off by default: 1.75-2x slower on CPU, fails under "
+                     "XLA-compile the train step (off by default: 1.4-1.8x slower on CPU, fails under "
                      "multi-replica CPU strategies)")
 flags.DEFINE_integer("seed", d.seed, "random seed (shuffling, views, initialisation)")
 flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "epoch checkpoints to keep")

@@ -14,7 +14,8 @@ class MethodModel(keras.Model):
     for the global batch, see each method) which also updates its metric
     trackers, lists the trackers in `metrics`, and names its sub-models in
     `_children()` so `build()` can build them (a model must be built before
-    saving, or Keras silently drops the optimizer state; TECH_NOTES).
+    saving: a model left unbuilt after `fit` with a custom `train_step` loses
+    its optimizer state silently when saved to `.keras`).
     """
 
     def _children(self):
@@ -31,7 +32,8 @@ class MethodModel(keras.Model):
 
         Keras's own version reduces a distributed batch across replicas, which
         fails under MultiWorkerMirroredStrategy (keras-team/keras#20585, the
-        first of two failures in TECH_NOTES); our models know their shapes from
+        first of its two failures; the second, scalar logs, is handled by
+        returning rank-1 logs); our models know their shapes from
         their children, so nothing needs a batch.
         """
         if not self.built:
