@@ -3,6 +3,10 @@
     python benchmarks/simclr_throughput.py --encoder=small_cnn --image_size=28 --channels=1 \
         --batch=256 --steps=20 --dtype_policy=auto --nojit_compile --pipeline
 
+    # the speed-ups of keras_ssl/__init__.py and keras_ssl/layers.py, undone one by one:
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/simclr_throughput.py --nopipeline --nofused_batch_norm
+    python benchmarks/simclr_throughput.py --nopipeline --nofused_batch_norm
+
 Measures `steps` training steps after `warmup` untimed ones. With
 `--pipeline` batches come from the real input pipeline (in-memory
 Fashion-MNIST resized/converted to the requested shape -> shuffle -> batch ->
@@ -30,6 +34,8 @@ flags.DEFINE_enum("dtype_policy", "auto", ["auto", "float32", "mixed_bfloat16", 
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step")
 flags.DEFINE_boolean("pipeline", True, "feed from the real input pipeline")
 flags.DEFINE_enum("optimizer", "lars", ["lars", "adam", "sgd"], "optimizer")
+flags.DEFINE_boolean("fused_batch_norm", True,
+                     "keras_ssl's FusedBatchNormalization; --nofused_batch_norm: Keras's own layer (to compare)")
 flags.DEFINE_string("augment", None, "augmentation preset (default: fashion_mnist for 1 channel, cifar for 3)")
 FLAGS = flags.FLAGS
 
@@ -59,6 +65,8 @@ def main(argv):
 
     from keras_ssl.data import load_source, simclr_augment, simclr_views
     from keras_ssl.encoders import build_encoder
+    from keras_ssl.heads import projection_head
+    from keras_ssl.layers import with_keras_batch_norm
     from keras_ssl.models import SimCLR
     from keras_ssl.optimizers import LARS
     from keras_ssl.precision import cpu_summary, onednn_enabled, resolve_dtype_policy
@@ -68,7 +76,11 @@ def main(argv):
     augment = FLAGS.augment or ("fashion_mnist" if FLAGS.channels == 1 else "cifar")
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     encoder = build_encoder(FLAGS.encoder, shape, FLAGS.width_multiplier, cifar_stem=True)
-    model = SimCLR(encoder, augment=augment)
+    projector = None
+    if not FLAGS.fused_batch_norm:
+        encoder = with_keras_batch_norm(encoder)
+        projector = with_keras_batch_norm(projection_head(int(encoder.output_shape[-1])))
+    model = SimCLR(encoder, projector=projector, augment=augment)
     if FLAGS.optimizer == "lars":
         optimizer = LARS(0.3)
     elif FLAGS.optimizer == "sgd":
@@ -102,7 +114,7 @@ def main(argv):
     gflops = 3 * (forward_flops(encoder) + forward_flops(model.projector)) * ips / 1e9
     print(f"cpu={cpu_summary()} tensorflow={tf.__version__} onednn={onednn_enabled()}")
     print(f"encoder={FLAGS.encoder} shape={shape} batch={FLAGS.batch} dtype_policy={policy} "
-          f"optimizer={FLAGS.optimizer} jit_compile={FLAGS.jit_compile} pipeline={FLAGS.pipeline} "
+          f"optimizer={FLAGS.optimizer} fused_batch_norm={FLAGS.fused_batch_norm} jit_compile={FLAGS.jit_compile} pipeline={FLAGS.pipeline} "
           f"params={encoder.count_params()} step_ms={1000 * step_s:.1f} achieved_gflops={gflops:.1f} "
           f"threads={os.cpu_count()}")
     print(f"images_per_second={ips:.1f}")
