@@ -83,12 +83,11 @@ class _Embedder(tf.Module):
         self.classifier_kind = classifier_kind
         self.num_classes = num_classes
         _, self.height, self.width, self.channels = encoder.input_shape
-        if metric_model is not None:
+        self.dim = int(encoder.output_shape[-1])
+        if metric_model is not None:  # its embedding head may change the width
             self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
         if threshold is not None:
             self.threshold = tf.Variable(float(threshold), dtype=tf.float32, trainable=False, name="threshold")
-        else:
-            self.dim = int(encoder.output_shape[-1])
         self.normalize = normalize
 
     def _raw_embedding(self, pixels):
@@ -282,6 +281,8 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
         num_classes = int(model.probe.output_shape[-1])
     elif hasattr(model, "embed") and hasattr(model, "encoder"):  # a metric model: export its embedding
         metric_model, encoder = model, model.encoder
+    elif isinstance(model, keras.Model) and isinstance(getattr(model, "encoder", None), keras.Model):
+        encoder = model.encoder  # a method model without a head (SimCLR without its probe): its encoder
     if image_encoder is not None:
         encoder = image_encoder
     if metric_model is not None and (hasattr(metric_model, "threshold") or threshold is not None):  # + verify

@@ -83,7 +83,7 @@ class RotationPrediction(_PretextModel):
         super().__init__(encoder, hidden_dim, head, **kwargs)
 
     def _default_head(self):
-        return mlp_classifier(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, "rotation_head")
+        return mlp_classifier(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, name="rotation_head")
 
     def rotation_probabilities(self, images):
         """Softmax over the four rotations, `[B, 4]`."""
@@ -128,7 +128,7 @@ class RelativePosition(_PretextModel):
         return config
 
     def _default_head(self):
-        return mlp_classifier(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, "position_head")
+        return mlp_classifier(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, name="position_head")
 
     def _logits(self, centre, neighbour, training):
         f = self.encoder(tf.concat([to_float01(centre), to_float01(neighbour)], axis=0), training=training)

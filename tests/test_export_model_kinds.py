@@ -1,0 +1,58 @@
+"""Export of model kinds the binaries' tests do not reach, and the pretext heads' wiring."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl.encoders import small_cnn
+from keras_ssl.export import export_saved_model
+from keras_ssl.layers import FusedBatchNormalization
+from keras_ssl.models import OnlineTriplet, RelativePosition, RotationPrediction, SimCLR
+
+
+def _facts(path):
+    with open(os.path.join(path, "assets.extra", "preprocessing.json")) as f:
+        return json.load(f)
+
+
+def test_simclr_without_probe_exports_its_encoder(tmp_path):
+    # An unlabelled run (no online probe) is SimCLR's main use; it used to fail with
+    # AttributeError: 'SimCLR' object has no attribute 'input_shape'.
+    encoder = small_cnn((12, 12, 1), width_multiplier=0.25)
+    model = SimCLR(encoder, augment="fashion_mnist")
+    assert model.probe is None
+    path = export_saved_model(model, str(tmp_path), "simclr", warmup=False)
+    loaded = tf.saved_model.load(path)
+    assert "classify" not in loaded.signatures
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 1), dtype=np.uint8)
+    served = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
+    expected = tf.math.l2_normalize(encoder(pixels.astype("float32") / 255.0, training=False), axis=-1)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert _facts(path)["embedding_dim"] == int(encoder.output_shape[-1])
+
+
+def test_triplet_without_threshold_records_its_embedding_width(tmp_path):
+    # Used to record the encoder's width (32 here) instead of the embedding head's 16.
+    model = OnlineTriplet(small_cnn((12, 12, 1), width_multiplier=0.25), embedding_dim=16)
+    path = export_saved_model(model, str(tmp_path), "triplet", warmup=False)
+    assert _facts(path)["embedding_dim"] == 16
+    loaded = tf.saved_model.load(path)
+    assert "verify" not in loaded.signatures
+    empty = loaded.signatures["embed_pixels"](pixels=tf.zeros([0, 12, 12, 1], tf.uint8))["embedding"]
+    assert empty.shape == (0, 16)
+    one = loaded.signatures["embed_pixels"](pixels=tf.zeros([1, 12, 12, 1], tf.uint8))["embedding"]
+    assert one.shape == (1, 16)
+
+
+def test_pretext_heads_are_named_and_not_synchronised_on_one_device():
+    # The head's name used to land in mlp_classifier's sync_bn argument: every head was
+    # built with synchronised BN and named classifier_head.
+    encoder = small_cnn((12, 12, 1), width_multiplier=0.25)
+    for model, name in ((RotationPrediction(encoder), "rotation_head"),
+                        (RelativePosition(small_cnn((None, None, 1), width_multiplier=0.25), patch_size=8),
+                         "position_head")):
+        assert model.head.name == name
+        norms = [layer for layer in model.head.layers if isinstance(layer, FusedBatchNormalization)]
+        assert norms and not any(layer.synchronized for layer in norms)
