@@ -15,6 +15,7 @@ accuracy, using `keras_ssl.evaluation.evaluate_features` exactly as
 import json
 import time
 
+import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
 from absl import app, flags
 
 flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")

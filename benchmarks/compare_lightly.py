@@ -20,6 +20,10 @@ bfloat16 (AVX512-BF16/AMX), unless `--dtypes=float32,bfloat16` asks.
 
 Encoders: `small_cnn` at 28x28x1, batch 256 (the demo's); `resnet18` with the
 CIFAR stem at 32x32x3, batch 64 (lightly's CIFAR ResNet-18).
+
+A plain `pip install lightly` on Linux brings PyTorch's CUDA build (several GB;
+it runs on the CPU all the same). For the CPU build pass pip's own options, e.g.
+`--lightly_spec="--extra-index-url https://download.pytorch.org/whl/cpu lightly"`.
 """
 
 import argparse
@@ -66,11 +70,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--venv", default=os.path.join(REPO, "build", "lightly-venv"))
     p.add_argument("--lightly_spec", default="lightly", help="pip requirement(s) for the lightly side, space-separated")
-    p.add_argument("--encoders", default="small_cnn,resnet18")
-    p.add_argument("--dtypes", default="auto", help="auto (float32, + bfloat16 where native) or a list")
+    p.add_argument("--encoders", default="small_cnn,resnet18", help=f"comma-separated, of {sorted(SHAPES)}")
+    p.add_argument("--dtypes", default="auto", help="auto (float32, + bfloat16 where native) or a list of "
+                                                    "float32,bfloat16")
     p.add_argument("--rounds", type=int, default=2, help="back-to-back repetitions; the best of each is reported")
     p.add_argument("--steps", type=int, default=0, help="timed steps (default: 10 small_cnn, 5 resnet18)")
     args = p.parse_args()
+    if args.rounds < 1 or args.steps < 0:
+        p.error("--rounds must be >= 1 and --steps >= 0")
+    if any(e not in SHAPES for e in args.encoders.split(",")):
+        p.error(f"--encoders must be a comma-separated list of {sorted(SHAPES)}")
+    if args.dtypes != "auto" and any(d not in ("float32", "bfloat16") for d in args.dtypes.split(",")):
+        p.error("--dtypes must be auto or a comma-separated list of float32, bfloat16")
 
     sys.path.insert(0, REPO)
     from keras_ssl.precision import cpu_summary, native_16bit

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 
+import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
 import numpy as np
 
 

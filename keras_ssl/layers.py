@@ -40,6 +40,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         rank = len(inputs.shape)
         return (bool(training) and self.trainable and mask is None and not self.renorm
                 and not self.synchronized and rank in (2, 4) and self.axis in (-1, rank - 1)
+                and inputs.dtype in (tf.float16, tf.bfloat16, tf.float32)  # float64 stays Keras's
                 and keras.backend.backend() == "tensorflow")
 
     def call(self, inputs, training=None, mask=None):
@@ -55,7 +56,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         y, mean, corrected_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
             exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-        n = tf.cast(tf.size(x) // channels, tf.float32)
+        n = tf.cast(tf.size(x, out_type=tf.int64) // channels, tf.float32)
         variance = corrected_var * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))

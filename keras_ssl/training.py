@@ -431,7 +431,12 @@ def train(config):
 
     initial_epoch, checkpoint = resume_epoch(config, strategy, own_dir)
     if checkpoint:
-        model.load_weights(checkpoint)
+        try:
+            model.load_weights(checkpoint)
+        except ValueError as e:  # e.g. written by an older keras_ssl with other layer classes
+            raise UserError(f"{checkpoint} does not match this model ({str(e).splitlines()[0][:200]}); "
+                            "it was probably written by an earlier keras_ssl version: train in a new "
+                            "--model_dir") from None
         if chief:
             print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
     callbacks = [_epoch_checkpoint_callback(own_dir, config.keep_checkpoints), keras.callbacks.TerminateOnNaN()]

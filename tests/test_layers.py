@@ -36,9 +36,10 @@ def _train_step(layer, x, upstream):
     return y, grads
 
 
-@pytest.mark.parametrize("shape,center", [((6, 5, 4, 3), True), ((16, 8), True), ((16, 8), False)])
-def test_training_step_matches_keras(shape, center):
-    keras_bn, fused_bn = _pair(shape, center=center)
+@pytest.mark.parametrize("shape,center,scale", [((6, 5, 4, 3), True, True), ((16, 8), True, True),
+                                               ((16, 8), False, True), ((6, 5, 4, 3), True, False)])
+def test_training_step_matches_keras(shape, center, scale):
+    keras_bn, fused_bn = _pair(shape, center=center, scale=scale)
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
     upstream = tf.constant(rng.normal(size=shape).astype("float32"))
@@ -80,6 +81,15 @@ def test_synchronized_and_masked_inputs_use_keras_code():
     assert not FusedBatchNormalization()._fusable(x, True, tf.ones((4, 2, 2)))
     assert FusedBatchNormalization()._fusable(x, True, None)
     assert not FusedBatchNormalization()._fusable(x, False, None)
+    assert not FusedBatchNormalization()._fusable(tf.cast(x, tf.float64), True, None)  # Keras keeps float64
+
+
+def test_traced_step_matches_eager_keras():
+    keras_bn, fused_bn = _pair((4, 3, 3, 2))
+    x = tf.random.stateless_normal((4, 3, 3, 2), (2, 3))
+    traced = tf.function(lambda t: fused_bn(t, training=True))(x)
+    np.testing.assert_allclose(traced, keras_bn(x, training=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused_bn.moving_variance, keras_bn.moving_variance, rtol=1e-5, atol=1e-6)
 
 
 def test_encoder_converts_to_plain_keras_with_same_outputs(tmp_path):

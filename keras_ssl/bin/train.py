@@ -101,7 +101,7 @@ def main(argv):
     from keras_ssl.precision import slow_policy_warning
     from keras_ssl.training import train
 
-    warning = slow_policy_warning(config.dtype_policy)
+    warning = slow_policy_warning(config.dtype_policy) if config.strategy != "tpu" else None  # TPUs: bf16 native
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
