@@ -54,16 +54,32 @@ def _is_image(data):
 
 
 def _resize_like_loader(pixels, height, width):
-    """uint8 -> uint8 at H x W: bilinear in float, rounded (as `data.sources`)."""
-    shape = tf.shape(pixels)
+    """uint8 [..., h, w, C] -> uint8 [..., H, W, C]: bilinear in float, rounded, as
+    `data.sources` resizes a dataset. No branch on the size: at the same size,
+    bilinear with half-pixel centres samples every pixel exactly, so the image
+    comes back unchanged (a `tf.cond` with a shape check here used to refuse
+    every unbatched image that was not already H x W)."""
+    resized = tf.image.resize(tf.cast(pixels, tf.float32), [height, width], method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-    def resize():
-        resized = tf.image.resize(tf.cast(pixels, tf.float32), [height, width], method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-    same = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
-    return tf.cond(same, lambda: tf.ensure_shape(pixels, pixels.shape[:-3] + (height, width) + pixels.shape[-1:]),
-                   resize)
+def _to_channels(image, channels):
+    """uint8 [h, w, n] as decoded (n = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA; GIF is
+    always RGB) -> [h, w, channels]: alpha dropped, gray repeated for RGB, RGB to
+    gray with the ITU-R 601-2 luma L = 0.299 R + 0.587 G + 0.114 B rounded (what
+    Pillow's `convert("L")` computes for the folder loader)."""
+    n = tf.shape(image)[-1]
+    colour = n >= 3
+    if channels == 3:
+        rgb = tf.cond(colour, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
+        return tf.ensure_shape(rgb, [None, None, 3])
+
+    def luma():
+        weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
+        grey = tf.round(tf.reduce_sum(tf.cast(image[..., :3], tf.float32) * weights, axis=-1, keepdims=True))
+        return tf.cast(tf.clip_by_value(grey, 0.0, 255.0), tf.uint8)
+
+    return tf.ensure_shape(tf.cond(colour, luma, lambda: image[..., :1]), [None, None, 1])
 
 
 def _verify_output(metric_model):
@@ -131,9 +147,9 @@ class _Embedder(tf.Module):
              tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
 
         def decode(data):
-            img = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
-            img = tf.ensure_shape(img, [None, None, self.channels])
-            return _resize_like_loader(img, height, width)
+            # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
+            img = tf.io.decode_image(data, channels=0, expand_animations=False)
+            return _resize_like_loader(_to_channels(img, self.channels), height, width)
 
         with tf.control_dependencies([check]):
             return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
