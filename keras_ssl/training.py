@@ -4,7 +4,7 @@
     result = train(TrainConfig(dataset="digits", epochs=2, model_dir="runs/try"))
 
 A run directory holds
-  config.json                 the resolved config (written first)
+  config.json                 the run's config (written once the data and model are checked)
   checkpoints/epoch_NNNN.weights.h5   model + optimizer state after each epoch
   logs/                       TensorBoard
   encoder.keras               the trained encoder (what evaluation/export use)
@@ -404,8 +404,6 @@ def train(config):
     own_dir = worker_dir(config.model_dir, strategy)
     _check_resume(config)
     os.makedirs(own_dir, exist_ok=True)
-    if chief:
-        write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
     keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
     keras.utils.set_random_seed(config.seed)
 
@@ -428,6 +426,8 @@ def train(config):
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model.build()
         model.optimizer.build(model.trainable_variables)
+    if chief:  # only now: a start refused by the data or model checks must not claim the directory
+        write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
 
     initial_epoch, checkpoint = resume_epoch(config, strategy, own_dir)
     if checkpoint:

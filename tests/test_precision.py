@@ -99,3 +99,4 @@ def test_cpu_flags_are_read():
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo")
     assert cpu_flags()
+
