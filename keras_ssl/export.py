@@ -29,6 +29,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from keras_ssl.data.sources import resize_uint8
 from keras_ssl.errors import UserError
 
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -53,21 +54,12 @@ def _is_image(data):
     return ok | webp
 
 
-def _resize_like_loader(pixels, height, width):
-    """uint8 [..., h, w, C] -> uint8 [..., H, W, C]: bilinear in float, rounded, as
-    `data.sources` resizes a dataset. No branch on the size: at the same size,
-    bilinear with half-pixel centres samples every pixel exactly, so the image
-    comes back unchanged (a `tf.cond` with a shape check here used to refuse
-    every unbatched image that was not already H x W)."""
-    resized = tf.image.resize(tf.cast(pixels, tf.float32), [height, width], method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
 def _to_channels(image, channels):
     """uint8 [h, w, n] as decoded (n = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA; GIF is
     always RGB) -> [h, w, channels]: alpha dropped, gray repeated for RGB, RGB to
-    gray with the ITU-R 601-2 luma L = 0.299 R + 0.587 G + 0.114 B rounded (what
-    Pillow's `convert("L")` computes for the folder loader)."""
+    gray with the ITU-R 601-2 luma L = 0.299 R + 0.587 G + 0.114 B rounded (the
+    formula of Pillow's `convert("L")` in the folder loader, which rounds in fixed
+    point: values may differ by 1)."""
     n = tf.shape(image)[-1]
     colour = n >= 3
     if channels == 3:
@@ -132,7 +124,7 @@ class _Embedder(tf.Module):
         def compute():
             with tf.control_dependencies([tf.debugging.assert_positive(
                     shape[1:3], message="embed_pixels: images must have height and width >= 1")]):
-                resized = _resize_like_loader(pixels, self.height, self.width)
+                resized = resize_uint8(pixels, self.height, self.width)
             return self._embed_uint8(resized)
 
         return {"embedding": self._guarded(shape[0], compute)}
@@ -149,7 +141,7 @@ class _Embedder(tf.Module):
         def decode(data):
             # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
             img = tf.io.decode_image(data, channels=0, expand_animations=False)
-            return _resize_like_loader(_to_channels(img, self.channels), height, width)
+            return resize_uint8(_to_channels(img, self.channels), height, width)
 
         with tf.control_dependencies([check]):
             return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(

@@ -296,14 +296,21 @@ def load_folder(spec, image_size=None, channels=None, on_corrupt="skip", test_fr
     return ImageDataset(f"folder:{path}", train, test, classes)
 
 
-def _resize(split, image_size):
+def resize_uint8(pixels, height, width):
+    """uint8 [..., h, w, C] -> uint8 [..., H, W, C]: bilinear in float, rounded. The one
+    resize of keras_ssl: datasets here, served images in `export`. At the same size,
+    bilinear with half-pixel centres samples every pixel exactly (the image comes back
+    unchanged), so callers need no branch on the size."""
     import tensorflow as tf
 
+    resized = tf.image.resize(tf.cast(pixels, tf.float32), [height, width], method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _resize(split, image_size):
     if split.images.shape[1:3] == tuple(image_size) or len(split) == 0:
         return split
-    resized = tf.image.resize(tf.cast(split.images, tf.float32), image_size, method="bilinear")
-    images = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
-    return Split(images, split.labels)
+    return Split(resize_uint8(split.images, *image_size).numpy(), split.labels)
 
 
 def _to_channels(split, channels):
