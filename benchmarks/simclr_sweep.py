@@ -3,14 +3,14 @@
     python benchmarks/simclr_sweep.py --epochs=1 \
         --variant="base:" --variant="t02:temperature=0.2" --variant="adam:optimizer=adam,learning_rate=1e-3,lr_scaling=none"
 
-Each --variant is NAME:key=value,... over `keras_ssl.training.TrainConfig`
+Each --variant is NAME:key=value,... over the flat `keras_ssl.training.TrainConfig`
+(run settings and SimCLR's options)
 (applied on top of the demo settings below). Prints one line per variant with
 kNN (k=20) accuracy on the full test set and, with --probe, the linear probe.
 Used to choose the demo settings and the `fashion_mnist` augmentation preset
 (docs/BENCHMARKS.md).
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -37,17 +37,15 @@ def _parse_flagfile(path):
     return values
 
 
-def _coerce(config, key, value):
-    field = {f.name: f for f in dataclasses.fields(config)}[key]
-    current = getattr(config, key)
-    if isinstance(current, bool) or field.type in (bool, "bool"):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(current, int) and not isinstance(current, bool):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
-    if "int" in str(field.type) and value.lstrip("-").isdigit():
-        return int(value)
+def _coerce(value):
+    """A flagfile or --variant value as bool, int, float or str."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
     return value
 
 
@@ -60,19 +58,16 @@ def main(argv):
     import keras
 
     dataset = load_source("fashion_mnist")
-    base = TrainConfig()
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, value in _parse_flagfile(FLAGS.base).items():
-        if key in known and key != "model_dir":
-            setattr(base, key, _coerce(base, key, value))
-    base.epochs, base.verbose = FLAGS.epochs, 0
+    base = {key: _coerce(value) for key, value in _parse_flagfile(FLAGS.base).items() if key != "model_dir"}
+    base.update(epochs=FLAGS.epochs, verbose=0)
     for spec in FLAGS.variant:
         name, _, overrides = spec.partition(":")
-        config = dataclasses.replace(base)
+        values = dict(base)
         for item in filter(None, overrides.split(",")):
             key, value = item.split("=", 1)
-            setattr(config, key, _coerce(config, key, value))
-        config.model_dir = tempfile.mkdtemp(prefix=f"sweep_{name}_")
+            values[key] = _coerce(value)
+        values["model_dir"] = tempfile.mkdtemp(prefix=f"sweep_{name}_")
+        config = TrainConfig.from_dict(values)
         start = time.time()
         result = train(config)
         encoder = keras.models.load_model(os.path.join(config.model_dir, "encoder.keras"))

@@ -4,22 +4,28 @@ Layout: `<export_root>/<name>/<version>/` (TF Serving's: numeric version
 folders; it ignores the hidden `.tmp-*` folder the export is written into
 before being renamed into place, so a server never sees half an export).
 
-Signatures (names are stable API):
+The signatures are the model's declared endpoints
+(`MethodModel.serving_endpoints`, see `keras_ssl.models.endpoints`); names
+are stable API. Every model serves
 
-* `serving_default`: `images` tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP
+* `serving_default`: `images` tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP/WebP
   (what TF Serving's REST API sends as `{"b64": ...}`) -> `embedding` float32
   `[batch, D]`, L2-normalised;
-* `embed_pixels`: `pixels` uint8 `[batch, H, W, C]` -> `embedding`.
+* `embed_pixels`: `pixels` uint8 `[batch, H, W, C]` (any H, W) -> `embedding`;
+
+Siamese/triplet models add `verify`, RotNet, relative position and SimCLR
+with its online probe add `classify`.
 
 Preprocessing inside the graph is the evaluation preprocessing of training:
-decode to C channels, bilinear resize to the encoder's H x W (rounded back to
-uint8, as the dataset loader does) when the size differs, then `/ 255`.
-Every signature checks its input before the encoder runs (rank, channels,
-non-empty images, image magic bytes) and answers an empty batch with an empty
-result: with oneDNN on, a wrongly shaped tensor reaching a convolution can
-abort the whole serving process (SIGABRT, seen with a rank-3 input to a
-convolution), and SignatureDef shapes are not enforced: hence `tf.ensure_shape`
-and the empty-batch branch.
+decode in the file's own channel count, convert to C channels, bilinear
+resize to the model's H x W (rounded back to uint8, as the dataset loader
+does), then `/ 255`. Every signature checks its inputs before the encoder
+runs (rank, channels, equal batch sizes, non-empty images, image magic bytes)
+and answers an empty batch with an empty result of the declared shapes: with
+oneDNN on, a wrongly shaped tensor reaching a convolution can abort the whole
+serving process (SIGABRT, seen with a rank-3 input to a convolution), and
+SignatureDef shapes are not enforced: hence `tf.ensure_shape` and the
+empty-batch branch.
 """
 
 import json
@@ -74,195 +80,137 @@ def _to_channels(image, channels):
     return tf.ensure_shape(tf.cond(colour, luma, lambda: image[..., :1]), [None, None, 1])
 
 
-def _verify_output(metric_model):
-    """`distance` (same when below the threshold) or `score` (Koch's l1_sigmoid head: same when above)."""
-    return "score" if getattr(metric_model, "head", None) == "l1_sigmoid" else "distance"
+def _decode_images(images, name, height, width, channels):
+    """string [B] -> uint8 [B, height, width, channels], after checking every item is an image."""
+    valid = _is_image(images)
+    check = tf.debugging.Assert(
+        tf.reduce_all(valid),
+        [f"{name}: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
+         tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
+
+    def decode(data):
+        # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
+        img = tf.io.decode_image(data, channels=0, expand_animations=False)
+        return resize_uint8(_to_channels(img, channels), height, width)
+
+    with tf.control_dependencies([check]):
+        return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
 
 
-class _Embedder(tf.Module):
-    """The traced serving functions around one encoder (or a metric model)."""
+def _resize_pixels(pixels, name, height, width):
+    """uint8 [B, h, w, C] of any size >= 1 -> uint8 [B, height, width, C]."""
+    with tf.control_dependencies([tf.debugging.assert_positive(
+            tf.shape(pixels)[1:3], message=f"{name}: images must have height and width >= 1")]):
+        return resize_uint8(pixels, height, width)
 
-    def __init__(self, encoder, normalize=True, metric_model=None, threshold=None, classifier=None,
-                 classifier_kind=None, num_classes=None):
-        super().__init__()
-        self.encoder = encoder
-        self.metric_model = metric_model
-        self.classifier = classifier
-        self.classifier_kind = classifier_kind
-        self.num_classes = num_classes
-        _, self.height, self.width, self.channels = encoder.input_shape
-        self.dim = int(encoder.output_shape[-1])
-        if metric_model is not None:  # its embedding head may change the width
-            self.dim = int(metric_model.embed(tf.zeros([1, self.height, self.width, self.channels])).shape[-1])
-        if threshold is not None:
-            self.threshold = tf.Variable(float(threshold), dtype=tf.float32, trainable=False, name="threshold")
-        self.normalize = normalize
 
-    def _raw_embedding(self, pixels):
-        x = tf.cast(pixels, tf.float32) / 255.0
-        if self.metric_model is not None:
-            return tf.cast(self.metric_model.embed(x, training=False), tf.float32)
-        return tf.cast(self.encoder(x, training=False), tf.float32)
+def _input_spec(spec, channels):
+    if spec.kind == "image":
+        return tf.TensorSpec([None], tf.string, name=spec.name)
+    return tf.TensorSpec([None, None, None, channels], tf.uint8, name=spec.name)
 
-    def _embed_uint8(self, pixels):
-        """uint8 [B, H, W, C] at the encoder's size -> embedding [B, D]."""
-        features = self._raw_embedding(pixels)
-        return tf.math.l2_normalize(features, axis=-1) if self.normalize else features
 
-    def _guarded(self, batch_size, compute):
-        empty = tf.zeros([0, self.dim], tf.float32)
-        return tf.cond(batch_size > 0, compute, lambda: empty)
+def _serving_function(endpoint, image_shape):
+    """The traced signature of `endpoint`: checks and decodes each input by its
+    kind, calls the endpoint on float images in [0, 1], and answers an empty
+    batch with empty outputs of the declared shapes."""
+    height, width, channels = image_shape
+    names = [spec.name for spec in endpoint.inputs]
 
-    def embed_pixels(self, pixels):
-        c = self.channels
-        # A runtime check (the SignatureDef's shape is not enforced by TF Serving);
-        # its error reads "Shape of tensor pixels [..] is not compatible with
-        # expected shape [?,?,?,C]". (A tf.rank assert would be folded away.)
-        pixels = tf.ensure_shape(pixels, [None, None, None, c])
-        shape = tf.shape(pixels)
-
-        def compute():
-            with tf.control_dependencies([tf.debugging.assert_positive(
-                    shape[1:3], message="embed_pixels: images must have height and width >= 1")]):
-                resized = resize_uint8(pixels, self.height, self.width)
-            return self._embed_uint8(resized)
-
-        return {"embedding": self._guarded(shape[0], compute)}
-
-    def _decode(self, images, name, size=None):
-        """string [B] -> uint8 [B, H, W, C] (or at `size`), after checking every item is an image."""
-        height, width = size or (self.height, self.width)
-        valid = _is_image(images)
-        check = tf.debugging.Assert(
-            tf.reduce_all(valid),
-            [f"{name}: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
-             tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
-
-        def decode(data):
-            # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
-            img = tf.io.decode_image(data, channels=0, expand_animations=False)
-            return resize_uint8(_to_channels(img, self.channels), height, width)
-
-        with tf.control_dependencies([check]):
-            return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
-                [height, width, self.channels], tf.uint8))
-
-    def serving_default(self, images):
-        images = tf.ensure_shape(images, [None])
-        count = tf.shape(images)[0]
-        return {"embedding": self._guarded(count, lambda: self._embed_uint8(self._decode(images, "serving_default")))}
-
-    def _class_outputs(self, count, compute):
-        probs = tf.cond(count > 0, lambda: tf.cast(compute(), tf.float32),
-                        lambda: tf.zeros([0, self.num_classes], tf.float32))
-        return {"probabilities": probs, "class": tf.argmax(probs, axis=-1, output_type=tf.int32)}
-
-    def classify(self, images):
-        """Encoded images -> `probabilities` of the rotation head or the linear
-        probe, and the most likely `class`."""
-        images = tf.ensure_shape(images, [None])
+    def serve(*tensors):
+        checked = []
+        for spec, t in zip(endpoint.inputs, tensors):
+            # Runtime checks (TF Serving does not enforce the SignatureDef's shapes); the
+            # error reads "Shape of tensor <name> [..] is not compatible with expected shape".
+            checked.append(tf.ensure_shape(t, [None] if spec.kind == "image" else [None, None, None, channels]))
+        count = tf.shape(checked[0])[0]
+        same_count = [tf.debugging.assert_equal(
+            count, tf.shape(t)[0], message=f"{endpoint.name}: {' and '.join(names)} must hold the same number of "
+                                           "items") for t in checked[1:]]
 
         def compute():
-            x = tf.cast(self._decode(images, "classify"), tf.float32) / 255.0
-            if self.classifier_kind == "rotation":
-                return self.classifier.rotation_probabilities(x)
-            return tf.nn.softmax(tf.cast(self.classifier.probe(self.encoder(x, training=False)), tf.float32))
-
-        return self._class_outputs(tf.shape(images)[0], compute)
-
-    def classify_position(self, centre, neighbour):
-        """Encoded (centre, neighbour) patch pairs -> `probabilities` over the 8
-        neighbour positions (resized to the training patch size first)."""
-        centre = tf.ensure_shape(centre, [None])
-        neighbour = tf.ensure_shape(neighbour, [None])
-        count = tf.shape(centre)[0]
-        same_count = tf.debugging.assert_equal(
-            count, tf.shape(neighbour)[0], message="classify: centre and neighbour must hold the same number of patches")
-        side = self.classifier.patch_size
-
-        def compute():
-            with tf.control_dependencies([same_count]):
-                c = self._decode(centre, "classify", (side, side))
-            n = self._decode(neighbour, "classify", (side, side))
-            return self.classifier.position_probabilities(tf.cast(c, tf.float32) / 255.0,
-                                                          tf.cast(n, tf.float32) / 255.0)
-
-        with tf.control_dependencies([same_count]):
-            return self._class_outputs(count, compute)
-
-    def verify(self, images_a, images_b):
-        """Two batches of encoded images -> pair score and the decision at the stored threshold."""
-        images_a = tf.ensure_shape(images_a, [None])
-        images_b = tf.ensure_shape(images_b, [None])
-        count = tf.shape(images_a)[0]
-        same_count = tf.debugging.assert_equal(
-            count, tf.shape(images_b)[0], message="verify: images_a and images_b must hold the same number of images")
-        model = self.metric_model
-        key = _verify_output(model)
-
-        def compute():
-            with tf.control_dependencies([same_count]):
-                e_a = self._raw_embedding(self._decode(images_a, "verify"))
-            e_b = self._raw_embedding(self._decode(images_b, "verify"))
-            score = tf.cast(model.pair_score(e_a, e_b), tf.float32)  # Siamese head / triplet: Euclidean
-            same = score < self.threshold if key == "distance" else score >= self.threshold
-            return score, same
+            with tf.control_dependencies(same_count):
+                images = []
+                for spec, t in zip(endpoint.inputs, checked):
+                    h, w = spec.size or (height, width)
+                    pixels = (_decode_images(t, endpoint.name, h, w, channels) if spec.kind == "image"
+                              else _resize_pixels(t, endpoint.name, h, w))
+                    images.append(tf.cast(pixels, tf.float32) / 255.0)
+            out = endpoint.function(*images)
+            return [tf.cast(out[o.name], o.dtype) for o in endpoint.outputs]
 
         def empty():
-            with tf.control_dependencies([same_count]):
-                return tf.zeros([0], tf.float32), tf.zeros([0], tf.bool)
+            with tf.control_dependencies(same_count):
+                return [tf.zeros([0, *o.shape], o.dtype) for o in endpoint.outputs]
 
-        score, same = tf.cond(count > 0, compute, empty)
-        return {key: score, "same": same}
+        results = tf.cond(count > 0, compute, empty)
+        return {o.name: r for o, r in zip(endpoint.outputs, results)}
+
+    return serve, [_input_spec(spec, channels) for spec in endpoint.inputs]
 
 
-def _write_warmup(export_dir, embedder, classifier_kind, threshold):
-    """One small request per signature into TF Serving's warmup file; the
-    signature names written, or None without tensorflow-serving-api."""
-    from keras_ssl.serving import serving_api_available, write_warmup
+def _describe_input(spec, channels):
+    if spec.kind == "pixels":
+        return f"uint8 [batch, H, W, {channels}] (any H, W >= 1)"
+    size = f" (resized to {spec.size[0]}x{spec.size[1]})" if spec.size else ""
+    return f"string [batch] encoded PNG/JPEG/GIF/BMP/WebP{size}"
 
-    if not serving_api_available():
-        return None
-    h, w, c = embedder.height, embedder.width, embedder.channels
-    png = tf.io.encode_png(tf.zeros([h, w, c], tf.uint8)).numpy()
-    requests = [("serving_default", {"images": [png]}),
-                ("embed_pixels", {"pixels": tf.zeros([1, h, w, c], tf.uint8).numpy()})]
+
+def _describe_output(output):
+    shape = ", ".join(["batch", *map(str, output.shape)])
+    return f"{output.dtype} [{shape}]" + (f": {output.meaning}" if output.meaning else "")
+
+
+def _warmup_request(endpoint, image_shape):
+    """One small request (a black image per input) for TF Serving's warmup file."""
+    height, width, channels = image_shape
+    inputs = {}
+    for spec in endpoint.inputs:
+        h, w = spec.size or (height, width)
+        if spec.kind == "image":
+            inputs[spec.name] = [tf.io.encode_png(tf.zeros([h, w, channels], tf.uint8)).numpy()]
+        else:
+            inputs[spec.name] = tf.zeros([1, h, w, channels], tf.uint8).numpy()
+    return endpoint.name, inputs
+
+
+def _endpoints(model, image_shape, threshold):
+    """The model's declared endpoints; a plain Keras encoder gets the embedding ones."""
+    from keras_ssl.models.common import MethodModel
+    from keras_ssl.models.endpoints import embedding_endpoints
+
+    if isinstance(model, MethodModel):
+        return model.serving_endpoints(image_shape, threshold)
     if threshold is not None:
-        requests.append(("verify", {"images_a": [png], "images_b": [png]}))
-    if classifier_kind == "position":
-        side = embedder.classifier.patch_size
-        patch = tf.io.encode_png(tf.zeros([side, side, c], tf.uint8)).numpy()
-        requests.append(("classify", {"centre": [patch], "neighbour": [patch]}))
-    elif classifier_kind is not None:
-        requests.append(("classify", {"images": [png]}))
-    write_warmup(export_dir, requests)
-    return [name for name, _ in requests]
+        raise UserError("a threshold only applies to models with a verify signature (Siamese, triplet)")
+
+    def embed(images):
+        return tf.math.l2_normalize(tf.cast(model(images, training=False), tf.float32), axis=-1)
+
+    return embedding_endpoints(embed, int(model.output_shape[-1]))
 
 
-def export_saved_model(encoder, export_root="saved_models", name="model", version=None, overwrite=False,
-                       config=None, normalize=True, threshold=None, image_encoder=None, class_names=None,
-                       warmup=True):
-    """Exports `encoder` as a SavedModel under `export_root/name/version`; returns the path.
+def export_saved_model(model, export_root="saved_models", name="model", version=None, overwrite=False,
+                       config=None, threshold=None, class_names=None, warmup=True, image_shape=None):
+    """Exports `model` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
-      encoder: a Keras model, float images in [0, 1] `[B, H, W, C]` -> `[B, D]`;
-        or a metric model (`Siamese`): its embedding is exported and a `verify`
-        signature is added (`images_a`, `images_b` -> `distance` or `score`,
-        and `same` at `threshold`, default the model's own).
+      model: a method model (`keras_ssl.models`): its declared
+        `serving_endpoints` become the signatures; or a plain Keras encoder,
+        float images in [0, 1] `[B, H, W, C]` -> `[B, D]` (the embedding
+        signatures only).
       version: integer version; None picks the next free one.
       overwrite: replace an existing version (otherwise refused).
       config: JSON-serialisable run config stored in `assets.extra/config.json`.
-      normalize: L2-normalise the embedding (the documented contract).
-      image_encoder: the fixed-size encoder for the embedding signatures when
-        the model's own is size-agnostic (RelativePosition trains on patches).
-      class_names: names of the probe's classes, stored with the facts.
+      threshold: decision threshold of `verify` (Siamese/triplet models; None:
+        the model's own, and no `verify` for a triplet model without one).
+      class_names: names of the dataset's classes, stored with the facts when
+        a signature predicts them (SimCLR's online probe).
       warmup: write `assets.extra/tf_serving_warmup_requests` (one request
         per signature) when `tensorflow-serving-api` is installed.
-
-    Models with a classification head also get one: RotationPrediction and
-    SimCLR with an online probe `classify` (`images` -> `probabilities`,
-    `class`); RelativePosition `classify` with `centre` and `neighbour`
-    patches -> probabilities over the 8 neighbour positions.
+      image_shape: `(H, W, C)` served images are resized to; default the
+        encoder's input shape (needed when it is size-agnostic, as
+        RelativePosition's encoder, trained on patches).
     """
     if not name or os.sep in name or name.startswith("."):
         raise UserError(f"export name must be a plain folder name, got {name!r}")
@@ -275,92 +223,48 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
-    metric_model = classifier = classifier_kind = None
-    num_classes = 0
-    model = encoder
-    if hasattr(model, "rotation_probabilities"):  # RotNet: embedding + classify (4 rotations)
-        classifier, classifier_kind, num_classes, encoder = model, "rotation", 4, model.encoder
-    elif hasattr(model, "position_probabilities"):  # relative position: + classify_position (8 neighbours)
-        if model.patch_size is None:
-            raise UserError("this RelativePosition model records no patch_size; rebuild it with patch_size=")
-        classifier, classifier_kind, num_classes, encoder = model, "position", 8, model.encoder
-    elif getattr(model, "probe", None) is not None:  # SimCLR with its online linear probe: + classify
-        classifier, classifier_kind, encoder = model, "probe", model.encoder
-        num_classes = int(model.probe.output_shape[-1])
-    elif hasattr(model, "embed") and hasattr(model, "encoder"):  # a metric model: export its embedding
-        metric_model, encoder = model, model.encoder
-    elif isinstance(model, keras.Model) and isinstance(getattr(model, "encoder", None), keras.Model):
-        encoder = model.encoder  # a method model without a head (SimCLR without its probe): its encoder
-    if image_encoder is not None:
-        encoder = image_encoder
-    if metric_model is not None and (hasattr(metric_model, "threshold") or threshold is not None):  # + verify
-        from keras_ssl.models.siamese import _check_threshold
-
-        threshold = _check_threshold(getattr(metric_model, "threshold", None) if threshold is None else threshold)
-    elif threshold is not None:
-        raise UserError("a threshold only applies to metric models (Siamese, triplet) with a verify signature")
-    if classifier_kind != "probe" or (class_names and len(class_names) != num_classes):
-        class_names = None  # names of the dataset's classes: only the probe predicts those
-    if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
-        raise UserError(f"encoder input must be [batch, H, W, C] with known H, W, C; got {encoder.input_shape}")
+    encoder = getattr(model, "encoder", model)
+    if image_shape is None:
+        if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
+            raise UserError(f"the encoder's input shape {encoder.input_shape} does not fix the image size; "
+                            "pass image_shape=(H, W, C)")
+        image_shape = tuple(encoder.input_shape[1:])
+    image_shape = tuple(int(d) for d in image_shape)
+    endpoints = _endpoints(model, image_shape, threshold)
+    predicts_classes = [e for e in endpoints if e.dataset_classes]
+    if not predicts_classes or (class_names and len(class_names) != predicts_classes[0].outputs[0].shape[0]):
+        class_names = None  # names of the dataset's classes: only for a signature that predicts those
     os.makedirs(model_root, exist_ok=True)
     tmp = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    embedder = _Embedder(encoder, normalize, metric_model, threshold, classifier, classifier_kind, num_classes)
     try:
         archive = keras.export.ExportArchive()
-        archive.track(classifier or metric_model or encoder)
-        archive.add_endpoint(
-            "serving_default", embedder.serving_default,
-            input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        archive.add_endpoint(
-            "embed_pixels", embedder.embed_pixels,
-            input_signature=[tf.TensorSpec([None, None, None, embedder.channels], tf.uint8, name="pixels")])
-        if classifier_kind == "position":
-            archive.add_endpoint("classify", embedder.classify_position, input_signature=[
-                tf.TensorSpec([None], tf.string, name="centre"), tf.TensorSpec([None], tf.string, name="neighbour")])
-        elif classifier is not None:
-            archive.add_endpoint("classify", embedder.classify,
-                                 input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        if threshold is not None:
-            archive.add_endpoint("verify", embedder.verify, input_signature=[
-                tf.TensorSpec([None], tf.string, name="images_a"), tf.TensorSpec([None], tf.string, name="images_b")])
-            archive.add_variable_collection("threshold", [embedder.threshold])
+        archive.track(model)
+        for endpoint in endpoints:
+            function, signature = _serving_function(endpoint, image_shape)
+            archive.add_endpoint(endpoint.name, function, input_signature=signature)
+            if endpoint.variables:
+                archive.add_variable_collection(endpoint.variable_collection, list(endpoint.variables))
         archive.write_out(tmp, verbose=False)
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
+        by_name = {e.name: e for e in endpoints}
+        verify = by_name.get("verify")
         facts = {
-            "signatures": {
-                "serving_default": {"inputs": {"images": "string [batch] encoded PNG/JPEG/GIF/BMP/WebP"},
-                                    "outputs": {"embedding": f"float32 [batch, {embedder.dim}]"}},
-                "embed_pixels": {"inputs": {"pixels": f"uint8 [batch, H, W, {embedder.channels}]"},
-                                 "outputs": {"embedding": f"float32 [batch, {embedder.dim}]"}},
-            },
-            "image_height": embedder.height, "image_width": embedder.width,
-            "channels": embedder.channels, "embedding_dim": embedder.dim,
-            "l2_normalized": normalize,
-            "threshold": threshold,
-            "preprocessing": "decode -> bilinear resize to HxW (rounded to uint8) if needed -> / 255",
+            "signatures": {e.name: {"inputs": {s.name: _describe_input(s, image_shape[2]) for s in e.inputs},
+                                    "outputs": {o.name: _describe_output(o) for o in e.outputs}}
+                           for e in endpoints},
+            "image_height": image_shape[0], "image_width": image_shape[1], "channels": image_shape[2],
+            "embedding_dim": by_name["serving_default"].outputs[0].shape[0],
+            "l2_normalized": True,
+            # float32 in the graph; written with float32's 7 significant digits (0.9, not 0.8999999761)
+            "threshold": float(f"{float(verify.variables[0].numpy()):.7g}") if verify is not None else None,
+            "preprocessing": "decode -> convert to C channels -> bilinear resize to HxW (rounded to uint8) -> / 255",
         }
-        if threshold is not None:
-            key = _verify_output(metric_model)
-            rule = "distance < threshold" if key == "distance" else "score >= threshold"
-            facts["signatures"]["verify"] = {
-                "inputs": {"images_a": "string [batch]", "images_b": "string [batch]"},
-                "outputs": {key: "float32 [batch]", "same": f"bool [batch]: {rule}"}}
-        if classifier is not None:
-            meaning = {"rotation": "rotation by 0/90/180/270 degrees",
-                       "position": "neighbour position 0-7 (row, column): (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) "
-                                   "(2,2), the centre being (1,1)",
-                       "probe": "the dataset's classes (online linear probe)"}[classifier_kind]
-            inputs = ({"centre": f"string [batch] patches (resized to {classifier.patch_size} px)",
-                       "neighbour": "string [batch]"} if classifier_kind == "position"
-                      else {"images": "string [batch]"})
-            facts["signatures"]["classify"] = {
-                "inputs": inputs,
-                "outputs": {"probabilities": f"float32 [batch, {num_classes}]: {meaning}", "class": "int32 [batch]"}}
+        if predicts_classes:
             facts["class_names"] = list(class_names) if class_names else None
-        facts["warmup_requests"] = _write_warmup(tmp, embedder, classifier_kind, threshold) if warmup else None
+        facts["warmup_requests"] = _write_warmup(tmp, [_warmup_request(e, image_shape) for e in endpoints]) \
+            if warmup else None
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
         if config is not None:
@@ -376,3 +280,14 @@ def export_saved_model(encoder, export_root="saved_models", name="model", versio
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _write_warmup(export_dir, requests):
+    """`requests` into TF Serving's warmup file; the signature names written,
+    or None without tensorflow-serving-api."""
+    from keras_ssl.serving import serving_api_available, write_warmup
+
+    if not serving_api_available():
+        return None
+    write_warmup(export_dir, requests)
+    return [name for name, _ in requests]

@@ -15,7 +15,7 @@ from keras_ssl.errors import UserError
 _MASK_VALUE = 1e9
 
 
-def _gather_across_replicas(z):
+def gather_across_replicas(z):
     """All-gathers `z` over the replicas of the current replica context.
 
     Returns `(gathered, offset)`: the concatenation of every replica's `z` along
@@ -34,12 +34,54 @@ def _gather_across_replicas(z):
     return ctx.all_gather(z, axis=0), offset
 
 
+def info_nce_terms(queries, keys, positives, temperature, exclude=None):
+    """Per-query InfoNCE losses and "positive ranked first" flags.
+
+    InfoNCE (van den Oord et al. 2018, eq. 4; the contrastive loss of CPC,
+    MoCo and SimCLR): with `s(q, k) = q.k / temperature`, query `q_i` scores
+    every key and its loss is the cross-entropy of picking its positive,
+
+        -log( exp(s(q_i, k_{p_i})) / sum_{j != e_i} exp(s(q_i, k_j)) )
+
+    where `p_i = positives[i]` and `e_i = exclude[i]` is a key left out of the
+    denominator (the query itself when it is among the keys; -1 or None for
+    none). The vectors are used as given: L2-normalise them first for the
+    cosine similarity of SimCLR/MoCo (CPC uses a bilinear score: pass
+    `W z` as keys).
+
+    Args:
+      queries: `[n, d]`.
+      keys: `[m, d]`: positives and negatives (e.g. all-gathered over the
+        replicas with `gather_across_replicas`, then `positives` are offset).
+      positives: int `[n]`, the row of each query's positive in `keys`.
+      temperature: softmax temperature (> 0).
+      exclude: optional int `[n]` rows of `keys` masked out per query.
+
+    Returns:
+      `(losses, correct)`: float32 `[n]` and bool `[n]`.
+    """
+    queries = tf.cast(queries, tf.float32)
+    keys = tf.cast(keys, tf.float32)
+    positives = tf.cast(positives, tf.int32)
+    logits = tf.matmul(queries, keys, transpose_b=True) * (1.0 / float(temperature))
+    if exclude is not None:
+        logits -= tf.one_hot(tf.cast(exclude, tf.int32), tf.shape(keys)[0], dtype=tf.float32) * _MASK_VALUE
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(positives, logits)
+    correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), positives)
+    return losses, correct
+
+
+def info_nce(queries, keys, positives, temperature, exclude=None):
+    """Mean InfoNCE over the queries; see `info_nce_terms`."""
+    return tf.reduce_mean(info_nce_terms(queries, keys, positives, temperature, exclude)[0])
+
+
 def nt_xent_terms(z_a, z_b, temperature=0.5, cross_replica=True):
     """Per-anchor NT-Xent losses and "positive ranked first" flags.
 
     SimCLR's normalised temperature-scaled cross entropy (Chen et al. 2020,
-    eq. 1). With `z` L2-normalised and `s(u, v) = u.v / temperature`, the loss
-    of anchor `z_a[i]` is
+    eq. 1), InfoNCE (`info_nce_terms`) over both views. With `z` L2-normalised
+    and `s(u, v) = u.v / temperature`, the loss of anchor `z_a[i]` is
 
         -log( exp(s(a_i, b_i)) / sum_{k != a_i} exp(s(a_i, k)) )
 
@@ -63,28 +105,16 @@ def nt_xent_terms(z_a, z_b, temperature=0.5, cross_replica=True):
     z_a = tf.math.l2_normalize(tf.cast(z_a, tf.float32), axis=-1)
     z_b = tf.math.l2_normalize(tf.cast(z_b, tf.float32), axis=-1)
     if cross_replica:
-        keys_a, offset = _gather_across_replicas(z_a)
-        keys_b, _ = _gather_across_replicas(z_b)
+        keys_a, offset = gather_across_replicas(z_a)
+        keys_b, _ = gather_across_replicas(z_b)
     else:
         keys_a, keys_b, offset = z_a, z_b, tf.constant(0, tf.int32)
-    n = tf.shape(z_a)[0]
+    own = tf.range(tf.shape(z_a)[0]) + offset  # each anchor's row among the gathered keys
     n_keys = tf.shape(keys_a)[0]
-    labels = tf.range(n) + offset
-    self_mask = tf.one_hot(labels, n_keys, dtype=tf.float32) * _MASK_VALUE
-    inv_t = 1.0 / float(temperature)
-
-    logits_ab = tf.matmul(z_a, keys_b, transpose_b=True) * inv_t
-    logits_aa = tf.matmul(z_a, keys_a, transpose_b=True) * inv_t - self_mask
-    logits_ba = tf.matmul(z_b, keys_a, transpose_b=True) * inv_t
-    logits_bb = tf.matmul(z_b, keys_b, transpose_b=True) * inv_t - self_mask
-    # Positive of anchor i sits at column `labels[i]` of the first block.
-    logits_a = tf.concat([logits_ab, logits_aa], axis=1)
-    logits_b = tf.concat([logits_ba, logits_bb], axis=1)
-    logits = tf.concat([logits_a, logits_b], axis=0)
-    targets = tf.concat([labels, labels], axis=0)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-    correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), targets)
-    return losses, correct
+    # Keys [other view; same view]: the positive is the other view's row, the anchor itself is masked.
+    terms_a, correct_a = info_nce_terms(z_a, tf.concat([keys_b, keys_a], 0), own, temperature, own + n_keys)
+    terms_b, correct_b = info_nce_terms(z_b, tf.concat([keys_a, keys_b], 0), own, temperature, own + n_keys)
+    return tf.concat([terms_a, terms_b], 0), tf.concat([correct_a, correct_b], 0)
 
 
 def nt_xent(z_a, z_b, temperature=0.5, cross_replica=True):

@@ -29,9 +29,6 @@ from keras_ssl.errors import UserError
 from keras_ssl.precision import POLICIES, gpu_compute_capability, resolve_dtype_policy
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
-# Images through the encoder per batch element: two views, a pair, a triplet, one image.
-_IMAGES_PER_EXAMPLE = {"simclr": 2, "siamese": 2, "triplet_explicit": 3, "triplet": 1, "rotation": 4,
-                       "relative_position": 2}
 # Keys that may change between a run and its resumption.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
 DTYPE_POLICIES = POLICIES
@@ -39,12 +36,19 @@ DTYPE_POLICIES = POLICIES
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs; defaults are the SimCLR-on-Fashion-MNIST long run.
+    """What every run needs; the method's own hyper-parameters are `options`.
 
-    Sources of the defaults: `temperature=0.5`, `projection_dim=128`,
+    `options` is the method's options dataclass (e.g. `SimCLROptions`, see
+    `keras_ssl.models.registry`), or a dict of its keys, or None for its
+    defaults. `TrainConfig.from_dict` takes everything flat, as the flags and
+    `config.json` spell it:
+
+        TrainConfig.from_dict({"method": "siamese", "margin": 0.5, "dataset": "digits"})
+
+    Sources of the defaults (the SimCLR-on-Fashion-MNIST long run):
     `weight_decay=1e-6`, LARS with `learning_rate=0.3` and linear scaling
-    (peak 0.3 x B/256), cosine decay: SimCLR (Chen et al. 2020, B.9 for
-    CIFAR-10). `warmup_epochs=2` and `batch_size=256` are ours (short runs).
+    (peak 0.3 x B/256), momentum 0.9, cosine decay: SimCLR (Chen et al. 2020,
+    B.9 for CIFAR-10). `warmup_epochs=2` and `batch_size=256` are ours (short runs).
     """
 
     model_dir: str = "runs/simclr_fashion_mnist"
@@ -66,25 +70,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     weight_decay: float = 1e-6
     momentum: float = 0.9
-    temperature: float = 0.5
-    projection_dim: int = 128
-    projection_hidden_dim: int | None = None
-    projection_layers: int = 2
     augment: str = "fashion_mnist"
-    online_probe: bool = True
-    # Siamese (method=siamese) and triplet (method=triplet / triplet_explicit).
-    # margin None: the method's default, 1.0 for contrastive (Hadsell et al.
-    # 2006), 0.2 for triplet losses (FaceNet).
-    head: str = "distance"
-    margin: float | None = None
-    negative_hinge: str = "distance"
-    embedding_dim: int | None = None
-    normalize_embeddings: bool = False
-    mining: str = "semi_hard"
-    soft_margin: bool = False
-    patch_preset: str = "small"
-    classes_per_batch: int = 8
-    images_per_class: int = 4
     train_classes: str | None = None
     val_fraction: float = 0.0
     strategy: str = "default"
@@ -94,38 +80,74 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     verbose: int = 1
+    options: object = None
+
+    def __post_init__(self):
+        from keras_ssl.models import registry
+
+        method = registry.get(self.method)
+        if self.options is None or isinstance(self.options, dict):
+            self.options = method.make_options(self.options)
+        elif not isinstance(self.options, method.options):
+            raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
+                            f"got {type(self.options).__name__}")
 
     @property
-    def resolved_margin(self):
-        if self.margin is not None:
-            return self.margin
-        return 1.0 if self.method == "siamese" else 0.2
+    def method_spec(self):
+        """The registered `Method` of this run."""
+        from keras_ssl.models import registry
+
+        return registry.get(self.method)
+
+    @classmethod
+    def from_dict(cls, values, strict=True):
+        """A config from flat keys (run keys and the method's option keys).
+
+        `strict`: a key of another method's options (or no one's) is refused
+        with a `UserError` naming it; otherwise (reading a stored run) dropped.
+        """
+        from keras_ssl.models import registry
+
+        values = dict(values)
+        method = registry.get(values.get("method", cls.method))
+        run_keys = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        own = {f.name for f in dataclasses.fields(method.options)}
+        owners = registry.option_owners()
+        run, options = {}, dict(values.pop("options", None) or {})
+        for key, value in values.items():
+            if key in run_keys:
+                run[key] = value
+            elif key in own:
+                options[key] = value
+            elif strict:
+                if key in owners:
+                    others = ", ".join(m.name for m, _ in owners[key])
+                    raise UserError(f"{key} does not apply to method {method.name} (it is an option of {others})")
+                raise UserError(f"unknown setting {key!r}")
+        return cls(**run, options=method.make_options(options))
+
+    def to_dict(self):
+        """Flat: the run keys and the method's options (what `config.json` holds)."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        flat.update(dataclasses.asdict(self.options))
+        return flat
 
     def validate(self):
         """Raises `UserError` naming the first bad value."""
         from keras_ssl.data.augment import PRESETS
         from keras_ssl.distribute import STRATEGIES
         from keras_ssl.encoders import ENCODERS
-        from keras_ssl.models import METHODS
+        from keras_ssl.models.registry import validate_options
         from keras_ssl.optimizers import OPTIMIZERS
 
+        method = self.method_spec
+        augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
         checks = [
-            (self.method in METHODS, f"method must be one of {METHODS}"),
             (self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.augment in PRESETS or (self.augment == "none" and self.method != "simclr"),
-             f"augment must be one of {tuple(PRESETS)}" + ("" if self.method == "simclr" else " or none")),
-            (self.head in ("distance", "l1_sigmoid"), "head must be distance or l1_sigmoid"),
-            (self.margin is None or self.margin > 0, "margin must be > 0"),
-            (self.mining in ("semi_hard", "hard", "all"), "mining must be one of semi_hard, hard, all"),
-            (self.patch_preset in ("small", "imagenet"), "patch_preset must be small or imagenet"),
-            (self.classes_per_batch >= 2, "classes_per_batch (P) must be >= 2"),
-            (self.images_per_class >= 2, "images_per_class (K) must be >= 2 so every anchor has a positive"),
-            (self.negative_hinge in ("distance", "squared"), "negative_hinge must be distance or squared"),
-            (self.embedding_dim is None or self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (self.augment in augment_choices,
+             f"augment must be one of {', '.join(augment_choices)} for method {self.method}"),
             (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
-            (self.method != "siamese" or self.batch_size % 2 == 0,
-             "batch_size must be even for siamese (half positive, half negative pairs)"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
             (self.dtype_policy in DTYPE_POLICIES, f"dtype_policy must be one of {DTYPE_POLICIES}"),
@@ -136,9 +158,6 @@ class TrainConfig:
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.projection_dim >= 1 and self.projection_layers >= 1,
-             "projection_dim and projection_layers must be >= 1"),
             (self.width_multiplier > 0, "width_multiplier must be > 0"),
             (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
             (self.channels in (None, 1, 3), "channels must be 1 or 3"),
@@ -149,6 +168,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        validate_options(self.options)
         parse_classes(self.train_classes)
         return self
 
@@ -207,16 +227,15 @@ def read_config(model_dir):
         raise UserError(f"{model_dir} holds no training run (no config.json); train first or fix --model_dir")
     with open(path) as f:
         stored = json.load(f)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in stored.items() if k in known})
+    return TrainConfig.from_dict(stored, strict=False)
 
 
 def _check_resume(config):
     path = os.path.join(config.model_dir, "config.json")
     if not os.path.isfile(path):
         return
-    stored = dataclasses.asdict(read_config(config.model_dir))
-    wanted = dataclasses.asdict(config)
+    stored = read_config(config.model_dir).to_dict()
+    wanted = config.to_dict()
     diff = sorted(k for k in wanted if k not in _RESUMABLE_KEYS and stored.get(k) != wanted[k])
     if diff:
         k = diff[0]
@@ -307,69 +326,19 @@ def save_keras_atomic(model, path):
 def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
-    from keras_ssl.heads import projection_head
-    from keras_ssl.models import (OnlineTriplet, RelativePosition, RotationPrediction, Siamese, SimCLR,
-                                  TripletNetwork)
 
+    method = config.method_spec
     shape = dataset.image_shape
-    if config.method == "relative_position":  # patches: a size-agnostic encoder
+    if method.patch_encoder:  # trains on patches: a size-agnostic encoder
         shape = (None, None, shape[-1])
     encoder = build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
-    if config.method == "relative_position":
-        from keras_ssl.data.pretext import patch_geometry
-
-        patch = patch_geometry(dataset.image_shape[0], config.patch_preset)[1]
-        return RelativePosition(encoder, hidden_dim=config.projection_hidden_dim or 512, patch_size=patch,
-                                preset=config.patch_preset)
-    if config.method == "siamese":
-        return Siamese(encoder, embedding_dim=config.embedding_dim, head=config.head,
-                       margin=config.resolved_margin, negative_hinge=config.negative_hinge,
-                       normalize=config.normalize_embeddings)
-    if config.method == "triplet":
-        return OnlineTriplet(encoder, embedding_dim=config.embedding_dim or 128, margin=config.resolved_margin,
-                             mining=config.mining, soft=config.soft_margin)
-    if config.method == "triplet_explicit":
-        return TripletNetwork(encoder, embedding_dim=config.embedding_dim or 128, margin=config.resolved_margin)
-    if config.method == "rotation":
-        return RotationPrediction(encoder, hidden_dim=config.projection_hidden_dim or 256)
-    feature_dim = int(encoder.output_shape[-1])
-    projector = projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim,
-                                config.projection_layers)
-    num_classes = dataset.num_classes if (config.online_probe and dataset.labelled) else None
-    return SimCLR(encoder, projector, temperature=config.temperature, num_classes=num_classes,
-                  augment=config.augment, seed=config.seed)
+    return method.build(config, config.options, encoder, dataset)
 
 
 def method_data(config, split):
-    """`(dataset, steps_per_epoch, batch_size)`: the method's training batches
-    (an infinite tf.data pipeline) and what one epoch is."""
-    from keras_ssl.data import simclr_views
-    from keras_ssl.data.pairs import pair_batches, triplet_batches
-    from keras_ssl.data.sampling import pk_batches, pk_plan
-
-    augment = None if config.augment == "none" else config.augment
-    if config.method == "triplet":
-        p, k = config.classes_per_batch, config.images_per_class
-        steps = len(pk_plan(split.labels, p, k, config.seed))
-        data = pk_batches(split, p, k, seed=config.seed, augment=augment, epochs=config.epochs)
-        return data, steps, p * k
-    steps = len(split) // config.batch_size
-    if config.method == "siamese":
-        return pair_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
-    if config.method == "triplet_explicit":
-        return triplet_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
-    if config.method == "relative_position":
-        from keras_ssl.data.pretext import relative_position_batches
-
-        return (relative_position_batches(split, config.batch_size, seed=config.seed, preset=config.patch_preset),
-                steps, config.batch_size)
-    if config.method == "rotation":
-        from keras_ssl.data.pretext import rotation_batches
-
-        return rotation_batches(split, config.batch_size, seed=config.seed, augment=augment), steps, config.batch_size
-    data = simclr_views(split, config.batch_size, config.augment, seed=config.seed,
-                        with_labels=config.online_probe)
-    return data, steps, config.batch_size
+    """`TrainingData(dataset, steps_per_epoch, batch_size)`: the method's training
+    batches (an infinite tf.data pipeline) and what one epoch is."""
+    return config.method_spec.training_data(config, config.options, split)
 
 
 def _encoder_for_images(config, encoder, image_shape):
@@ -409,10 +378,11 @@ def train(config):
 
     image_size = (config.image_size, config.image_size) if config.image_size else None
     dataset = load_source(config.dataset, config.data_dir, image_size, config.channels)
+    method = config.method_spec
+    if method.needs_labels and not dataset.labelled:
+        raise UserError(f"method {config.method} trains on class labels and {config.dataset} has none; "
+                        "use a labelled dataset (folder:PATH with one sub-folder per class)")
     train_split, _ = training_split(config, dataset)
-    if config.method != "triplet" and len(train_split) < config.batch_size:
-        raise UserError(f"{config.dataset} has {len(train_split)} training images, fewer than one batch of "
-                        f"{config.batch_size}; lower --batch_size")
     data, epoch_steps, batch_size = method_data(config, train_split)
     data = shard_by_data(data)
     steps = config.steps_per_epoch or epoch_steps
@@ -427,7 +397,7 @@ def train(config):
         model.build()
         model.optimizer.build(model.trainable_variables)
     if chief:  # only now: a start refused by the data or model checks must not claim the directory
-        write_json(os.path.join(config.model_dir, "config.json"), dataclasses.asdict(config))
+        write_json(os.path.join(config.model_dir, "config.json"), config.to_dict())
 
     initial_epoch, checkpoint = resume_epoch(config, strategy, own_dir)
     if checkpoint:
@@ -462,7 +432,7 @@ def train(config):
         "replicas": strategy.num_replicas_in_sync,
         "dtype_policy": keras.mixed_precision.global_policy().name,
         "train_seconds": elapsed,
-        "images_per_second": (_IMAGES_PER_EXAMPLE.get(config.method, 1) * epochs_run * steps * batch_size
+        "images_per_second": (method.images_per_example * epochs_run * steps * batch_size
                               / elapsed) if epochs_run else None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
         "class_names": list(dataset.class_names),

@@ -1,7 +1,6 @@
 """Every method: one device and 2 logical CPU replicas give the same loss and update
 on the same global batch (issue 6); every method trains under mixed precision."""
 
-import dataclasses
 import math
 
 import keras
@@ -12,20 +11,15 @@ import tensorflow as tf
 from keras_ssl.data import load_source
 from keras_ssl.training import TrainConfig, build_model, method_data, train
 
-# Tiny settings per method on the 8x8 digits (relative position on 24 px upsampled digits).
-METHODS = {
-    "simclr": dict(augment="fashion_mnist", batch_size=16),
-    "siamese": dict(augment="none", batch_size=16, normalize_embeddings=True, embedding_dim=8),
-    "triplet": dict(augment="none", classes_per_batch=4, images_per_class=4, embedding_dim=8),
-    "triplet_explicit": dict(augment="none", batch_size=16, embedding_dim=8),
-    "rotation": dict(augment="none", batch_size=8),
-    "relative_position": dict(augment="none", batch_size=16, image_size=24),
-}
+from keras_ssl.models import registry
+
+# Every registered method, on its own tiny settings (8x8 digits; relative position upsampled).
+METHODS = {m.name: m.smoke_options for m in registry.methods()}
 
 
 def _config(method, **extra):
-    return TrainConfig(**{"method": method, "dataset": "digits", "width_multiplier": 0.25, "model_dir": "unused",
-                          **METHODS[method], **extra})
+    return TrainConfig.from_dict({"method": method, "dataset": "digits", "width_multiplier": 0.25,
+                                  "model_dir": "unused", **METHODS[method], **extra})
 
 
 def _data(config):
@@ -85,7 +79,7 @@ def test_auto_dtype_policy_is_recorded_as_asked(tmp_path):
     from keras_ssl.precision import resolve_dtype_policy
 
     assert result["dtype_policy"] == resolve_dtype_policy("auto") != "auto"
-    assert dataclasses.asdict(config)["dtype_policy"] == "auto"
+    assert config.to_dict()["dtype_policy"] == "auto"
 
 
 def test_float16_embeddings_do_not_overflow_masks_or_logits():

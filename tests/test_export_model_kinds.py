@@ -56,3 +56,13 @@ def test_pretext_heads_are_named_and_not_synchronised_on_one_device():
         assert model.head.name == name
         norms = [layer for layer in model.head.layers if isinstance(layer, FusedBatchNormalization)]
         assert norms and not any(layer.synchronized for layer in norms)
+
+
+def test_a_given_threshold_adds_verify_to_a_triplet_model(tmp_path):
+    model = OnlineTriplet(small_cnn((12, 12, 1), width_multiplier=0.25), embedding_dim=16)
+    path = export_saved_model(model, str(tmp_path), "triplet", threshold=0.9, warmup=False)
+    assert _facts(path)["threshold"] == 0.9
+    loaded = tf.saved_model.load(path)
+    png = tf.io.encode_png(tf.zeros([12, 12, 1], tf.uint8))
+    out = loaded.signatures["verify"](images_a=tf.stack([png]), images_b=tf.stack([png]))
+    assert out["distance"].numpy()[0] < 1e-3 and bool(out["same"].numpy()[0])

@@ -120,3 +120,29 @@ def test_nt_xent_local_negatives_differ(two_cpu_strategy):
     x_a, x_b = rng.normal(size=(2, 16, 6)).astype(np.float32)
     loss1, _, loss_local, _ = _single_and_distributed(two_cpu_strategy, x_a, x_b, (8, 8), cross_replica=False)
     assert abs(loss_local - loss1) > 1e-3
+
+
+def numpy_info_nce(queries, keys, positives, temperature, exclude):
+    """Per query: log sum_j exp(q.k_j / t) over the keys not excluded, minus q.k_positive / t."""
+    q, k = queries.astype(np.float64), keys.astype(np.float64)
+    out = []
+    for i in range(len(q)):
+        logits = [q[i] @ k[j] / temperature for j in range(len(k)) if exclude is None or j != exclude[i]]
+        out.append(np.log(np.sum(np.exp(logits))) - q[i] @ k[positives[i]] / temperature)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("use_exclude", [False, True])
+def test_info_nce_matches_numpy(use_exclude):
+    rng = np.random.default_rng(3)
+    queries, keys = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    positives = rng.integers(0, 9, 5)
+    exclude = (positives + 1) % 9 if use_exclude else None
+    terms, correct = losses.info_nce_terms(queries, keys, positives, 0.3, exclude)
+    np.testing.assert_allclose(terms.numpy(), numpy_info_nce(queries, keys, positives, 0.3, exclude), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.info_nce(queries, keys, positives, 0.3, exclude)),
+                               numpy_info_nce(queries, keys, positives, 0.3, exclude).mean(), rtol=1e-5)
+    logits = queries @ keys.T
+    if use_exclude:
+        logits[np.arange(5), exclude] = -np.inf
+    assert correct.numpy().tolist() == (logits.argmax(1) == positives).tolist()

@@ -1,6 +1,5 @@
 """Relative-position patch builder (Doersch et al. 2015): geometry, labels, bounds, errors."""
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -87,66 +86,3 @@ def test_relative_position_model_learns_and_shares_weights_with_full_images(tmp_
     model.save(tmp_path / "rp.keras")
     loaded = keras.models.load_model(tmp_path / "rp.keras")
     np.testing.assert_allclose(loaded.predict(digits.test.images[:4], verbose=0), features, atol=1e-5)
-
-
-def test_relative_position_binaries(tmp_path):
-    import json
-    import os
-
-    from test_end_to_end import _run
-
-    model_dir = str(tmp_path / "rp")
-    _run(["keras_ssl.bin.train", "--method=relative_position", "--dataset=digits", "--image_size=32",
-          "--epochs=1", "--batch_size=64", "--width_multiplier=0.5", "--optimizer=adam", "--learning_rate=1e-3",
-          "--lr_scaling=none", "--warmup_epochs=0", "--dtype_policy=float32", f"--model_dir={model_dir}",
-          "--verbose=0"], tmp_path)  # float32: served and in-memory outputs compared to 1e-5
-    import keras
-
-    encoder = keras.models.load_model(os.path.join(model_dir, "encoder.keras"))
-    assert encoder.input_shape == (None, 32, 32, 1)  # patch-trained weights, whole-image encoder
-    _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none"], tmp_path)
-    report = json.load(open(os.path.join(model_dir, "evaluation.json")))
-    assert 0 < report["linear_probe_accuracy"] <= 1 and 0 <= report["pretext_accuracy"] <= 1
-    _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={tmp_path / 'sm'}"], tmp_path)
-    export = tmp_path / "sm" / "rp" / "1"
-    facts = json.load(open(export / "assets.extra" / "preprocessing.json"))
-    assert facts["signatures"]["classify"]["inputs"]["centre"].endswith("(resized to 7 px)")
-
-    # The classify signature, served without keras_ssl, answers as the in-memory model.
-    import subprocess
-
-    from test_end_to_end import BLOCK_KERAS, PY, _png
-
-    from keras_ssl.data import load_source
-    from keras_ssl.saving import load_model
-
-    images = load_source("digits", image_size=(32, 32)).test.images[:6]
-    centre, neighbour, labels, _ = relative_position_pairs(images, tf.constant([3, 0], tf.int64), "small")
-    centre, neighbour = centre.numpy(), neighbour.numpy()
-    model = load_model(os.path.join(model_dir, "model.keras"))
-    expected = model.position_probabilities(centre.astype(np.float32) / 255.0,
-                                            neighbour.astype(np.float32) / 255.0).numpy()
-    npz = str(tmp_path / "patches.npz")
-    np.savez(npz, centre=np.array([_png(c) for c in centre], dtype=object),
-             neighbour=np.array([_png(n) for n in neighbour], dtype=object))
-    script = BLOCK_KERAS + textwrap.dedent('''
-        import numpy as np, tensorflow as tf
-        m = tf.saved_model.load(sys.argv[1])
-        npz = np.load(sys.argv[2], allow_pickle=True)
-        out = m.signatures["classify"](centre=tf.constant(list(npz["centre"])),
-                                       neighbour=tf.constant(list(npz["neighbour"])))
-        try:
-            m.signatures["classify"](centre=tf.constant(list(npz["centre"])), neighbour=tf.constant(list(npz["neighbour"][:2])))
-            mismatch = None
-        except Exception as e:
-            mismatch = str(e)[:500]
-        print(json.dumps({"signatures": sorted(m.signatures.keys()), "mismatch": mismatch,
-                          "probabilities": out["probabilities"].numpy().tolist(), "class": out["class"].numpy().tolist()}))
-    ''')
-    proc = subprocess.run([PY, "-c", script, str(export), npz], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["signatures"] == ["classify", "embed_pixels", "serving_default"]
-    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
-    assert out["class"] == expected.argmax(1).tolist()
-    assert "centre and neighbour must hold the same number of patches" in out["mismatch"]

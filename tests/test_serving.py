@@ -250,7 +250,7 @@ def test_bad_input_is_refused_without_crashing(exported, tmp_path):
     assert "not compatible with expected shape [?]" in out["verify_rank2"]
     assert out["verify_dtype"] and "string" in out["verify_dtype"]
     assert "these items are not PNG/JPEG/GIF/BMP/WebP images" in out["verify_garbage"]
-    assert "images_a and images_b must hold the same number of images" in out["verify_counts"]
+    assert "verify: images_a and images_b must hold the same number of items" in out["verify_counts"]
     assert out["default_rank0"] and "[?]" in out["default_rank0"]
     assert out["empty"] == {"distance": [0], "same": [0]}
     assert out["alive"] == [1, 8]

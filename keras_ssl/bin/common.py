@@ -39,3 +39,34 @@ def load_run(model_dir):
     if not os.path.isfile(encoder_path):
         raise UserError(f"{encoder_path} not found; the run has not finished training")
     return config, encoder_path
+
+
+_DEFINE = {bool: "DEFINE_boolean", int: "DEFINE_integer", float: "DEFINE_float", str: "DEFINE_string"}
+
+
+def define_method_flags(flags):
+    """One flag per method option, generated from the methods' options
+    dataclasses (`keras_ssl.models.registry`): type, help, choices and default
+    from the field. An option several methods share (e.g. `margin`) gets one
+    flag whose default is None (each method's own default), listed in its help."""
+    from keras_ssl.models import registry
+    from keras_ssl.models.registry import option_type
+
+    for name, owners in registry.option_owners().items():
+        method, field = owners[0]
+        kind = option_type(method.options, name)
+        choices = field.metadata.get("choices")
+        if len(owners) == 1:
+            default = field.default
+            help_text = f"{method.name}: {field.metadata['help']}"
+        else:
+            default = None  # each method's own
+            by_help = {}
+            for m, f in owners:
+                by_help.setdefault(f.metadata["help"], []).append(m.name)
+            help_text = "; ".join(f"{', '.join(ms)}: {h}" for h, ms in by_help.items())
+            help_text += " (default: " + ", ".join(f"{m.name} {f.default}" for m, f in owners) + ")"
+        if choices:
+            flags.DEFINE_enum(name, default, [str(c) for c in choices], help_text)
+        else:
+            getattr(flags, _DEFINE[kind])(name, default, help_text)

@@ -27,31 +27,20 @@ def main(argv):
 
     from keras_ssl.data import load_source
     from keras_ssl.evaluation import evaluate_encoder, format_table
-    from keras_ssl.training import parse_classes, training_split
+    from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
 
     config, encoder_path = load_run(FLAGS.model_dir)
     encoder = keras.models.load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
     extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
-    if config.method in ("siamese", "triplet", "triplet_explicit"):
-        from keras_ssl.evaluation import evaluate_retrieval, evaluate_siamese
+    evaluations = config.method_spec.evaluations
+    if evaluations:  # the method's own, on the whole model (heads included)
         from keras_ssl.saving import load_model
 
         model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        _, val = training_split(config, dataset)
-        if val is None:  # no held-out images: calibrate on training images (optimistic)
-            val = dataset.train.take(FLAGS.train_limit)
-        extra.update(evaluate_siamese(model, dataset.test, val, FLAGS.model_dir,
-                                      parse_classes(config.train_classes)))
-        if config.method != "siamese":
-            extra.update(evaluate_retrieval(model, dataset, FLAGS.model_dir, parse_classes(config.train_classes)))
-    elif config.method in ("rotation", "relative_position"):
-        from keras_ssl.evaluation import pretext_accuracy
-        from keras_ssl.saving import load_model
-
-        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        extra["pretext_accuracy"] = pretext_accuracy(model, dataset.test)
+        for name in evaluations:
+            extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
         plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,

@@ -5,7 +5,6 @@
 Prints the path of the new version, e.g. saved_models/simclr_fashion_mnist/1.
 """
 
-import dataclasses
 import json
 import os
 
@@ -34,23 +33,24 @@ def main(argv):
     config, encoder_path = load_run(FLAGS.model_dir)
     from keras_ssl.saving import load_model
 
-    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # heads: verify / classify signatures
-    image_encoder = keras.models.load_model(encoder_path) if config.method == "relative_position" else None
+    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
+    image_shape = keras.models.load_model(encoder_path).input_shape[1:]  # the size training kept
     threshold, source = FLAGS.threshold, "--threshold"
-    if config.method in ("siamese", "triplet", "triplet_explicit"):
+    if model.supports_threshold:
         report = os.path.join(FLAGS.model_dir, "evaluation.json")
         if threshold is None and os.path.isfile(report):
             threshold, source = json.load(open(report)).get("threshold"), "evaluation.json (calibrated)"
-        if threshold is None and config.method == "siamese":
+        if threshold is None and model.threshold is not None:
             threshold, source = model.threshold, "model default (run keras-ssl-evaluate to calibrate)"
     elif threshold is not None:
-        raise UserError("--threshold only applies to siamese and triplet runs (verify signature)")
+        raise UserError(f"--threshold only applies to runs with a verify signature (siamese, triplet), "
+                        f"not {config.method}")
     training = os.path.join(FLAGS.model_dir, "training.json")  # class names recorded by training
     class_names = json.load(open(training)).get("class_names") if os.path.isfile(training) else None
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
-                              config=dataclasses.asdict(config), threshold=threshold, image_encoder=image_encoder,
-                              class_names=class_names)
+                              config=config.to_dict(), threshold=threshold, class_names=class_names,
+                              image_shape=image_shape)
     if threshold is not None:
         print(f"verify threshold: {threshold:.4f} from {source}")
     print(f"exported: {path}")

@@ -6,12 +6,12 @@
 Re-running with the same --model_dir resumes from the latest epoch checkpoint.
 """
 
-import dataclasses
 import sys
 
 from absl import flags
 
-from keras_ssl.bin.common import run_main
+from keras_ssl.bin.common import define_method_flags, run_main
+from keras_ssl.models import registry
 
 
 def _defaults():
@@ -20,14 +20,10 @@ def _defaults():
     return TrainConfig()
 
 
-d = _defaults()  # defaults come from TrainConfig: the binary and the library agree
+d = _defaults()  # run defaults come from TrainConfig: the binary and the library agree
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
-flags.DEFINE_enum("method", d.method,
-                  ["simclr", "siamese", "triplet", "triplet_explicit", "rotation", "relative_position"],
-                  "simclr; siamese (pairs); triplet (online mining on P x K batches); triplet_explicit; "
-                  "rotation (RotNet); relative_position (Doersch et al.)")
-flags.DEFINE_enum("patch_preset", d.patch_preset, ["small", "imagenet"],
-                  "relative_position: patch/jitter sizes relative to the image (small: 28-64 px)")
+flags.DEFINE_enum("method", d.method, list(registry.names()),
+                  "; ".join(f"{m.name}: {m.summary}" for m in registry.methods()))
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
@@ -46,26 +42,8 @@ flags.DEFINE_enum("lr_scaling", d.lr_scaling, ["linear", "sqrt", "none"],
 flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "linear warmup epochs before cosine decay")
 flags.DEFINE_float("weight_decay", d.weight_decay, "weight decay (LARS, AdamW)")
 flags.DEFINE_float("momentum", d.momentum, "momentum (LARS, SGD)")
-flags.DEFINE_float("temperature", d.temperature, "NT-Xent temperature")
-flags.DEFINE_integer("projection_dim", d.projection_dim, "projection head output size")
-flags.DEFINE_integer("projection_hidden_dim", None,
-                     "projection hidden size (default: feature size); rotation: head hidden size (256)")
-flags.DEFINE_integer("projection_layers", d.projection_layers, "projection head depth (layers)")
 flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist", "none"],
-                  "augmentation preset (none: siamese pairs without augmentation)")
-flags.DEFINE_boolean("online_probe", d.online_probe, "train a linear probe on frozen features in-run")
-flags.DEFINE_enum("head", d.head, ["distance", "l1_sigmoid"],
-                  "siamese: contrastive loss on distance, or Koch's weighted-L1 + sigmoid")
-flags.DEFINE_float("margin", None, "siamese/triplet margin (default: 1.0 contrastive, 0.2 triplet)")
-flags.DEFINE_enum("mining", d.mining, ["semi_hard", "hard", "all"], "triplet: online mining strategy")
-flags.DEFINE_boolean("soft_margin", d.soft_margin, "triplet: softplus instead of the hinge")
-flags.DEFINE_integer("classes_per_batch", d.classes_per_batch, "triplet: P classes per batch")
-flags.DEFINE_integer("images_per_class", d.images_per_class, "triplet: K images per class (batch = P*K)")
-flags.DEFINE_enum("negative_hinge", d.negative_hinge, ["distance", "squared"],
-                  "siamese: max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)")
-flags.DEFINE_integer("embedding_dim", None,
-                     "siamese/triplet: Dense embedding head size (default: encoder features; triplet 128)")
-flags.DEFINE_boolean("normalize_embeddings", d.normalize_embeddings, "siamese: L2-normalise embeddings")
+                  "augmentation preset (none: no augmentation; refused by simclr, whose views need one)")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
 flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker", "tpu"],
@@ -82,14 +60,22 @@ flags.DEFINE_boolean("jit_compile", d.jit_compile,
 flags.DEFINE_integer("seed", d.seed, "random seed (shuffling, views, initialisation)")
 flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "epoch checkpoints to keep")
 flags.DEFINE_integer("verbose", d.verbose, "0 silent, 1 progress bar, 2 one line per epoch")
+define_method_flags(flags)
+for _name in registry.option_owners():  # listed by --help, not only --helpfull
+    flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
 def config_from_flags():
+    """The run's `TrainConfig`: every run flag, and of the method flags those
+    given (a method flag of another method is refused with one line)."""
+    import dataclasses
+
     from keras_ssl.training import TrainConfig
 
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig) if f.name in FLAGS}
-    return TrainConfig(**values).validate()
+    values.update({name: FLAGS[name].value for name in registry.option_owners() if FLAGS[name].present})
+    return TrainConfig.from_dict(values).validate()
 
 
 def main(argv):

@@ -157,7 +157,7 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
     vsim = pair_similarity(model, e_val[vi], e_val[vj])
     results = verification_metrics(vsame, vsim, same, sim)
     sim_threshold = results.pop("similarity_threshold")
-    by_distance = getattr(model, "head", "distance") == "distance"  # triplet models: distance
+    by_distance = model.SCORE_NAME == "distance"
     results["threshold"] = -sim_threshold if by_distance else sim_threshold
     results["threshold_units"] = "distance" if by_distance else "probability"
     results["verification_pairs"] = int(pairs)

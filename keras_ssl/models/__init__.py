@@ -1,12 +1,17 @@
-"""One file per method; each a `keras.Model` subclass with train/test steps."""
+"""One file per method; each a `MethodModel` subclass that registers itself.
 
-from keras_ssl.models.pretext import RelativePosition, RotationPrediction
-from keras_ssl.models.siamese import Siamese
-from keras_ssl.models.simclr import SimCLR
-from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork
+Importing this package fills the registry (`keras_ssl.models.registry`);
+`METHODS` lists the registered names in order.
+"""
 
-# Methods the training binary can run.
-METHODS = ("simclr", "siamese", "triplet", "triplet_explicit", "rotation", "relative_position")
+# Import order is registration order (the order of --method's choices).
+from keras_ssl.models.simclr import SimCLR  # isort: skip
+from keras_ssl.models.siamese import Siamese  # isort: skip
+from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork  # isort: skip
+from keras_ssl.models.pretext import RelativePosition, RotationPrediction  # isort: skip
+from keras_ssl.models import registry  # isort: skip
+
+METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition",
-           "METHODS"]
+           "METHODS", "registry"]

@@ -1,25 +1,40 @@
-"""Helpers shared by every method's train/test step."""
+"""The base of every method model: the shared train/test step, sub-models, what it serves."""
 
 import keras
 import tensorflow as tf
 
 from keras_ssl.distribute import in_multi_worker_mode
 from keras_ssl.errors import UserError
+from keras_ssl.models.endpoints import embedding_endpoints
 
 
 class MethodModel(keras.Model):
-    """Base of every method model: the shared train/test step.
+    """Base of every method model.
 
-    A subclass implements `_forward(data, training) -> loss` (already scaled
-    for the global batch, see each method) which also updates its metric
-    trackers, lists the trackers in `metrics`, and names its sub-models in
-    `_children()` so `build()` can build them (a model must be built before
-    saving: a model left unbuilt after `fit` with a custom `train_step` loses
-    its optimizer state silently when saved to `.keras`).
+    A subclass
+      * lists the attribute names of its sub-models in `SUB_MODELS` (the base
+        builds them, saves them in `get_config` and restores them in
+        `from_config`; its own `get_config` adds only its scalar settings);
+      * implements `method_loss(data, training) -> loss`: the loss of one
+        replica's batch, already scaled for the global batch (see each method),
+        updating its metric trackers, which it lists in `metrics`;
+      * may override `after_apply()` (called after every optimizer step: the
+        place for EMA/momentum encoders and codebook updates),
+        `representation(images)` (default: the encoder's features) and
+        `serving_endpoints(...)` (default: the embedding signatures).
+
+    Models are built from the start and by `build()`: a model left unbuilt
+    after `fit` with a custom `train_step` loses its optimizer state silently
+    when saved to `.keras`.
     """
 
+    SUB_MODELS = ("encoder",)
+    # True for models with a pair decision (`verify`) whose threshold the
+    # evaluator calibrates and the exporter stores.
+    supports_threshold = False
+
     def _children(self):
-        return ()
+        return tuple(getattr(self, name, None) for name in self.SUB_MODELS)
 
     def build(self, input_shape=None):
         for model in self._children():
@@ -50,38 +65,97 @@ class MethodModel(keras.Model):
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
+    # -- the step ----------------------------------------------------------
+
+    def method_loss(self, data, training):
+        """This replica's loss for one batch, scaled so that the sum over
+        replicas is the loss of the global batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement method_loss(data, training)")
+
+    def after_apply(self):
+        """Called after every optimizer step (inside the replica context)."""
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss = self._forward(data, training=True)
+            loss = self.method_loss(data, training=True)
             if self.losses:  # regularisers, counted once over the replicas
                 loss = loss + tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.after_apply()
         return self._logs()
 
     def test_step(self, data):
-        self._forward(data, training=False)
+        self.method_loss(data, training=False)
         return self._logs()
+
+    # -- what it computes and serves ----------------------------------------
+
+    def representation(self, images, training=False):
+        """The representation to keep, `[B, D]`, of images (uint8 or float in [0, 1])."""
+        from keras_ssl.data.augment import to_float01
+
+        return self.encoder(to_float01(images), training=training)
+
+    def call(self, images, training=False):
+        """`representation(images)`: what `predict` returns."""
+        return self.representation(images, training=training)
+
+    def representation_dim(self, image_shape):
+        """D, the width of `representation` for images of `image_shape` (H, W, C)."""
+        return int(self.representation(tf.zeros([1, *image_shape])).shape[-1])
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        """The signatures of the export, see `keras_ssl.models.endpoints`.
+
+        Every model serves `serving_default` and `embed_pixels`: the
+        L2-normalised float32 `representation`. `threshold` is the decision
+        threshold of a `verify` signature (models with `supports_threshold`).
+        """
+        if threshold is not None:
+            raise UserError(f"a threshold only applies to models with a verify signature (Siamese, triplet), "
+                            f"not {type(self).__name__}")
+
+        def embed(images):
+            return tf.math.l2_normalize(tf.cast(self.representation(images), tf.float32), axis=-1)
+
+        return embedding_endpoints(embed, self.representation_dim(image_shape))
+
+    # -- saving --------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.SUB_MODELS:
+            model = getattr(self, name, None)
+            config[name] = keras.saving.serialize_keras_object(model) if model is not None else None
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in cls.SUB_MODELS:
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(config[name])
+        return cls(**config)
 
 
 def split_data(data):
     """`x` or `(x, y)` or `(x, y, sample_weight)` -> `(x, y)`.
 
-    A 2-tuple whose first item is itself a tuple/list is `(inputs, labels)`;
-    a 2-tuple of tensors is a pair of inputs without labels.
+    Keras's `unpack_x_y_sample_weight` with one difference: a 2-tuple of two
+    image batches is a pair of inputs without labels (SimCLR's
+    `(view_a, view_b)`), not `(x, y)`.
     """
     if isinstance(data, dict):
         raise UserError("dict batches are not supported; pass x or (x, y)")
-    if not isinstance(data, (tuple, list)):
-        return data, None
-    if len(data) == 2 and not isinstance(data[0], (tuple, list)) and _is_image_batch(data[1]):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)) \
+            and _is_image_batch(data[1]):
         return tuple(data), None
-    if len(data) in (2, 3):
-        return data[0], data[1]
-    if len(data) == 1:
-        return data[0], None
-    raise UserError(f"a batch must be x, (x, y) or (x, y, sample_weight), got {len(data)} items")
+    if isinstance(data, (tuple, list)) and len(data) > 3:
+        raise UserError(f"a batch must be x, (x, y) or (x, y, sample_weight), got {len(data)} items")
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(data) if isinstance(data, list) else data)
+    return x, y
 
 
 def _is_image_batch(t):
@@ -106,3 +180,66 @@ def embed_images(encoder, head, images, normalize, training=False):
         e = head(e, training=training)
     e = tf.cast(e, tf.float32)
     return tf.math.l2_normalize(e, axis=-1) if normalize else e
+
+
+def check_threshold(threshold):
+    """`threshold` as a finite float, or a `UserError`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise UserError(f"threshold must be a number, got {threshold!r}")
+    threshold = float(threshold)
+    if threshold != threshold or threshold in (float("inf"), float("-inf")):
+        raise UserError(f"threshold must be a finite number, got {threshold}")
+    return threshold
+
+
+class MetricModel(MethodModel):
+    """A model that embeds images and compares pairs (Siamese, triplet networks).
+
+    Subclasses implement `embed(images)` and `pair_score(e_a, e_b)`, and set
+    `SCORE_NAME`: "distance" (a pair is the same when the score is below the
+    threshold) or "score" (a probability: same when at or above it). The
+    representation is the embedding; with a threshold (given, or the model's
+    own `threshold` attribute when not None) the export adds `verify`.
+    """
+
+    supports_threshold = True
+    SCORE_NAME = "distance"
+    threshold = None
+
+    def representation(self, images, training=False):
+        return self.embed(images, training=training)
+
+    def decide(self, score, threshold=None):
+        """Boolean "same" decisions for pair scores at `threshold` (default: the model's)."""
+        t = self.threshold if threshold is None else threshold
+        return score < t if self.SCORE_NAME == "distance" else score >= t
+
+    def similarity(self, e_a, e_b):
+        """Higher = more alike: `-distance`, or the probability."""
+        score = self.pair_score(e_a, e_b)
+        return -score if self.SCORE_NAME == "distance" else score
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        endpoints = super().serving_endpoints(image_shape)
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is not None:
+            endpoints.append(self._verify_endpoint(check_threshold(threshold)))
+        return endpoints
+
+    def _verify_endpoint(self, threshold):
+        from keras_ssl.models.endpoints import Endpoint, ServingInput, ServingOutput
+
+        variable = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
+        key = self.SCORE_NAME
+
+        def verify(images_a, images_b):
+            e_a = tf.cast(self.embed(images_a, training=False), tf.float32)
+            e_b = tf.cast(self.embed(images_b, training=False), tf.float32)
+            score = tf.cast(self.pair_score(e_a, e_b), tf.float32)
+            return {key: score, "same": self.decide(score, variable)}
+
+        rule = "distance < threshold" if key == "distance" else "score >= threshold"
+        meaning = "Euclidean distance of the embeddings" if key == "distance" else "same-class probability"
+        return Endpoint("verify", (ServingInput("images_a"), ServingInput("images_b")),
+                        (ServingOutput(key, "float32", (), meaning), ServingOutput("same", "bool", (), rule)),
+                        verify, variables=(variable,), variable_collection="threshold")

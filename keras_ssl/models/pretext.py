@@ -1,5 +1,7 @@
 """Pretext-task models: the encoder learns by predicting how an image was transformed."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -8,13 +10,15 @@ from keras_ssl.data.pretext import rotate_all
 from keras_ssl.errors import UserError
 from keras_ssl.heads import mlp_classifier
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.endpoints import ServingInput, classify_endpoint
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
 class _PretextModel(MethodModel):
     """Encoder + classification head on self-made labels: loss, accuracy, config.
 
     Subclasses set `ACCURACY` (the metric's name) and `_default_head()`, and
-    implement `_forward` with `_classify(logits, labels)`.
+    implement `method_loss` with `_classify(logits, labels)`.
     """
 
     ACCURACY = "accuracy"
@@ -32,12 +36,7 @@ class _PretextModel(MethodModel):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
-    def _children(self):
-        return (self.encoder, self.head)
-
-    def call(self, images, training=False):
-        """Encoder features of images (uint8 or float in [0, 1])."""
-        return self.encoder(to_float01(images), training=training)
+    SUB_MODELS = ("encoder", "head")
 
     def _classify(self, logits, labels):
         """Cross-entropy scaled for the global batch; updates loss and accuracy."""
@@ -52,16 +51,8 @@ class _PretextModel(MethodModel):
 
     def get_config(self):
         config = super().get_config()
-        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
-                      head=keras.saving.serialize_keras_object(self.head), hidden_dim=self.hidden_dim)
+        config.update(hidden_dim=self.hidden_dim)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "head"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -89,7 +80,18 @@ class RotationPrediction(_PretextModel):
         """Softmax over the four rotations, `[B, 4]`."""
         return tf.nn.softmax(tf.cast(self.head(self.encoder(to_float01(images), training=False)), tf.float32))
 
-    def _forward(self, data, training):
+    def pretext_predictions(self, images, seed):
+        """Every image in its four rotations: `(probabilities [4B, 4], labels [4B])`."""
+        x, y = rotate_all(to_float01(images))
+        return self.rotation_probabilities(x), y
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        """The embedding signatures and `classify`: images -> probabilities of
+        the four rotations."""
+        return super().serving_endpoints(image_shape, threshold) + [classify_endpoint(
+            self.rotation_probabilities, 4, "rotation by 0/90/180/270 degrees")]
+
+    def method_loss(self, data, training):
         x, y = split_data(data)
         if isinstance(x, (tuple, list)):
             raise UserError("RotationPrediction expects image batches x or (images, rotation_labels)")
@@ -139,8 +141,96 @@ class RelativePosition(_PretextModel):
         """Softmax over the 8 neighbour positions, `[B, 8]`."""
         return tf.nn.softmax(tf.cast(self._logits(centre, neighbour, False), tf.float32))
 
-    def _forward(self, data, training):
+    def pretext_predictions(self, images, seed):
+        """One (centre, neighbour) pair per image drawn with the stateless
+        `seed` and the training preset: `(probabilities [B, 8], labels [B])`."""
+        from keras_ssl.data.pretext import relative_position_pairs
+
+        centre, neighbour, y, _ = relative_position_pairs(to_float01(images), seed, self.preset)
+        return self.position_probabilities(centre, neighbour), y
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        """The embedding signatures (whole images through the shared encoder)
+        and `classify`: (centre, neighbour) patches, resized to the training
+        patch size -> probabilities of the 8 neighbour positions."""
+        if self.patch_size is None:
+            raise UserError("this RelativePosition model records no patch_size; rebuild it with patch_size=")
+        side = (self.patch_size, self.patch_size)
+        meaning = ("neighbour position 0-7 (row, column): (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2), "
+                   "the centre being (1,1)")
+        return super().serving_endpoints(image_shape, threshold) + [classify_endpoint(
+            self.position_probabilities, 8, meaning,
+            inputs=(ServingInput("centre", size=side), ServingInput("neighbour", size=side)))]
+
+    def method_loss(self, data, training):
         x, y = split_data(data)
         if not isinstance(x, (tuple, list)) or len(x) != 2 or y is None:
             raise UserError("RelativePosition expects batches ((centre, neighbour), labels)")
         return self._classify(self._logits(x[0], x[1], training), tf.cast(tf.reshape(y, [-1]), tf.int32))
+
+
+@dataclasses.dataclass
+class RotationOptions:
+    """RotNet (Gidaris et al. 2018): a 4-way head on the encoder features;
+    the 256-unit MLP head is ours (the paper classifies from conv blocks)."""
+
+    head_hidden_dim: int = option(256, "classification head hidden size (0: a linear head)",
+                                  check=lambda v: v >= 0, requirement=">= 0")
+
+
+@dataclasses.dataclass
+class RelativePositionOptions:
+    """Relative patch position (Doersch, Gupta, Efros 2015): the paper's 3x3
+    grid with gaps and jitter, scaled to the image (`small`: 28-64 px images;
+    `imagenet`: the paper's 96 px patches); the 512-unit head is ours."""
+
+    patch_preset: str = option("small", "patch, gap and jitter sizes relative to the image (small: 28-64 px)",
+                               choices=("small", "imagenet"))
+    head_hidden_dim: int = option(512, "classification head hidden size (0: a linear head)",
+                                  check=lambda v: v >= 0, requirement=">= 0")
+
+
+def _augment(run):
+    return None if run.augment == "none" else run.augment
+
+
+def _build_rotation(run, options, encoder, dataset):
+    return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim)
+
+
+def _rotation_data(run, options, split):
+    from keras_ssl.data.pretext import rotation_batches
+
+    steps = epoch_steps(split, run.batch_size)
+    return TrainingData(rotation_batches(split, run.batch_size, seed=run.seed, augment=_augment(run)), steps,
+                        run.batch_size)
+
+
+def _build_relative_position(run, options, encoder, dataset):
+    from keras_ssl.data.pretext import patch_geometry
+
+    patch = patch_geometry(dataset.image_shape[0], options.patch_preset)[1]
+    return RelativePosition(encoder, hidden_dim=options.head_hidden_dim, patch_size=patch,
+                            preset=options.patch_preset)
+
+
+def _relative_position_data(run, options, split):
+    from keras_ssl.data.pretext import relative_position_batches
+
+    steps = epoch_steps(split, run.batch_size)
+    return TrainingData(relative_position_batches(split, run.batch_size, seed=run.seed, preset=options.patch_preset),
+                        steps, run.batch_size)
+
+
+register(Method(
+    name="rotation", summary="rotation prediction, RotNet (Gidaris et al. 2018)",
+    options=RotationOptions, build=_build_rotation, training_data=_rotation_data, images_per_example=4,
+    evaluations=("pretext",),
+    smoke_options=dict(augment="none", batch_size=8),
+))
+register(Method(
+    name="relative_position", summary="relative patch position (Doersch, Gupta, Efros 2015)",
+    options=RelativePositionOptions, build=_build_relative_position, training_data=_relative_position_data,
+    images_per_example=2, evaluations=("pretext",), patch_encoder=True,
+    smoke_options=dict(augment="none", batch_size=16, image_size=24),
+))

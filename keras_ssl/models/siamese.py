@@ -1,18 +1,21 @@
 """Siamese networks (Bromley et al. 1993; Hadsell et al. 2006; Koch et al. 2015)."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import MethodModel, embed_images, global_batch_size, split_data
+from keras_ssl.models.common import MetricModel, check_threshold, embed_images, global_batch_size, split_data
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 HEADS = ("distance", "l1_sigmoid")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class Siamese(MethodModel):
+class Siamese(MetricModel):
     """Two inputs through one shared encoder, trained on same/different-class pairs.
 
     Heads:
@@ -63,7 +66,7 @@ class Siamese(MethodModel):
         self.score_head = score_head
         if threshold is None:
             threshold = self.margin / 2.0 if head == "distance" else 0.5
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.pos_tracker = keras.metrics.Mean(name="pos_distance")
         self.neg_tracker = keras.metrics.Mean(name="neg_distance")
@@ -74,15 +77,15 @@ class Siamese(MethodModel):
     def metrics(self):
         return [self.loss_tracker, self.pos_tracker, self.neg_tracker, self.accuracy_tracker]
 
-    def _children(self):
-        return (self.encoder, self.embedding_head, self.score_head)
+    SUB_MODELS = ("encoder", "embedding_head", "score_head")
+
+    @property
+    def SCORE_NAME(self):  # noqa: N802 (the MetricModel constant, per head here)
+        return "distance" if self.head == "distance" else "score"
 
     def embed(self, images, training=False):
         """Embeddings `[B, D]` of images (uint8 or float in [0, 1])."""
         return embed_images(self.encoder, self.embedding_head, images, self.normalize, training)
-
-    def call(self, images, training=False):
-        return self.embed(images, training=training)
 
     def pair_score(self, e_a, e_b):
         """Distance (`distance` head) or same-class probability (`l1_sigmoid`)."""
@@ -90,20 +93,10 @@ class Siamese(MethodModel):
             return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 1e-12))
         return tf.sigmoid(self._logit(e_a, e_b))
 
-    def similarity(self, e_a, e_b):
-        """Higher = more alike: `-distance` or the probability."""
-        score = self.pair_score(e_a, e_b)
-        return -score if self.head == "distance" else score
-
-    def decide(self, score, threshold=None):
-        """Boolean "same" decisions for pair scores at `threshold` (default: the model's)."""
-        t = self.threshold if threshold is None else threshold
-        return score < t if self.head == "distance" else score >= t
-
     def _logit(self, e_a, e_b):
         return tf.cast(tf.reshape(self.score_head(tf.abs(e_a - e_b)), [-1]), tf.float32)
 
-    def _forward(self, data, training):
+    def method_loss(self, data, training):
         x, same = split_data(data)
         if not isinstance(x, (tuple, list)) or len(x) != 2:
             raise UserError("Siamese expects batches ((x_a, x_b), same)")
@@ -135,29 +128,46 @@ class Siamese(MethodModel):
 
     def get_config(self):
         config = super().get_config()
-        ser = keras.saving.serialize_keras_object
-        config.update(
-            encoder=ser(self.encoder),
-            embedding_head=ser(self.embedding_head) if self.embedding_head is not None else None,
-            score_head=ser(self.score_head) if self.score_head is not None else None,
-            embedding_dim=self.embedding_dim, head=self.head, margin=self.margin,
-            negative_hinge=self.negative_hinge, normalize=self.normalize, threshold=self.threshold,
-        )
+        config.update(embedding_dim=self.embedding_dim, head=self.head, margin=self.margin,
+                      negative_hinge=self.negative_hinge, normalize=self.normalize, threshold=self.threshold)
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "embedding_head", "score_head"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+
+@dataclasses.dataclass
+class SiameseOptions:
+    """Siamese hyper-parameters. Sources: the contrastive loss and margin 1.0
+    (Hadsell, Chopra, LeCun 2006); the `l1_sigmoid` head (Koch et al. 2015);
+    no embedding head and no normalisation by default (the encoder's features)."""
+
+    head: str = option("distance", "siamese: contrastive loss on the distance, or Koch's weighted-L1 + sigmoid",
+                       choices=HEADS)
+    margin: float = option(1.0, "contrastive margin (Hadsell et al. 2006: 1.0)", check=lambda v: v > 0,
+                           requirement="> 0")
+    negative_hinge: str = option("distance", "max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)",
+                                 choices=losses.NEGATIVE_HINGES)
+    embedding_dim: int | None = option(None, "Dense embedding head size (default: none, the encoder features)",
+                                       check=lambda v: v >= 1, requirement=">= 1")
+    normalize_embeddings: bool = option(False, "L2-normalise the embeddings")
 
 
-def _check_threshold(threshold):
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise UserError(f"threshold must be a number, got {threshold!r}")
-    threshold = float(threshold)
-    if threshold != threshold or threshold in (float("inf"), float("-inf")):
-        raise UserError(f"threshold must be a finite number, got {threshold}")
-    return threshold
+def _build(run, options, encoder, dataset):
+    return Siamese(encoder, embedding_dim=options.embedding_dim, head=options.head, margin=options.margin,
+                   negative_hinge=options.negative_hinge, normalize=options.normalize_embeddings)
+
+
+def _training_data(run, options, split):
+    from keras_ssl.data.pairs import pair_batches
+
+    if run.batch_size % 2:
+        raise UserError("batch_size must be even for siamese (half positive, half negative pairs)")
+    augment = None if run.augment == "none" else run.augment
+    steps = epoch_steps(split, run.batch_size)
+    return TrainingData(pair_batches(split, run.batch_size, seed=run.seed, augment=augment), steps, run.batch_size)
+
+
+register(Method(
+    name="siamese", summary="Siamese network on same/different pairs (Hadsell et al. 2006; Koch et al. 2015)",
+    options=SiameseOptions, build=_build, training_data=_training_data, images_per_example=2,
+    evaluations=("verification",), needs_labels=True,
+    smoke_options=dict(augment="none", batch_size=16, normalize_embeddings=True, embedding_dim=8),
+))

@@ -1,5 +1,7 @@
 """SimCLR (Chen et al. 2020) as a `keras.Model` with its own train/test steps."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -8,6 +10,8 @@ from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
 from keras_ssl.errors import UserError
 from keras_ssl.heads import linear_classifier, projection_head
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.endpoints import classify_endpoint
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -76,12 +80,7 @@ class SimCLR(MethodModel):
             trackers += [self.probe_loss_tracker, self.probe_accuracy_tracker]
         return trackers
 
-    def _children(self):
-        return (self.encoder, self.projector, self.probe)
-
-    def call(self, images, training=False):
-        """Encoder features h = f(x) of float images in [0, 1] (or uint8)."""
-        return self.encoder(to_float01(images), training=training)
+    SUB_MODELS = ("encoder", "projector", "probe")
 
     def _views(self, x):
         if isinstance(x, (tuple, list)):
@@ -97,7 +96,7 @@ class SimCLR(MethodModel):
         return (simclr_augment(x, seed_a, self.augment_config),
                 simclr_augment(x, seed_b, self.augment_config))
 
-    def _forward(self, data, training):
+    def method_loss(self, data, training):
         x, y = split_data(data)
         view_a, view_b = self._views(x)
         n_local = tf.shape(view_a)[0]
@@ -126,12 +125,21 @@ class SimCLR(MethodModel):
             self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=tf.cast(n_local, tf.float32))
         return loss
 
+    def serving_endpoints(self, image_shape, threshold=None):
+        """The embedding signatures, and with the online probe `classify`
+        (images -> probabilities over the dataset's classes)."""
+        endpoints = super().serving_endpoints(image_shape, threshold)
+        if self.probe is not None:
+            def probabilities(images):
+                return tf.nn.softmax(tf.cast(self.probe(self.encoder(images, training=False)), tf.float32))
+
+            endpoints.append(classify_endpoint(probabilities, self.num_classes,
+                                               "the dataset's classes (online linear probe)", dataset_classes=True))
+        return endpoints
+
     def get_config(self):
         config = super().get_config()
         config.update(
-            encoder=keras.saving.serialize_keras_object(self.encoder),
-            projector=keras.saving.serialize_keras_object(self.projector),
-            probe=keras.saving.serialize_keras_object(self.probe) if self.probe is not None else None,
             temperature=self.temperature,
             num_classes=self.num_classes,
             augment=self._augment_name or dict(vars(self.augment_config)),
@@ -142,12 +150,52 @@ class SimCLR(MethodModel):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("encoder", "projector", "probe"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
         if isinstance(config.get("augment"), dict):
             from keras_ssl.data.augment import AugmentConfig
 
             aug = {k: tuple(v) if isinstance(v, list) else v for k, v in config["augment"].items()}
             config["augment"] = AugmentConfig(**aug)
-        return cls(**config)
+        return super().from_config(config)
+
+
+@dataclasses.dataclass
+class SimCLROptions:
+    """SimCLR's hyper-parameters. Sources: temperature 0.5 and a 128-d output
+    (Chen et al. 2020, B.9 for CIFAR-10); a 2-layer projection MLP whose hidden
+    width is the feature width (SimCLR v1); the online probe is SimCLR's
+    in-run linear evaluation on `stop_gradient(h)`."""
+
+    temperature: float = option(0.5, "NT-Xent temperature (SimCLR CIFAR-10: 0.5)", check=lambda v: v > 0,
+                                requirement="> 0")
+    projection_dim: int = option(128, "projection head output size (SimCLR: 128)", check=lambda v: v >= 1,
+                                 requirement=">= 1")
+    projection_hidden_dim: int | None = option(None, "projection hidden size (default: the feature size)",
+                                               check=lambda v: v >= 1, requirement=">= 1")
+    projection_layers: int = option(2, "projection head depth in Dense layers (SimCLR v1: 2)",
+                                    check=lambda v: v >= 1, requirement=">= 1")
+    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
+
+
+def _build(run, options, encoder, dataset):
+    feature_dim = int(encoder.output_shape[-1])
+    projector = projection_head(feature_dim, options.projection_hidden_dim, options.projection_dim,
+                                options.projection_layers)
+    num_classes = dataset.num_classes if (options.online_probe and dataset.labelled) else None
+    return SimCLR(encoder, projector, temperature=options.temperature, num_classes=num_classes,
+                  augment=run.augment, seed=run.seed)
+
+
+def _training_data(run, options, split):
+    from keras_ssl.data import simclr_views
+
+    steps = epoch_steps(split, run.batch_size)
+    data = simclr_views(split, run.batch_size, run.augment, seed=run.seed, with_labels=options.online_probe)
+    return TrainingData(data, steps, run.batch_size)
+
+
+register(Method(
+    name="simclr", summary="SimCLR: NT-Xent between two augmented views (Chen et al. 2020)",
+    options=SimCLROptions, build=_build, training_data=_training_data, images_per_example=2,
+    requires_augmentation=True,
+    smoke_options=dict(augment="fashion_mnist", batch_size=16),
+))

@@ -1,16 +1,23 @@
 """Triplet networks (Hoffer & Ailon 2015; FaceNet, Schroff et al. 2015; Hermans et al. 2017)."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import MethodModel, embed_images, global_batch_size, split_data
+from keras_ssl.models.common import MetricModel, embed_images, global_batch_size, split_data
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
-class _Embedding(MethodModel):
-    """Shared encoder + optional Dense embedding head + L2 normalisation."""
+class _Embedding(MetricModel):
+    """Shared encoder + optional Dense embedding head + L2 normalisation; pairs
+    compared by Euclidean distance (no threshold of its own: `verify` is
+    exported with a calibrated or given one)."""
+
+    SUB_MODELS = ("encoder", "embedding_head")
 
     def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, embedding_head=None, **kwargs):
         super().__init__(**kwargs)
@@ -35,41 +42,21 @@ class _Embedding(MethodModel):
     def metrics(self):
         return [self.loss_tracker, self.active_tracker, self.pos_tracker, self.neg_tracker, self.std_tracker]
 
-    def _children(self):
-        return (self.encoder, self.embedding_head)
-
     def embed(self, images, training=False):
         """Embeddings `[B, D]` (L2-normalised by default) of uint8 or [0, 1] images."""
         return embed_images(self.encoder, self.embedding_head, images, self.normalize, training)
 
-    def call(self, images, training=False):
-        return self.embed(images, training=training)
-
     def pair_score(self, e_a, e_b):
         """Euclidean distance (for verification-style use and export)."""
         return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 1e-12))
-
-    def similarity(self, e_a, e_b):
-        return -self.pair_score(e_a, e_b)
 
     def _track_std(self, e):
         self.std_tracker.update_state(tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(e, -1), axis=0)))
 
     def get_config(self):
         config = super().get_config()
-        ser = keras.saving.serialize_keras_object
-        config.update(encoder=ser(self.encoder),
-                      embedding_head=ser(self.embedding_head) if self.embedding_head is not None else None,
-                      embedding_dim=self.embedding_dim, normalize=self.normalize, margin=self.margin)
+        config.update(embedding_dim=self.embedding_dim, normalize=self.normalize, margin=self.margin)
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "embedding_head"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -99,7 +86,7 @@ class OnlineTriplet(_Embedding):
         self.soft = bool(soft)
         self.build()
 
-    def _forward(self, data, training):
+    def method_loss(self, data, training):
         x, y = split_data(data)
         if y is None:
             raise UserError("OnlineTriplet needs labelled batches (images, labels)")
@@ -107,10 +94,8 @@ class OnlineTriplet(_Embedding):
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
         ctx = tf.distribute.get_replica_context()
         replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-        if replicas > 1:
-            e_all, labels_all = ctx.all_gather(e, axis=0), ctx.all_gather(labels, axis=0)
-        else:
-            e_all, labels_all = e, labels
+        e_all, _ = losses.gather_across_replicas(e)
+        labels_all, _ = losses.gather_across_replicas(labels)
         values, counted = losses.batch_triplet_terms(labels_all, e_all, self.margin, self.mining, self.soft)
         mask = tf.cast(counted, tf.float32)
         full_loss = tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
@@ -153,7 +138,7 @@ class TripletNetwork(_Embedding):
         super().__init__(encoder, embedding_dim, normalize, margin, **kwargs)
         self.build()
 
-    def _forward(self, data, training):
+    def method_loss(self, data, training):
         # (a, p, n) itself, or ((a, p, n),) / ((a, p, n), ignored_labels)
         x = data if (isinstance(data, (tuple, list)) and len(data) == 3
                      and not isinstance(data[0], (tuple, list))) else split_data(data)[0]
@@ -175,3 +160,74 @@ class TripletNetwork(_Embedding):
         self.neg_tracker.update_state(tf.sqrt(tf.maximum(d_an, 1e-12)))
         self._track_std(e)
         return loss
+
+
+@dataclasses.dataclass
+class TripletOptions:
+    """Online triplet mining. Sources: margin 0.2 and 128-d L2-normalised
+    embeddings (FaceNet, Schroff et al. 2015); P x K batches and the batch-hard
+    variant (Hermans et al. 2017); P = 8, K = 4 are ours (a 10-class dataset)."""
+
+    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
+    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
+                                requirement=">= 1")
+    mining: str = option("semi_hard", "online mining strategy", choices=losses.MINING)
+    soft_margin: bool = option(False, "softplus instead of the hinge (Hermans et al. 2017)")
+    classes_per_batch: int = option(8, "P classes per batch", check=lambda v: v >= 2, requirement=">= 2")
+    images_per_class: int = option(4, "K images per class (batch = P*K; every anchor needs a positive)",
+                                   check=lambda v: v >= 2, requirement=">= 2")
+
+
+@dataclasses.dataclass
+class TripletExplicitOptions:
+    """Explicit (anchor, positive, negative) triplets. Sources: margin 0.2 and
+    128-d L2-normalised embeddings (FaceNet); triplets as in Hoffer & Ailon 2015."""
+
+    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
+    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
+                                requirement=">= 1")
+
+
+def _augment(run):
+    return None if run.augment == "none" else run.augment
+
+
+def _build_online(run, options, encoder, dataset):
+    return OnlineTriplet(encoder, embedding_dim=options.embedding_dim, margin=options.margin,
+                         mining=options.mining, soft=options.soft_margin)
+
+
+def _online_data(run, options, split):
+    """Class-balanced P x K batches: the batch size is P*K, not --batch_size."""
+    from keras_ssl.data.sampling import pk_batches, pk_plan
+
+    p, k = options.classes_per_batch, options.images_per_class
+    steps = len(pk_plan(split.labels, p, k, run.seed))
+    return TrainingData(pk_batches(split, p, k, seed=run.seed, augment=_augment(run), epochs=run.epochs), steps, p * k)
+
+
+def _build_explicit(run, options, encoder, dataset):
+    return TripletNetwork(encoder, embedding_dim=options.embedding_dim, margin=options.margin)
+
+
+def _explicit_data(run, options, split):
+    from keras_ssl.data.pairs import triplet_batches
+
+    steps = epoch_steps(split, run.batch_size)
+    return TrainingData(triplet_batches(split, run.batch_size, seed=run.seed, augment=_augment(run)), steps,
+                        run.batch_size)
+
+
+register(Method(
+    name="triplet", summary="triplet network, online mining on P x K batches (FaceNet; Hermans et al. 2017)",
+    options=TripletOptions, build=_build_online, training_data=_online_data, images_per_example=1,
+    evaluations=("verification", "retrieval"), needs_labels=True,
+    smoke_options=dict(augment="none", classes_per_batch=4, images_per_class=4, embedding_dim=8),
+))
+register(Method(
+    name="triplet_explicit", summary="triplet network on explicit (anchor, positive, negative) triplets "
+    "(Hoffer & Ailon 2015)",
+    options=TripletExplicitOptions, build=_build_explicit, training_data=_explicit_data, images_per_example=3,
+    evaluations=("verification", "retrieval"), needs_labels=True,
+    smoke_options=dict(augment="none", batch_size=16, embedding_dim=8),
+))

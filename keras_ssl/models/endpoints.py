@@ -1,0 +1,92 @@
+"""What a method model serves: endpoints declared by the model, traced by the exporter.
+
+A model's `serving_endpoints(image_shape, threshold)` returns a list of
+`Endpoint`s. Each names its inputs by *kind*; the exporter
+(`keras_ssl.export`) checks and decodes every input of a kind the same way,
+answers an empty batch with an empty result of the declared output shapes,
+writes the warmup request and the signature facts, all from this list.
+
+Input kinds:
+
+* `image`: tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP/WebP (what TF
+  Serving's REST API sends as `{"b64": ...}`), decoded in the file's own
+  channel count, converted to the model's, bilinear-resized to `size` (the
+  image size by default) and rounded to uint8 like the dataset loader,
+  then `/ 255`: the function receives float32 `[batch, H, W, C]` in [0, 1];
+* `pixels`: uint8 `[batch, h, w, C]` of any size, resized the same way.
+"""
+
+import dataclasses
+from typing import Callable
+
+INPUT_KINDS = ("image", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingInput:
+    """One input tensor of an endpoint: its `name`, `kind` (see the module
+    docstring) and, for images, the `(height, width)` it is resized to (None:
+    the model's image size)."""
+
+    name: str
+    kind: str = "image"
+    size: tuple | None = None
+
+    def __post_init__(self):
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {INPUT_KINDS}, got {self.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingOutput:
+    """One output tensor: `name`, `dtype` ("float32", "int32", "bool"), its
+    shape after the batch axis, and what it means (for the facts file)."""
+
+    name: str
+    dtype: str
+    shape: tuple = ()
+    meaning: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A serving signature.
+
+    `function(*decoded_inputs) -> {output name: tensor}` gets one float32
+    image batch in [0, 1] per input (in the order of `inputs`, all of the same
+    batch size, at least 1). `variables` are tracked with the export (e.g. a
+    verification threshold) and listed under `variable_collection`.
+    `dataset_classes`: the outputs are over the training dataset's classes
+    (their names are stored with the export).
+    """
+
+    name: str
+    inputs: tuple
+    outputs: tuple
+    function: Callable
+    variables: tuple = ()
+    variable_collection: str | None = None
+    dataset_classes: bool = False
+
+
+def embedding_endpoints(embed, dim):
+    """`serving_default` (encoded images) and `embed_pixels` (uint8 pixels),
+    both -> `embedding` float32 `[batch, dim]` from `embed(images)`."""
+    output = (ServingOutput("embedding", "float32", (dim,), "the representation, L2-normalised"),)
+    return [Endpoint("serving_default", (ServingInput("images", "image"),), output, lambda x: {"embedding": embed(x)}),
+            Endpoint("embed_pixels", (ServingInput("pixels", "pixels"),), output, lambda x: {"embedding": embed(x)})]
+
+
+def classify_endpoint(probabilities, num_classes, meaning, inputs=(ServingInput("images"),), dataset_classes=False):
+    """`classify`: images -> `probabilities` float32 `[batch, num_classes]` and
+    the most likely `class` int32 `[batch]`."""
+    import tensorflow as tf
+
+    def function(*images):
+        p = tf.cast(probabilities(*images), tf.float32)
+        return {"probabilities": p, "class": tf.argmax(p, axis=-1, output_type=tf.int32)}
+
+    return Endpoint("classify", tuple(inputs),
+                    (ServingOutput("probabilities", "float32", (num_classes,), meaning),
+                     ServingOutput("class", "int32", (), "index of the largest probability")),
+                    function, dataset_classes=dataset_classes)

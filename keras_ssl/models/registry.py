@@ -1,0 +1,159 @@
+"""The method registry: each method declares itself once, in its own file.
+
+A method file in `keras_ssl/models/` defines
+
+* its model (a `MethodModel` subclass: the train/test step, what it serves),
+* its options: a dataclass of its hyper-parameters, each an `option(...)`
+  with the help text, the allowed values and the source of its default,
+* `build(run, options, encoder, dataset) -> model` and
+  `training_data(run, options, split) -> TrainingData`,
+
+and calls `register(Method(...))`. Training (`keras_ssl.training`), the three
+binaries (their `--method` choices and the method flags, generated from the
+options dataclasses), the evaluator and the exporter look methods up here;
+none of them switches on a method's name.
+"""
+
+import dataclasses
+import typing
+from typing import Callable
+
+from keras_ssl.errors import UserError
+
+_REGISTRY = {}
+
+
+def option(default, help, choices=None, check=None, requirement=None):
+    """A method hyper-parameter: a dataclass field carrying its flag help text,
+    its allowed `choices` and a `check(value) -> bool` with the `requirement`
+    it states (e.g. "> 0"); `None` values are not checked (None means "the
+    method's default" where a field allows it)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices) if choices else None, "check": check, "requirement": requirement})
+
+
+def validate_options(options):
+    """Raises `UserError` naming the first option outside its choices or failing its check."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise UserError(f"{f.name} must be {f.metadata['requirement']}, got {value!r}")
+    if hasattr(options, "validate"):
+        options.validate()
+    return options
+
+
+def option_type(options_class, name):
+    """The Python type of an option (`int`, `float`, `bool` or `str`; `X | None` -> `X`)."""
+    hint = typing.get_type_hints(options_class)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+class TrainingData(typing.NamedTuple):
+    """What a method trains on: an infinite `tf.data` pipeline of batches, the
+    steps that make one epoch, and the batch size (batch elements per step)."""
+
+    dataset: object
+    steps_per_epoch: int
+    batch_size: int
+
+
+def epoch_steps(split, batch_size):
+    """Full batches of `batch_size` in `split`, at least one (else a `UserError`)."""
+    if len(split) < batch_size:
+        raise UserError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}; "
+                        "lower --batch_size")
+    return len(split) // batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One training method, as the rest of keras_ssl sees it.
+
+    Attributes:
+      name: the `--method` value.
+      summary: one line for `--help` (what it is, and its source).
+      options: the dataclass of its hyper-parameters (fields made with `option`).
+      build: `(run, options, encoder, dataset) -> MethodModel`, called inside
+        the strategy scope; `run` is the `TrainConfig`, `dataset` the loaded
+        source (image shape, classes).
+      training_data: `(run, options, split) -> TrainingData`.
+      images_per_example: images through the encoder per batch element (for
+        images/s): 2 for a pair of views, 3 for a triplet, 4 for RotNet.
+      evaluations: what `keras-ssl-evaluate` runs besides the frozen-feature
+        probe and kNN (names in `keras_ssl.evaluation.METHOD_EVALUATIONS`).
+      requires_augmentation: `--augment=none` is refused (SimCLR's views).
+      patch_encoder: the encoder trains on patches, so it is built
+        size-agnostic (`(None, None, C)`); the kept encoder is a copy at the
+        image size.
+      needs_labels: trains only on a labelled dataset.
+      smoke_options: tiny settings (run and method keys) on which the contract
+        test trains it in seconds on the 8x8 digits.
+    """
+
+    name: str
+    summary: str
+    options: type
+    build: Callable
+    training_data: Callable
+    images_per_example: int = 1
+    evaluations: tuple = ()
+    requires_augmentation: bool = False
+    patch_encoder: bool = False
+    needs_labels: bool = False
+    smoke_options: dict = dataclasses.field(default_factory=dict)
+
+    def make_options(self, values=None):
+        """The method's options from a dict of its own keys (others refused)."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(self.options)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{unknown[0]} is not an option of method {self.name} (its options: "
+                            f"{', '.join(sorted(known)) or 'none'})")
+        return self.options(**values)
+
+
+def register(method):
+    """Adds `method` to the registry (a second method of the same name is refused)."""
+    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _load():
+    import keras_ssl.models  # noqa: F401  (each method file registers itself)
+
+
+def get(name):
+    """The registered `Method` called `name`, or a `UserError` listing them."""
+    _load()
+    if name not in _REGISTRY:
+        raise UserError(f"method must be one of {', '.join(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def names():
+    """Registered method names, in registration order."""
+    _load()
+    return tuple(_REGISTRY)
+
+
+def methods():
+    _load()
+    return tuple(_REGISTRY.values())
+
+
+def option_owners():
+    """`{option name: [(method, field), ...]}` over every method: one flag per name."""
+    owners = {}
+    for method in methods():
+        for f in dataclasses.fields(method.options):
+            owners.setdefault(f.name, []).append((method, f))
+    return owners

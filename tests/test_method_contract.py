@@ -1,0 +1,279 @@
+"""The contract every registered method keeps (issue 12), on tiny data.
+
+For each method in the registry, with its own `smoke_options`: the config
+round-trips through its flat form and `config.json`; `train()` runs and a
+rerun resumes; `model.keras` loads and predicts what the model predicted;
+`keras-ssl-evaluate` runs the evaluations the method declares;
+`keras-ssl-export` writes every endpoint the model declares; a fresh process
+that cannot import keras or keras_ssl calls every signature, on good input
+(the served representation equals `model.predict`, `verify` equals the
+in-memory pair score), on an empty batch, and on bad input (one clear error
+per input). One device vs two logical CPUs is in test_distributed_methods.py,
+which takes its methods from the registry too. A method added to the registry
+is covered here without editing this file.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from keras_ssl.models import registry
+from keras_ssl.training import TrainConfig, read_config, train
+
+PY = sys.executable
+
+BLOCK_KERAS = textwrap.dedent('''
+    import importlib.abc, importlib.util, json, sys
+    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("keras_ssl", "keras"):
+                return importlib.util.spec_from_loader(name, self)
+        def create_module(self, spec):
+            raise ImportError("blocked: " + spec.name)
+        def exec_module(self, module):
+            raise ImportError("blocked")
+    sys.meta_path.insert(0, Block())
+''')
+
+# Calls every signature of the SavedModel, whatever it declares: string inputs get
+# PNGs (the second string input the same images reversed), uint8 inputs pixels.
+SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
+    import numpy as np, tensorflow as tf
+    path, npz = sys.argv[1], np.load(sys.argv[2], allow_pickle=True)
+    pngs, pixels = list(npz["pngs"]), npz["pixels"]
+    m = tf.saved_model.load(path)
+    out = {}
+
+    def good(spec, n):
+        args, strings = {}, 0
+        for key in sorted(spec):
+            if spec[key].dtype == tf.string:
+                args[key] = tf.constant(pngs[:n] if strings == 0 else pngs[:n][::-1], tf.string)
+                strings += 1
+            else:
+                args[key] = tf.constant(pixels[:n])
+        return args
+
+    for name, fn in m.signatures.items():
+        spec = fn.structured_input_signature[1]
+        entry = {"inputs": {k: s.dtype.name for k, s in spec.items()}}
+        entry["outputs"] = {k: v.numpy().tolist() for k, v in fn(**good(spec, len(pngs))).items()}
+        entry["empty"] = {k: list(v.shape) for k, v in fn(**good(spec, 0)).items()}
+        bad = {}
+        for key in spec:
+            args = good(spec, 2)
+            if spec[key].dtype == tf.string:
+                args[key] = tf.constant([pngs[0], b"garbage!"])
+            else:
+                args[key] = tf.zeros([2, 8, 8, pixels.shape[-1] + 1], tf.uint8)
+            cases = {"bad_item": args}
+            if len(spec) > 1:
+                cases["uneven"] = dict(good(spec, 2), **{key: good(spec, 1)[key]})
+            for case, call_args in cases.items():
+                try:
+                    fn(**call_args)
+                    bad[f"{key}/{case}"] = None
+                except Exception as e:
+                    bad[f"{key}/{case}"] = str(e)
+        entry["errors"] = bad
+        out[name] = entry
+    print(json.dumps({"signatures": out, "keras_loaded": "keras" in sys.modules or "keras_ssl" in sys.modules}))
+''')
+
+# Quick, deterministic settings shared by every method; the method adds its smoke_options.
+BASE = dict(dataset="digits", width_multiplier=0.25, epochs=1, steps_per_epoch=2, optimizer="adam",
+            learning_rate=1e-3, lr_scaling="none", warmup_epochs=0.0, verbose=0, dtype_policy="float32",
+            val_fraction=0.2)
+
+
+def _run(args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([PY, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _png(image):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _settings(method, model_dir):
+    return dict(BASE, method=method.name, model_dir=model_dir, **method.smoke_options)
+
+
+def _binaries_and_serving(run):
+    """keras-ssl-evaluate, keras-ssl-export, then every signature from a fresh process."""
+    root, model_dir = run["root"], run["model_dir"]
+    _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--probe_max_iter=100"], root)
+    proc = _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={root / 'exports'}"], root)
+    run["export_path"] = proc.stdout.strip().splitlines()[-1].split("exported: ")[-1]
+    proc = subprocess.run([PY, "-c", SERVE_EVERY_SIGNATURE, run["export_path"], run["npz"]], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run["served"] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def contract_runs(tmp_path_factory):
+    """Every registered method trained (and resumed) in this process; its binaries and
+    serving run in subprocesses, two methods at a time, while the next method trains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keras_ssl.data import load_source
+
+    runs, pending = {}, {}
+    with ThreadPoolExecutor(2) as pool:
+        for method in registry.methods():
+            root = tmp_path_factory.mktemp(method.name)
+            run = runs[method.name] = dict(method=method, root=root, model_dir=str(root / "run"))
+            try:
+                run["settings"] = settings = _settings(method, run["model_dir"])
+                run["first"] = train(TrainConfig.from_dict(settings))
+                run["resumed"] = train(TrainConfig.from_dict(dict(settings, epochs=2)))
+                size = settings.get("image_size")
+                run["images"] = images = load_source("digits", image_size=(size, size) if size else None).test.images[:5]
+                run["npz"] = str(root / "inputs.npz")
+                np.savez(run["npz"], pixels=images, pngs=np.array([_png(i) for i in images], dtype=object))
+                pending[method.name] = pool.submit(_binaries_and_serving, run)
+            except Exception as e:  # reported by this method's tests only
+                run["error"] = e
+        for name, future in pending.items():
+            try:
+                future.result()
+            except Exception as e:
+                runs[name]["error"] = e
+    return runs
+
+
+@pytest.fixture(params=registry.names())
+def method_run(request, contract_runs):
+    run = contract_runs[request.param]
+    if "error" in run:
+        raise run["error"]
+    return run
+
+
+def test_config_round_trips(method_run):
+    settings, model_dir = method_run["settings"], method_run["model_dir"]
+    config = TrainConfig.from_dict(dict(settings, epochs=2)).validate()
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert read_config(model_dir) == config  # what config.json holds is the run's config
+    assert isinstance(config.options, method_run["method"].options)
+
+
+def test_trains_resumes_and_saves(method_run):
+    first, resumed, model_dir = method_run["first"], method_run["resumed"], method_run["model_dir"]
+    assert first["epochs_run"] == 1 and resumed["epochs_run"] == 1  # the rerun continued from epoch 1
+    assert all(np.isfinite(v) for v in resumed["final_metrics"].values()) and "loss" in resumed["final_metrics"]
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["epoch_0001.weights.h5",
+                                                                          "epoch_0002.weights.h5"]
+
+
+def test_evaluate_runs_the_declared_evaluations(method_run):
+    report = json.load(open(os.path.join(method_run["model_dir"], "evaluation.json")))
+    assert 0.0 <= report["linear_probe_accuracy"] <= 1.0 and report["method"] == method_run["method"].name
+    expected = {"verification": ("roc_auc", "eer", "threshold", "one_shot_accuracy"),
+                "retrieval": ("precision_at_1", "r_precision", "map_at_r", "recall_at_k"),
+                "pretext": ("pretext_accuracy",)}
+    for name in method_run["method"].evaluations:
+        for key in expected[name]:
+            assert key in report, (name, key, sorted(report))
+
+
+def test_export_serves_every_declared_endpoint(method_run):
+    import tensorflow as tf
+
+    from keras_ssl.saving import load_model
+
+    served, images = method_run["served"], method_run["images"]
+    assert not served["keras_loaded"]
+    model = load_model(os.path.join(method_run["model_dir"], "model.keras"))
+    shape = images.shape[1:]
+    threshold = json.load(open(os.path.join(method_run["model_dir"], "evaluation.json"))).get("threshold")
+    declared = model.serving_endpoints(shape, threshold if model.supports_threshold else None)
+    assert sorted(served["signatures"]) == sorted(e.name for e in declared)
+    facts = json.load(open(os.path.join(method_run["export_path"], "assets.extra", "preprocessing.json")))
+    assert sorted(facts["signatures"]) == sorted(served["signatures"])
+
+    # The served representation is model.predict, L2-normalised, through bytes and pixels alike.
+    expected = tf.math.l2_normalize(tf.cast(model.predict(images, verbose=0), tf.float32), -1).numpy()
+    for name in ("serving_default", "embed_pixels"):
+        np.testing.assert_allclose(served["signatures"][name]["outputs"]["embedding"], expected, atol=1e-5)
+    assert facts["embedding_dim"] == expected.shape[1]
+
+    for endpoint in declared:
+        entry = served["signatures"][endpoint.name]
+        for output in endpoint.outputs:  # declared shapes, for a batch and for an empty batch
+            assert np.asarray(entry["outputs"][output.name]).shape == (len(images), *output.shape)
+            assert entry["empty"][output.name] == [0, *output.shape]
+        for case, error in entry["errors"].items():  # every bad input refused, with a message that says why
+            assert error, f"{endpoint.name} accepted bad input {case}"
+            reason = ("not PNG/JPEG/GIF/BMP/WebP", "is not compatible with expected shape", "same number of items")
+            assert any(r in error for r in reason), (endpoint.name, case, error[-500:])
+    # Every output equals the in-memory endpoint on the same (decoded, resized) images.
+    from keras_ssl.data.sources import resize_uint8
+
+    for endpoint in declared:
+        args, strings = [], 0
+        for spec in endpoint.inputs:
+            batch = images if spec.kind == "pixels" or strings == 0 else images[::-1]
+            strings += spec.kind == "image"
+            h, w = spec.size or shape[:2]
+            args.append(tf.cast(resize_uint8(tf.constant(batch), h, w), tf.float32) / 255.0)
+        expected = endpoint.function(*args)
+        for output in endpoint.outputs:
+            got = np.asarray(served["signatures"][endpoint.name]["outputs"][output.name])
+            want = np.asarray(expected[output.name])
+            if output.dtype == "float32":
+                np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{endpoint.name}/{output.name}")
+            else:
+                assert got.tolist() == want.tolist(), (endpoint.name, output.name)
+        if endpoint.dataset_classes:
+            assert facts["class_names"] == [str(i) for i in range(10)]  # the digits' classes
+    if "verify" in served["signatures"]:  # a Euclidean distance (or probability) at the calibrated threshold
+        assert facts["threshold"] == pytest.approx(threshold if threshold is not None else model.threshold)
+        e = model.embed(images)
+        out = served["signatures"]["verify"]["outputs"]
+        np.testing.assert_allclose(out.get("distance", out.get("score")), model.pair_score(e, e[::-1]), atol=1e-5)
+    if "classify" in served["signatures"]:
+        probs = np.asarray(served["signatures"]["classify"]["outputs"]["probabilities"])
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_every_method_option_is_a_documented_flag():
+    proc = subprocess.run([PY, "-m", "keras_ssl.bin.train", "--helpfull"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode in (0, 1) and "--model_dir" in proc.stdout  # absl's help exits 1
+    for name in registry.option_owners():
+        assert f"--{name}:" in proc.stdout or f"--[no]{name}:" in proc.stdout, name
+    for name in registry.names():
+        assert name in proc.stdout
+
+
+def test_an_option_of_another_method_is_refused_in_one_line(tmp_path):
+    proc = subprocess.run([PY, "-m", "keras_ssl.bin.train", "--method=rotation", "--margin=0.3",
+                           f"--model_dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 2
+    assert "error: margin does not apply to method rotation (it is an option of siamese, triplet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_method_is_refused_not_run_as_another():
+    from keras_ssl.errors import UserError
+
+    with pytest.raises(UserError, match="method must be one of simclr, siamese"):
+        TrainConfig(method="byol")
+    with pytest.raises(UserError, match="unknown setting 'temprature'"):
+        TrainConfig.from_dict({"method": "simclr", "temprature": 0.1})
