@@ -223,6 +223,9 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists; pick another --version, omit it for the next free one, "
                         "or pass --overwrite")
+    from keras_ssl.health import check_model
+
+    check_model(model, "the model to export")  # never ship NaN/Inf weights (batch-norm statistics included)
     encoder = getattr(model, "encoder", model)
     if image_shape is None:
         if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:

@@ -14,6 +14,7 @@ Re-running with the same model_dir resumes from the latest checkpoint; a
 different config (other than `epochs`/`verbose`) is refused rather than mixed in.
 """
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -29,8 +30,10 @@ from keras_ssl.errors import UserError
 from keras_ssl.precision import POLICIES, gpu_compute_capability, resolve_dtype_policy
 
 _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
-# Keys that may change between a run and its resumption.
-_RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints"}
+# Keys that may change between a run and its resumption: the directory's own spelling
+# (trailing slash, ./, a moved directory), and the learning rate, so that a diverged
+# run can be continued from its last good checkpoint at a lower rate.
+_RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints", "model_dir", "learning_rate"}
 DTYPE_POLICIES = POLICIES
 
 
@@ -257,10 +260,27 @@ def latest_checkpoint(model_dir, epoch=None):
 def _epoch_checkpoint_callback(model_dir, keep):
     import keras
 
+    from keras_ssl.health import describe_nonfinite, nonfinite_variables
+
     class EpochCheckpoint(keras.callbacks.Callback):
-        """Saves model + optimizer state after each epoch, atomically, keeping `keep`."""
+        """Saves model + optimizer state after each epoch, atomically, keeping `keep`.
+
+        An epoch whose logged metrics or weights hold NaN/Inf is not saved:
+        training stops, `diverged` says why, and the good checkpoints stay (the
+        oldest is removed only after a new good one is in place)."""
+
+        diverged = None
 
         def on_epoch_end(self, epoch, logs=None):
+            bad_logs = {k: float(np.ravel(v)[0]) for k, v in (logs or {}).items()
+                        if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))}
+            bad_weights = nonfinite_variables(self.model)
+            if bad_logs or bad_weights:
+                reasons = [", ".join(f"{k}={v}" for k, v in bad_logs.items())] if bad_logs else []
+                reasons += [describe_nonfinite(bad_weights)] if bad_weights else []
+                self.diverged = (epoch + 1, "; ".join(reasons))
+                self.model.stop_training = True
+                return
             directory = os.path.join(model_dir, "checkpoints")
             os.makedirs(directory, exist_ok=True)
             path = os.path.join(directory, f"epoch_{epoch + 1:04d}.weights.h5")
@@ -356,13 +376,44 @@ def _encoder_for_images(config, encoder, image_shape):
     return with_keras_batch_norm(fixed)
 
 
-def train(config):
-    """Trains per `config`; returns a dict of final metrics and paths (also `training.json`)."""
-    import keras
+@contextlib.contextmanager
+def run_directory_lock(directory):
+    """Holds an exclusive lock on `directory` (a `.lock` file, `fcntl.flock`: released
+    by the kernel when the process dies, so a killed run never leaves it locked);
+    a second run on the same directory gets a `UserError`. Under the lock, the
+    temporary files a killed run left (`*.tmp-PID*`) are removed."""
+    import fcntl
 
-    from keras_ssl.data import load_source
-    from keras_ssl.distribute import get_strategy, is_chief, shard_by_data
-    from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
+    path = os.path.join(directory, ".lock")
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{directory} is in use by a running keras-ssl-train ({owner}); wait for it to finish "
+                        "or use another --model_dir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        for pattern in ("*.tmp-*", os.path.join("checkpoints", ".tmp-*")):
+            for stale in glob.glob(os.path.join(directory, pattern)):
+                if os.path.isfile(stale):
+                    os.remove(stale)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def train(config):
+    """Trains per `config`; returns a dict of final metrics and paths (also `training.json`).
+
+    The run directory is locked while training (a second run on it is refused)."""
+    from keras_ssl.distribute import get_strategy, is_chief
 
     config.validate()
     strategy = get_strategy(config.strategy, config.cpu_replicas)  # first: may split the CPU
@@ -372,7 +423,21 @@ def train(config):
                         "on another device); drop --jit_compile or train on one replica")
     own_dir = worker_dir(config.model_dir, strategy)
     _check_resume(config)
-    os.makedirs(own_dir, exist_ok=True)
+    try:
+        os.makedirs(own_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {own_dir}: {e.strerror}; fix --model_dir") from None
+    with run_directory_lock(own_dir):
+        return _train(config, strategy, chief, own_dir)
+
+
+def _train(config, strategy, chief, own_dir):
+    import keras
+
+    from keras_ssl.data import load_source
+    from keras_ssl.distribute import shard_by_data
+    from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
+
     keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
     keras.utils.set_random_seed(config.seed)
 
@@ -409,7 +474,8 @@ def train(config):
                             "--model_dir") from None
         if chief:
             print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
-    callbacks = [_epoch_checkpoint_callback(own_dir, config.keep_checkpoints), keras.callbacks.TerminateOnNaN()]
+    checkpointer = _epoch_checkpoint_callback(own_dir, config.keep_checkpoints)
+    callbacks = [checkpointer, keras.callbacks.TerminateOnNaN()]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"))
     start = time.time()
@@ -419,8 +485,13 @@ def train(config):
                          callbacks=callbacks, verbose=config.verbose if chief else 0, shuffle=False)
         history = {k: [float(np.ravel(v)[0]) for v in vals] for k, vals in hist.history.items()}
     elapsed = time.time() - start
-    if any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):
-        raise UserError("training diverged (NaN loss); lower --learning_rate or check the data")
+    if checkpointer.diverged or any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):
+        epoch, why = checkpointer.diverged or (initial_epoch + len(next(iter(history.values()), [])), "NaN loss")
+        good, _ = latest_checkpoint(own_dir)
+        kept = (f"the last good checkpoint, epoch {good}, is kept and a rerun resumes from it"
+                if good else "no epoch finished cleanly, nothing was saved")
+        raise UserError(f"training diverged in epoch {epoch} ({why}); that epoch was not saved, {kept}; "
+                        "rerun with a lower --learning_rate (allowed on resume) or check the data")
     epochs_run = config.epochs - initial_epoch
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
     result = {

@@ -6,11 +6,27 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 PY = sys.executable
+
+# Prepended to scripts run in a fresh interpreter where importing keras_ssl (or keras) fails.
+BLOCK_KERAS = textwrap.dedent('''
+    import importlib.abc, importlib.util, json, sys
+    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("keras_ssl", "keras"):
+                return importlib.util.spec_from_loader(name, self)  # no origin: "not installed"
+        def create_module(self, spec):
+            raise ImportError("blocked: " + spec.name)
+        def exec_module(self, module):
+            raise ImportError("blocked")
+    sys.meta_path.insert(0, Block())
+''')
+
 
 def _run(args, cwd, check=True):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -98,8 +114,8 @@ BAD_FLAGS = [
     (["--dataset=digits", "--batch_size=1"], 2, "error: batch_size must be >= 2"),
     (["--dataset=digits", "--batch_size=5000"], 2, "fewer than one batch of 5000"),
     (["--dataset=digits", "--temperature=0"], 2, "error: temperature must be > 0"),
-    (["--encoder=vgg"], 1, "--encoder"),
-    (["--epochs=two"], 1, "--epochs"),
+    (["--encoder=vgg"], 2, "error: flag --encoder=vgg"),
+    (["--epochs=two"], 2, "error: flag --epochs=two"),
 ]
 
 

@@ -25,21 +25,9 @@ import pytest
 
 from keras_ssl.models import registry
 from keras_ssl.training import TrainConfig, read_config, train
+from tests.test_end_to_end import BLOCK_KERAS
 
 PY = sys.executable
-
-BLOCK_KERAS = textwrap.dedent('''
-    import importlib.abc, importlib.util, json, sys
-    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("keras_ssl", "keras"):
-                return importlib.util.spec_from_loader(name, self)
-        def create_module(self, spec):
-            raise ImportError("blocked: " + spec.name)
-        def exec_module(self, module):
-            raise ImportError("blocked")
-    sys.meta_path.insert(0, Block())
-''')
 
 # Calls every signature of the SavedModel, whatever it declares: string inputs get
 # PNGs (the second string input the same images reversed), uint8 inputs pixels.

@@ -97,8 +97,8 @@ def test_launcher_trains_and_only_the_chief_writes(tmp_path):
                     "--steps_per_epoch=3", f"--model_dir={model_dir}", "--verbose=2"], tmp_path)
     assert "[worker 0] trained 1 epoch(s)" in proc.stdout
     assert "[worker 1] worker finished 1 epoch(s)" in proc.stdout
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.json", "encoder.keras", "logs", "model.keras",
-                                             "training.json"]  # no worker scratch left behind
+    assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "encoder.keras", "logs",
+                                             "model.keras", "training.json"]  # no worker scratch left behind
     training = json.load(open(model_dir / "training.json"))
     assert training["replicas"] == 2 and training["chief"]
 

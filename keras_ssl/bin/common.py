@@ -13,8 +13,24 @@ from keras_ssl.errors import UserError  # noqa: E402
 EXIT_USER_ERROR = 2
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
+
+def _parse_flags(argv):
+    """absl's parsing, with a bad flag reported as one `error:` line and exit 2
+    (absl's own prints `FATAL Flags parsing error` and exits 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}; see --help", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def run_main(main):
-    """`absl.app.run(main)`, printing a `UserError` as `error: <message>` (exit 2)."""
+    """`absl.app.run(main)`: a `UserError` or a bad flag prints `error: <message>`
+    (exit 2); Ctrl-C prints one line (exit 130) instead of a traceback."""
 
     def guarded(argv):
         import logging
@@ -26,8 +42,12 @@ def run_main(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            print("interrupted; completed epochs are checkpointed: rerun the same command to resume",
+                  file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
 
 
 def load_run(model_dir):

@@ -28,18 +28,21 @@ def main(argv):
     from keras_ssl.data import load_source
     from keras_ssl.evaluation import evaluate_encoder, format_table
     from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
+    from keras_ssl.health import check_model, check_representation
+    from keras_ssl.saving import load_model
 
     config, encoder_path = load_run(FLAGS.model_dir)
     encoder = keras.models.load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
     extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
-    evaluations = config.method_spec.evaluations
-    if evaluations:  # the method's own, on the whole model (heads included)
-        from keras_ssl.saving import load_model
-
-        model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-        for name in evaluations:
+    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
+    # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
+    check_model(model, f"the model in {FLAGS.model_dir}")
+    spread, even = check_representation(model.predict(dataset.test.take(1000).images, verbose=0),
+                                        f"the model in {FLAGS.model_dir}")
+    extra["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
+    for name in config.method_spec.evaluations:  # the method's own, on the whole model (heads included)
             extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,

@@ -7,6 +7,7 @@ Prints the path of the new version, e.g. saved_models/simclr_fashion_mnist/1.
 
 import json
 import os
+import sys
 
 from absl import flags
 
@@ -23,6 +24,22 @@ flags.DEFINE_float("threshold", None, "siamese/triplet: decision threshold of th
 FLAGS = flags.FLAGS
 
 
+def _check_not_collapsed(model, config, image_shape):
+    """Refuses a collapsed model, on up to 256 test images of the run's dataset (when
+    it can be loaded here; non-finite weights are refused by the exporter itself)."""
+    from keras_ssl.data import load_source
+    from keras_ssl.errors import UserError
+    from keras_ssl.health import check_model, check_representation
+
+    check_model(model, f"the model in {FLAGS.model_dir}")
+    try:
+        dataset = load_source(config.dataset, config.data_dir, tuple(image_shape[:2]), image_shape[2])
+    except UserError as e:
+        print(f"warning: not checked for collapse ({config.dataset} cannot be loaded here: {e})", file=sys.stderr)
+        return
+    check_representation(model.predict(dataset.test.take(256).images, verbose=0), f"the model in {FLAGS.model_dir}")
+
+
 def main(argv):
     del argv
     import keras
@@ -35,6 +52,7 @@ def main(argv):
 
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
     image_shape = keras.models.load_model(encoder_path).input_shape[1:]  # the size training kept
+    _check_not_collapsed(model, config, image_shape)
     threshold, source = FLAGS.threshold, "--threshold"
     if model.supports_threshold:
         report = os.path.join(FLAGS.model_dir, "evaluation.json")
