@@ -151,6 +151,22 @@ def test_killed_worker_group_resumes_from_last_epoch(tmp_path):
     assert 1 <= done < 4, "the kill should land mid-run"
     assert not (model_dir / "encoder.keras").exists()
 
+    # SIGTERM to the launcher reaches its workers: none is left training (issue 13).
+    launcher = subprocess.Popen([PY, "-m", "keras_ssl.bin.launch_local", "--workers=2", "--"] + args, cwd=tmp_path,
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(_train_pids(model_dir)) < 2:
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
+        time.sleep(0.05)
+    workers = list(_train_pids(model_dir).values())
+    time.sleep(3)  # into TensorFlow's start-up
+    launcher.send_signal(signal.SIGTERM)
+    sent = time.time()
+    _, err = launcher.communicate(timeout=60)
+    gone = time.time() - sent
+    assert launcher.returncode == 128 + signal.SIGTERM and "stopping the workers" in err, err[-3000:]
+    assert gone < 10 and not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], gone
+
     proc = _launch(args, tmp_path)  # restart the whole group
     assert f"resuming from {model_dir}/checkpoints/epoch_{done:04d}.weights.h5 (epoch {done})" in proc.stdout
     training = json.load(open(model_dir / "training.json"))

@@ -195,3 +195,30 @@ def test_tfds_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
     with pytest.raises(UserError, match=r"pip install 'keras_ssl\[tfds\]'"):
         load_source("tfds:cifar10")
+
+
+def test_folder_reads_16_bit_png_as_the_served_model_decodes_it(tmp_path):
+    from PIL import Image
+    import tensorflow as tf
+
+    values = np.array([[0, 257, 40000], [65535, 1000, 30000]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # mode I;16
+    loaded = load_source(f"folder:{tmp_path}").train.images[0, ..., 0]
+    served = tf.io.decode_image(path.read_bytes(), channels=0, expand_animations=False).numpy()[..., 0]
+    assert served[0, 2] == 156  # the high byte of 40000
+    np.testing.assert_array_equal(loaded, served)  # it used to be 255 wherever the value was > 255
+
+
+def test_folder_does_not_trust_its_first_file(tmp_path):
+    (tmp_path / "0_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    for i in range(1, 5):
+        _save_png(tmp_path / f"{i}.png", i * 30)
+    with pytest.warns(UserWarning, match="0_broken.png"):  # skipped, not a PIL traceback
+        ds = load_source(f"folder:{tmp_path}")
+    assert ds.image_shape == (10, 12, 1)
+    from PIL import Image
+
+    Image.new("L", (2000, 10)).save(tmp_path / "00_huge.png")
+    with pytest.raises(UserError, match=r"first one's 10x2000; pass --image_size"):
+        load_source(f"folder:{tmp_path}")

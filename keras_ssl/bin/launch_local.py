@@ -28,7 +28,7 @@ from keras_ssl.bin.common import run_main
 from keras_ssl.errors import UserError
 
 flags.DEFINE_integer("workers", 2, "number of worker processes")
-flags.DEFINE_float("grace_seconds", 10.0, "how long stopped workers get before SIGKILL")
+flags.DEFINE_float("grace_seconds", 5.0, "how long stopped workers get before SIGKILL")
 FLAGS = flags.FLAGS
 
 
@@ -85,8 +85,25 @@ def _stop(procs, grace):
             p.wait()
 
 
-def launch(n, train_args, grace=10.0, out=sys.stdout, err=sys.stderr):
-    """Runs `n` workers to the end; returns 0 or the first failed worker's status."""
+class _Stopped(Exception):
+    """The launcher got SIGTERM (or SIGHUP)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signum)
+
+
+def launch(n, train_args, grace=5.0, out=sys.stdout, err=sys.stderr):
+    """Runs `n` workers to the end; returns 0 or the first failed worker's status.
+
+    SIGINT, SIGTERM and SIGHUP to the launcher are passed on: the workers get
+    SIGTERM, then SIGKILL after `grace` seconds (a worker blocked in a
+    collective cannot act on SIGTERM), and the launcher waits for them, so
+    none is left training; its status is then 128 + the signal."""
     if n < 1:
         raise UserError(f"--workers must be >= 1, got {n}")
     args = _train_args(train_args)
@@ -102,6 +119,7 @@ def launch(n, train_args, grace=10.0, out=sys.stdout, err=sys.stderr):
             t.start()
             relays.append(t)
     status = 0
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while None in [p.poll() for p in procs]:  # poll every one: their return codes name the failure
             failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
@@ -112,8 +130,16 @@ def launch(n, train_args, grace=10.0, out=sys.stdout, err=sys.stderr):
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
+        print("interrupted; stopping the workers (rerun the same command to resume)", file=err, flush=True)
         _stop(procs, grace)
-        status = 130
+        status = 128 + signal.SIGINT
+    except _Stopped as stopped:
+        print(f"got signal {stopped.signum}; stopping the workers", file=err, flush=True)
+        _stop(procs, grace)
+        status = 128 + stopped.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for t in relays:
         t.join(5)
     if not status:

@@ -206,6 +206,36 @@ def _list_images(directory):
     )
 
 
+def _to_8bit(im):
+    """16-bit grayscale (Pillow modes I;16*, I) -> 8-bit L as v >> 8 (the high byte),
+    what TensorFlow's PNG decoder (the served model's) makes of it; Pillow's own
+    `convert("L")` clips every value above 255 to 255."""
+    from PIL import Image
+
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        values = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        return Image.fromarray((values >> 8).astype(np.uint8))
+    return im
+
+
+# Without --image_size the first readable image sets the size of every image; a larger
+# side than this is refused (an 8000 x 8000 first file made every image 8000 x 8000).
+MAX_DEFAULT_SIDE = 1024
+
+
+def _first_readable(paths):
+    """`(height, width, mode)` of the first file Pillow can open, skipping unreadable ones."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                return im.size[1], im.size[0], im.mode
+        except Exception:
+            continue
+    raise UserError(f"none of the {len(paths)} image files can be read, e.g. {paths[0]}")
+
+
 def _decode_images(paths, image_size, channels, on_corrupt):
     """Decodes files with Pillow; returns (uint8 [N,H,W,C], kept indices)."""
     from PIL import Image
@@ -216,7 +246,7 @@ def _decode_images(paths, image_size, channels, on_corrupt):
         try:
             with Image.open(path) as im:
                 im.load()  # full decode: a file damaged mid-way fails here
-                im = im.convert(mode)
+                im = _to_8bit(im).convert(mode)
                 if im.size != (image_size[1], image_size[0]):
                     im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
@@ -251,11 +281,12 @@ def _folder_split(directory, image_size, channels, on_corrupt):
     if not paths:
         raise UserError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {directory} or its sub-folders")
     if image_size is None or channels is None:
-        from PIL import Image
-
-        with Image.open(paths[0]) as im:
-            image_size = image_size or (im.size[1], im.size[0])
-            channels = channels or (1 if im.mode in ("L", "1", "I;16", "I") else 3)
+        height, width, mode = _first_readable(paths)
+        if image_size is None and max(height, width) > MAX_DEFAULT_SIDE:
+            raise UserError(f"the images of {directory} would all be resized to the first one's {height}x{width}; "
+                            f"pass --image_size (e.g. --image_size=224) to choose their size")
+        image_size = image_size or (height, width)
+        channels = channels or (1 if mode in ("L", "1", "I") or mode.startswith("I;16") else 3)
     images, kept = _decode_images(paths, image_size, channels, on_corrupt)
     label_array = None if labels is None else np.asarray(labels, dtype=np.int32)[kept]
     return Split(images, label_array), tuple(classes), image_size, channels
