@@ -80,8 +80,46 @@ def _to_channels(image, channels):
     return tf.ensure_shape(tf.cond(colour, luma, lambda: image[..., :1]), [None, None, 1])
 
 
+# Largest image served, in pixels (25 megapixels: 5000 x 5000; a 4000 x 4000 photo passes).
+# Checked on the size the file declares, before decoding: a 389 KB PNG of 20000 x 20000
+# would otherwise cost about 2 GB of memory to decode and resize.
+MAX_PIXELS = 25_000_000
+
+
+def _declared_pixels(data):
+    """height x width as the file's header declares it (PNG, GIF, BMP, JPEG, WebP), int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, b"\0" * 32]), 0, 32), tf.uint8),
+                  tf.int64)
+
+    def le(start, count):  # little-endian unsigned integer
+        return tf.add_n([raw[start + i] * (256 ** i) for i in range(count)])
+
+    def be(start, count):
+        return tf.add_n([raw[start + i] * (256 ** (count - 1 - i)) for i in range(count)])
+
+    head = tf.strings.substr(data, 0, 4)
+    chunk = tf.strings.substr(tf.strings.join([data, b"\0" * 16]), 12, 4)
+    png = be(16, 4) * be(20, 4)
+    gif = le(6, 2) * le(8, 2)
+    bmp_height = le(22, 4)
+    bmp = le(18, 4) * tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height, bmp_height)  # top-down: negative
+    vp8 = (le(26, 2) % 16384) * (le(28, 2) % 16384)
+    vp8l = (1 + raw[21] + (raw[22] % 64) * 256) * (1 + raw[22] // 64 + raw[23] * 4 + (raw[24] % 16) * 1024)
+    vp8x = (1 + le(24, 3)) * (1 + le(27, 3))
+    jpeg = tf.cond(tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),
+                   lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+                   lambda: tf.constant(0, tf.int64))
+    webp = tf.where(tf.equal(chunk, b"VP8 "), vp8, tf.where(tf.equal(chunk, b"VP8L"), vp8l,
+                                                            tf.where(tf.equal(chunk, b"VP8X"), vp8x, 0)))
+    return tf.where(tf.equal(head, b"\x89PNG"), png,
+                    tf.where(tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), gif,
+                             tf.where(tf.equal(tf.strings.substr(data, 0, 2), b"BM"), bmp,
+                                      tf.where(tf.equal(head, b"RIFF"), webp, jpeg))))
+
+
 def _decode_images(images, name, height, width, channels):
-    """string [B] -> uint8 [B, height, width, channels], after checking every item is an image."""
+    """string [B] -> uint8 [B, height, width, channels], after checking every item is an
+    image of at most MAX_PIXELS."""
     valid = _is_image(images)
     check = tf.debugging.Assert(
         tf.reduce_all(valid),
@@ -89,8 +127,13 @@ def _decode_images(images, name, height, width, channels):
          tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
 
     def decode(data):
-        # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
-        img = tf.io.decode_image(data, channels=0, expand_animations=False)
+        pixels = _declared_pixels(data)
+        too_big = tf.debugging.Assert(pixels <= MAX_PIXELS, [
+            f"{name}: an image declares more than {MAX_PIXELS // 1_000_000} megapixels; send it smaller "
+            "(pixels declared:", pixels, ")"])
+        with tf.control_dependencies([too_big]):
+            # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
+            img = tf.io.decode_image(data, channels=0, expand_animations=False)
         return resize_uint8(_to_channels(img, channels), height, width)
 
     with tf.control_dependencies([check]):
@@ -153,7 +196,7 @@ def _describe_input(spec, channels):
     if spec.kind == "pixels":
         return f"uint8 [batch, H, W, {channels}] (any H, W >= 1)"
     size = f" (resized to {spec.size[0]}x{spec.size[1]})" if spec.size else ""
-    return f"string [batch] encoded PNG/JPEG/GIF/BMP/WebP{size}"
+    return f"string [batch] encoded PNG/JPEG/GIF/BMP/WebP, at most {MAX_PIXELS // 1_000_000} megapixels{size}"
 
 
 def _describe_output(output):

@@ -228,8 +228,13 @@ def read_config(model_dir):
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"{model_dir} holds no training run (no config.json); train first or fix --model_dir")
-    with open(path) as f:
-        stored = json.load(f)
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except ValueError as e:
+        raise UserError(f"{path} is damaged ({e}); it cannot be rebuilt: start a new --model_dir") from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); start a new --model_dir")
     return TrainConfig.from_dict(stored, strict=False)
 
 
@@ -270,6 +275,7 @@ def _epoch_checkpoint_callback(model_dir, keep):
         oldest is removed only after a new good one is in place)."""
 
         diverged = None
+        no_space = None
 
         def on_epoch_end(self, epoch, logs=None):
             bad_logs = {k: float(np.ravel(v)[0]) for k, v in (logs or {}).items()
@@ -285,8 +291,23 @@ def _epoch_checkpoint_callback(model_dir, keep):
             os.makedirs(directory, exist_ok=True)
             path = os.path.join(directory, f"epoch_{epoch + 1:04d}.weights.h5")
             tmp = os.path.join(directory, f".tmp-{os.getpid()}.weights.h5")
-            self.model.save_weights(tmp, overwrite=True)
-            os.replace(tmp, path)
+            # HDF5 can crash the process (SIGSEGV) when the disk fills mid-write: check first.
+            variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables", []))
+            needed = int(1.2 * sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in variables)) + (8 << 20)
+            free = shutil.disk_usage(directory).free
+            if free < needed:
+                self.no_space = (f"no space for the epoch {epoch + 1} checkpoint in {directory}: about "
+                                 f"{needed >> 20} MB needed, {free >> 20} MB free; free some space, then rerun to "
+                                 "resume from the last checkpoint")
+                self.model.stop_training = True
+                return
+            try:
+                self.model.save_weights(tmp, overwrite=True)
+                os.replace(tmp, path)
+            except OSError:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
             ckpts = sorted(glob.glob(os.path.join(directory, "epoch_*.weights.h5")))
             for old in ckpts[:-keep]:
                 os.remove(old)
@@ -485,6 +506,8 @@ def _train(config, strategy, chief, own_dir):
                          callbacks=callbacks, verbose=config.verbose if chief else 0, shuffle=False)
         history = {k: [float(np.ravel(v)[0]) for v in vals] for k, vals in hist.history.items()}
     elapsed = time.time() - start
+    if checkpointer.no_space:
+        raise UserError(checkpointer.no_space)
     if checkpointer.diverged or any(not math.isfinite(v) for vals in history.values() for v in vals[-1:]):
         epoch, why = checkpointer.diverged or (initial_epoch + len(next(iter(history.values()), [])), "NaN loss")
         good, _ = latest_checkpoint(own_dir)

@@ -110,3 +110,46 @@ def test_a_bad_flag_is_one_error_line():
     proc = subprocess.run([sys.executable, "-m", "keras_ssl.bin.export", "--model_dir=x", "--version=one"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: flag --version=one" in proc.stderr and "FATAL" not in proc.stderr
+
+
+def test_environment_faults_are_one_error_line(tmp_path):
+    import shutil
+
+    model_dir = str(tmp_path / "run")
+    train(TrainConfig.from_dict(dict(SIAMESE, model_dir=model_dir, epochs=1)))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("in the way")
+    empty_config, truncated = str(tmp_path / "empty_config"), str(tmp_path / "truncated")
+    shutil.copytree(model_dir, empty_config)
+    open(os.path.join(empty_config, "config.json"), "w").close()
+    shutil.copytree(model_dir, truncated)
+    with open(os.path.join(truncated, "encoder.keras"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(truncated, "encoder.keras")) // 2)
+    cases = {
+        "train: model_dir is a file": (["keras_ssl.bin.train", "--dataset=digits", f"--model_dir={a_file}"],
+                                       "cannot create the run directory"),
+        "export: export_root is a file": (["keras_ssl.bin.export", f"--model_dir={model_dir}",
+                                           f"--export_root={a_file}"], "cannot write in"),
+        "evaluate: empty config.json": (["keras_ssl.bin.evaluate", f"--model_dir={empty_config}"], "is damaged"),
+        "evaluate: truncated encoder.keras": (["keras_ssl.bin.evaluate", f"--model_dir={truncated}"],
+                                              "encoder.keras cannot be read"),
+    }
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    procs = {name: subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=600)
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and cases[name][1] in errors[0], (name, stderr[-2000:])
+        assert "Traceback" not in stderr, (name, stderr[-2000:])
+
+
+def test_a_full_disk_stops_training_before_the_checkpoint_write(tmp_path, monkeypatch):
+    import shutil
+
+    model_dir = str(tmp_path / "run")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1 << 20))  # 1 MB left
+    with pytest.raises(UserError, match=r"no space for the epoch 1 checkpoint .* MB needed, 1 MB free"):
+        train(TrainConfig.from_dict(dict(SIAMESE, model_dir=model_dir, epochs=1)))
+    assert os.listdir(os.path.join(model_dir, "checkpoints")) == []  # no partial file

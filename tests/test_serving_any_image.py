@@ -101,3 +101,32 @@ def test_large_image_and_pixels_of_other_sizes(served):
     same = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"]
     double = loaded.signatures["embed_pixels"](pixels=tf.constant(np.repeat(np.repeat(pixels, 2, 1), 2, 2)))
     assert double["embedding"].shape == same.shape
+
+
+def _declaring(fmt, height, width):
+    """A small file whose header declares height x width (a decompression bomb's header)."""
+    import struct
+
+    if fmt == "PNG":
+        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", width, height) + b"\x08\x00\x00\x00" * 4
+    if fmt == "GIF":
+        return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00" * 32
+    if fmt == "BMP":
+        return b"BM" + b"\x00" * 16 + struct.pack("<ii", width, -height) + b"\x00" * 32
+    if fmt == "WEBP":
+        return b"RIFF" + b"\x00" * 4 + b"WEBPVP8X" + b"\x00" * 8 + (width - 1).to_bytes(3, "little") + \
+            (height - 1).to_bytes(3, "little") + b"\x00" * 16
+    jpeg = bytearray(_encode(_source("L", 8, 8), "JPEG"))  # a real JPEG with its frame size patched
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP", "JPEG"])
+def test_images_over_the_pixel_cap_are_refused_before_decoding(served, fmt):
+    _, loaded = served
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 25 megapixels"):
+        loaded.signatures["serving_default"](images=tf.constant([_declaring(fmt, 20000, 20000)]))
+    if fmt == "PNG":  # 4000 x 4000 is under the cap: served (one colour: a small file)
+        big = _encode(Image.new("L", (4000, 4000), 7), "PNG")
+        assert loaded.signatures["serving_default"](images=tf.constant([big]))["embedding"].shape == (1, 32)

@@ -1,5 +1,6 @@
 """What every binary shares: user errors become one line and a non-zero exit."""
 
+import errno
 import os
 import sys
 
@@ -28,6 +29,41 @@ def _parse_flags(argv):
         sys.exit(EXIT_USER_ERROR)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere (--model_dir, --export_root)",
+    errno.EDQUOT: "free some space or write elsewhere (--model_dir, --export_root)",
+    errno.EACCES: "choose a location you may write to",
+    errno.EPERM: "choose a location you may write to",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOTDIR: "a file stands where a directory is needed: fix the path",
+    errno.EISDIR: "a directory stands where a file is needed: fix the path",
+    errno.EEXIST: "something is in the way: fix the path",
+}
+
+
+def describe_os_error(error):
+    """One line for an `OSError`: what failed, on which path, and what to do."""
+    what = error.strerror or str(error).splitlines()[0]
+    where = f": {error.filename}" if error.filename else ""
+    hint = _OS_HINTS.get(error.errno)
+    if hint is None and "errno = 28" in str(error):  # h5py's wording of ENOSPC
+        hint = _OS_HINTS[errno.ENOSPC]
+    return f"{what}{where}" + (f"; {hint}" if hint else "")
+
+
+def check_writable(directory, flag):
+    """Raises `UserError` unless files can be created in `directory` (made if missing):
+    checked before hours of work, not after."""
+    import tempfile
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in {directory} ({describe_os_error(e)}); fix {flag}") from None
+
+
 def run_main(main):
     """`absl.app.run(main)`: a `UserError` or a bad flag prints `error: <message>`
     (exit 2); Ctrl-C prints one line (exit 130) instead of a traceback."""
@@ -41,6 +77,9 @@ def run_main(main):
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as e:  # the environment: permissions, a full disk, a file in the way
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted; completed epochs are checkpointed: rerun the same command to resume",

@@ -9,7 +9,7 @@ import os
 
 from absl import flags
 
-from keras_ssl.bin.common import load_run, run_main
+from keras_ssl.bin.common import check_writable, load_run, run_main
 
 flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
 flags.DEFINE_string("dataset", None, "dataset to evaluate on (default: the one trained on)")
@@ -23,8 +23,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import keras
-
     from keras_ssl.data import load_source
     from keras_ssl.evaluation import evaluate_encoder, format_table
     from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
@@ -32,7 +30,8 @@ def main(argv):
     from keras_ssl.saving import load_model
 
     config, encoder_path = load_run(FLAGS.model_dir)
-    encoder = keras.models.load_model(encoder_path)
+    check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
+    encoder = load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
     extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}

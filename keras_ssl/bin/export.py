@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from keras_ssl.bin.common import load_run, run_main
+from keras_ssl.bin.common import check_writable, load_run, run_main
 
 flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
 flags.DEFINE_string("export_root", "saved_models", "root of the exported models")
@@ -42,16 +42,15 @@ def _check_not_collapsed(model, config, image_shape):
 
 def main(argv):
     del argv
-    import keras
-
     from keras_ssl.errors import UserError
     from keras_ssl.export import export_saved_model
 
     config, encoder_path = load_run(FLAGS.model_dir)
+    check_writable(FLAGS.export_root, "--export_root")
     from keras_ssl.saving import load_model
 
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
-    image_shape = keras.models.load_model(encoder_path).input_shape[1:]  # the size training kept
+    image_shape = load_model(encoder_path).input_shape[1:]  # the size training kept
     _check_not_collapsed(model, config, image_shape)
     threshold, source = FLAGS.threshold, "--threshold"
     if model.supports_threshold:
