@@ -33,8 +33,12 @@ demo: install dataset
 	$(PY) -m keras_ssl.bin.evaluate --model_dir=$(DEMO_DIR)
 	$(PY) -m keras_ssl.bin.export --model_dir=$(DEMO_DIR) --export_root=saved_models
 
+# Two test processes: most tests wait on subprocesses (binaries, workers) or run
+# single-threaded Python; whole files go to one process (their fixtures are shared).
+TEST_WORKERS ?= 2
+
 test: install dataset
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf runs saved_models .pytest_cache

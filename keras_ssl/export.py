@@ -258,6 +258,8 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     if not name or os.sep in name or name.startswith("."):
         raise UserError(f"export name must be a plain folder name, got {name!r}")
     model_root = os.path.join(export_root, name)
+    if os.path.isdir(model_root):
+        _clean_after_killed_exports(model_root)  # first: a version it restores is not free
     if version is None:
         version = next_version(model_root)
     if not isinstance(version, int) or version < 1:
@@ -326,6 +328,34 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _clean_after_killed_exports(model_root):
+    """What an export killed mid-way left under `model_root`: its hidden
+    `.tmp-V-PID` folder is removed; an `.old-V-PID` folder (an overwritten version
+    moved aside, the new one not yet in place) is put back as `V` if `V` is missing.
+    Folders of live processes are left alone."""
+    for entry in os.listdir(model_root):
+        kind, _, rest = entry.partition("-")
+        version, _, pid = rest.rpartition("-")
+        if kind not in (".tmp", ".old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        path = os.path.join(model_root, entry)
+        final = os.path.join(model_root, version)
+        if kind == ".old" and version.isdigit() and not os.path.exists(final):
+            os.rename(path, final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_warmup(export_dir, requests):

@@ -66,3 +66,16 @@ def test_a_given_threshold_adds_verify_to_a_triplet_model(tmp_path):
     png = tf.io.encode_png(tf.zeros([12, 12, 1], tf.uint8))
     out = loaded.signatures["verify"](images_a=tf.stack([png]), images_b=tf.stack([png]))
     assert out["distance"].numpy()[0] < 1e-3 and bool(out["same"].numpy()[0])
+
+
+def test_what_a_killed_export_left_is_cleaned_or_restored(tmp_path):
+    model = small_cnn((12, 12, 1), width_multiplier=0.25)
+    root = tmp_path / "m"
+    first = export_saved_model(model, str(tmp_path), "m", warmup=False)
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max: never a live process
+    os.rename(first, root / f".old-1-{dead}")  # killed between the two renames of an overwrite
+    os.makedirs(root / f".tmp-1-{dead}" / "variables")  # and its half-written new version
+    os.makedirs(root / f".tmp-7-{os.getpid()}")  # a live export's folder is left alone
+    second = export_saved_model(model, str(tmp_path), "m", warmup=False)
+    assert sorted(os.listdir(root)) == [f".tmp-7-{os.getpid()}", "1", "2"]
+    assert second.endswith("2") and tf.saved_model.load(first).signatures["serving_default"] is not None
