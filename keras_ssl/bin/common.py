@@ -71,8 +71,14 @@ def run_main(main):
     def guarded(argv):
         import logging
 
-        # TF's Python INFO lines (one per collective under multi-worker) drown the epoch lines.
+        # TF's Python INFO lines (one per collective under multi-worker, several per exported
+        # signature through absl's logger) drown the binaries' own lines; --verbosity=0 shows them.
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
+        from absl import flags as absl_flags
+        from absl import logging as absl_logging
+
+        if not absl_flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             return main(argv)
         except UserError as e:
