@@ -196,7 +196,10 @@ def models_config(models):
 
 
 def write_models_config(path, models):
-    """Writes `models_config(models)` to `path` (atomically); returns the path."""
+    """Writes `models_config(models)` to `path` (atomically, its folder made if
+    missing); returns the path."""
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(models_config(models))

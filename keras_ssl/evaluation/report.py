@@ -18,6 +18,8 @@ def format_table(results):
     rows = [("metric", "value")]
     for key in sorted(results):
         value = results[key]
+        if key == "knn_accuracy" and results.get("knn_accuracy_k20") == value:
+            continue  # the same figure as knn_accuracy_k20 (kept in the JSON for compatibility)
         if isinstance(value, dict) and key == "one_shot_accuracy":
             rows += [(f"one_shot_accuracy[{n.replace('_heldout', '')}-way{', held-out' if 'held' in n else ''}]",
                       f"{100 * v:.2f}%") for n, v in sorted(value.items())]

@@ -51,11 +51,22 @@ class MethodModel(keras.Model):
         returning rank-1 logs); our models know their shapes from
         their children, so nothing needs a batch.
         """
+        self._refuse_compiled_loss()
         if not self.built:
             self.build()
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
+
+    def _refuse_compiled_loss(self):
+        """`fit`/`evaluate` refuse a `compile(loss=..., metrics=...)`: the method computes
+        its own loss and metrics, and ignoring the compiled ones silently would mislead."""
+        given = [name for name, attr in (("loss", "_compile_loss"), ("metrics", "_compile_metrics"))
+                 if getattr(self, attr, None) is not None]
+        if given:
+            raise UserError(f"{type(self).__name__} computes its own loss and metrics "
+                            f"({', '.join(m.name for m in self.metrics)}); compile it with an optimizer only, "
+                            f"not {', '.join(f'{g}=' for g in given)}")
 
     def _logs(self):
         """Metric results; rank 1 under multi-worker, where Keras's
