@@ -96,6 +96,11 @@ class TrainConfig:
                             f"got {type(self.options).__name__}")
 
     @property
+    def augment_preset(self):
+        """The augmentation preset for the batch builders: None for `augment="none"`."""
+        return None if self.augment == "none" else self.augment
+
+    @property
     def method_spec(self):
         """The registered `Method` of this run."""
         from keras_ssl.models import registry

@@ -190,10 +190,6 @@ class RelativePositionOptions:
                                   check=lambda v: v >= 0, requirement=">= 0")
 
 
-def _augment(run):
-    return None if run.augment == "none" else run.augment
-
-
 def _build_rotation(run, options, encoder, dataset):
     return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim)
 
@@ -202,7 +198,7 @@ def _rotation_data(run, options, split):
     from keras_ssl.data.pretext import rotation_batches
 
     steps = epoch_steps(split, run.batch_size)
-    return TrainingData(rotation_batches(split, run.batch_size, seed=run.seed, augment=_augment(run)), steps,
+    return TrainingData(rotation_batches(split, run.batch_size, seed=run.seed, augment=run.augment_preset), steps,
                         run.batch_size)
 
 

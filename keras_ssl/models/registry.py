@@ -42,8 +42,6 @@ def validate_options(options):
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
             raise UserError(f"{f.name} must be {f.metadata['requirement']}, got {value!r}")
-    if hasattr(options, "validate"):
-        options.validate()
     return options
 
 

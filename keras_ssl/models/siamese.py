@@ -160,9 +160,9 @@ def _training_data(run, options, split):
 
     if run.batch_size % 2:
         raise UserError("batch_size must be even for siamese (half positive, half negative pairs)")
-    augment = None if run.augment == "none" else run.augment
     steps = epoch_steps(split, run.batch_size)
-    return TrainingData(pair_batches(split, run.batch_size, seed=run.seed, augment=augment), steps, run.batch_size)
+    return TrainingData(pair_batches(split, run.batch_size, seed=run.seed, augment=run.augment_preset), steps,
+                        run.batch_size)
 
 
 register(Method(

@@ -188,10 +188,6 @@ class TripletExplicitOptions:
                                 requirement=">= 1")
 
 
-def _augment(run):
-    return None if run.augment == "none" else run.augment
-
-
 def _build_online(run, options, encoder, dataset):
     return OnlineTriplet(encoder, embedding_dim=options.embedding_dim, margin=options.margin,
                          mining=options.mining, soft=options.soft_margin)
@@ -203,7 +199,8 @@ def _online_data(run, options, split):
 
     p, k = options.classes_per_batch, options.images_per_class
     steps = len(pk_plan(split.labels, p, k, run.seed))
-    return TrainingData(pk_batches(split, p, k, seed=run.seed, augment=_augment(run), epochs=run.epochs), steps, p * k)
+    return TrainingData(pk_batches(split, p, k, seed=run.seed, augment=run.augment_preset, epochs=run.epochs),
+                        steps, p * k)
 
 
 def _build_explicit(run, options, encoder, dataset):
@@ -214,7 +211,7 @@ def _explicit_data(run, options, split):
     from keras_ssl.data.pairs import triplet_batches
 
     steps = epoch_steps(split, run.batch_size)
-    return TrainingData(triplet_batches(split, run.batch_size, seed=run.seed, augment=_augment(run)), steps,
+    return TrainingData(triplet_batches(split, run.batch_size, seed=run.seed, augment=run.augment_preset), steps,
                         run.batch_size)
 
 
