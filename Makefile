@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR := runs/simclr_fashion_mnist_demo
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install dataset clean
+.PHONY: demo test install dataset speech-tools data-audio clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ dataset:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Debian's speech synthesisers, for the synthetic spoken-digits set (and its test).
+speech-tools:
+	@if ! command -v espeak-ng >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's espeak-ng and flite"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite; \
+	fi
+
+# The synthetic spoken digits (3,600 clips, about 2 minutes), made once.
+data-audio: install speech-tools
+	test -f data/spoken_digits/speakers.csv || $(PY) -m keras_ssl.bin.make_spoken_digits --output_dir=data/spoken_digits
+
 demo: install dataset
 	$(PY) -m keras_ssl.bin.train --flagfile=flags/simclr_fashion_mnist_demo.cfg
 	$(PY) -m keras_ssl.bin.evaluate --model_dir=$(DEMO_DIR)
@@ -37,7 +48,7 @@ demo: install dataset
 # single-threaded Python; whole files go to one process (their fixtures are shared).
 TEST_WORKERS ?= 2
 
-test: install dataset
+test: install dataset speech-tools
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:

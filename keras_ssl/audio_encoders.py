@@ -1,0 +1,77 @@
+"""Audio backbones and features: raw 16 kHz waveforms in, a sequence of frames out.
+
+* `cpc_conv`: CPC's strided 1-D convolutional encoder (van den Oord et al.
+  2018, section 3.1): five layers with strides 5, 4, 2, 2, 2 and kernels
+  10, 8, 4, 4, 4, so one latent `z_t` per 160 samples (10 ms at 16 kHz);
+  512 channels in the paper (`width`).
+* `mfcc`: the classic hand-made features, the baseline the learnt ones must beat.
+
+Like the image encoders, `cpc_conv` is a functional `keras.Model` of Keras's
+own layers only (its `.keras` file loads without keras_ssl) with layers named
+`block1` .. `block5`; the output `features` is `[batch, frames, width]`,
+`frames = ceil(samples / 160)`.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_ssl.data.audio import SAMPLE_RATE
+
+CPC_STRIDES = (5, 4, 2, 2, 2)
+CPC_KERNELS = (10, 8, 4, 4, 4)
+DOWNSAMPLING = 160  # product of the strides: samples per frame
+
+
+def cpc_conv(width=512, normalize=True, name="cpc_conv"):
+    """CPC's waveform encoder: float32 `[batch, samples]` in [-1, 1] ->
+    `[batch, ceil(samples / 160), width]`.
+
+    Each clip is first standardised (zero mean, unit variance over its
+    samples: the level of a recording carries no meaning), then five
+    Conv1D (`padding="same"`) -> LayerNormalization over channels -> ReLU
+    blocks. The paper uses ReLU and no normalisation; the per-frame channel
+    normalisation is that of Facebook's CPC_audio reimplementation
+    (Riviere et al. 2020), which trains more stably; unlike batch norm it
+    lets no information pass between the sequences of a batch, which would
+    help the contrastive task without helping the representation.
+    """
+    inputs = keras.Input(shape=(None,), name="waveform")
+    x = keras.layers.Reshape((-1, 1), name="to_channels")(inputs)
+    x = keras.layers.LayerNormalization(axis=[1, 2], center=False, scale=False, epsilon=1e-5,
+                                        name="standardize")(x)
+    for i, (kernel, stride) in enumerate(zip(CPC_KERNELS, CPC_STRIDES), start=1):
+        x = keras.layers.Conv1D(int(width), kernel, strides=stride, padding="same", name=f"conv{i}")(x)
+        if normalize:
+            x = keras.layers.LayerNormalization(epsilon=1e-5, name=f"norm{i}")(x)
+        x = keras.layers.ReLU(name=f"block{i}")(x)
+    outputs = keras.layers.Identity(name="features")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def num_frames(num_samples):
+    """Frames `cpc_conv` makes of `num_samples` samples."""
+    frames = int(num_samples)
+    for stride in CPC_STRIDES:
+        frames = -(-frames // stride)
+    return frames
+
+
+# MFCC settings: 25 ms windows every 10 ms, 40 mel bands 20 Hz - 8 kHz, 13 coefficients:
+# the usual speech front end (e.g. Kaldi's and the Speech Commands baselines').
+MFCC_FRAME, MFCC_HOP, MFCC_BANDS, MFCC_COEFFICIENTS = 400, 160, 40, 13
+
+
+def mfcc(waveforms):
+    """MFCCs with `tf.signal`: float32 `[batch, samples]` -> `[batch, frames, 13]`."""
+    waveforms = tf.cast(waveforms, tf.float32)
+    spectrum = tf.abs(tf.signal.stft(waveforms, MFCC_FRAME, MFCC_HOP, fft_length=512))
+    mel = tf.signal.linear_to_mel_weight_matrix(MFCC_BANDS, spectrum.shape[-1], SAMPLE_RATE, 20.0, SAMPLE_RATE / 2)
+    log_mel = tf.math.log(tf.tensordot(spectrum, mel, 1) + 1e-6)
+    return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[..., :MFCC_COEFFICIENTS]
+
+
+def pooled_mfcc(waveforms):
+    """Utterance vector of MFCCs: mean and standard deviation over frames, `[batch, 26]`."""
+    m = mfcc(waveforms)
+    mean, var = tf.nn.moments(m, axes=[1])
+    return tf.concat([mean, tf.sqrt(var)], axis=-1)

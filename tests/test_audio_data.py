@@ -1,0 +1,83 @@
+"""Audio sources (issue 15): WAV folders at 16 kHz mono, speakers, damaged files, the
+synthetic spoken digits."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from keras_ssl.data.audio import SAMPLE_RATE, is_audio_folder, load_audio_folder, read_wav
+from keras_ssl.errors import UserError
+
+
+def _write(path, rate, samples):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    wavfile.write(path, rate, samples)
+
+
+def test_read_wav_resamples_mixes_down_and_scales(tmp_path):
+    t = np.arange(22050) / 22050.0
+    tone = np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([tone, tone], axis=1)
+    _write(str(tmp_path / "a.wav"), 22050, np.round(stereo * 16384).astype(np.int16))
+    x = read_wav(str(tmp_path / "a.wav"))
+    assert x.dtype == np.float32 and x.shape == (SAMPLE_RATE,)  # one second at 16 kHz
+    assert abs(np.max(np.abs(x)) - 0.5) < 0.02  # int16 full scale is 1.0
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spectrum) * SAMPLE_RATE / len(x) - 440) < 2  # still 440 Hz after resampling
+    _write(str(tmp_path / "b.wav"), 8000, np.full(4000, 200, np.uint8))  # 8-bit unsigned, half a second
+    y = read_wav(str(tmp_path / "b.wav"), num_samples=16000)
+    assert y.shape == (16000,) and np.allclose(y[200:7800], 72 / 128, atol=0.01) and np.all(y[8100:] == 0)
+
+
+def test_folder_with_classes_speakers_and_a_damaged_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["path,speaker"]
+    for split in ("train", "test"):
+        for word in ("no", "yes"):
+            for speaker in ("ann", "bob"):
+                rel = f"{split}/{word}/{speaker}.wav"
+                _write(str(tmp_path / rel), 16000, (rng.normal(size=12000) * 3000).astype(np.int16))
+                rows.append(f"{rel},{speaker}")
+    (tmp_path / "speakers.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "train" / "no" / "zz_broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    rows.append("train/no/zz_broken.wav,ann")
+    (tmp_path / "speakers.csv").write_text("\n".join(rows) + "\n")
+    assert is_audio_folder(str(tmp_path))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable WAV file.*zz_broken.wav"):
+        ds = load_audio_folder(f"folder:{tmp_path}", seconds=0.5)
+    assert ds.train.waveforms.shape == (4, 8000) and ds.test.waveforms.shape == (4, 8000)
+    assert ds.class_names == ("no", "yes") and ds.speaker_names == ("ann", "bob")
+    assert ds.train.labels.tolist() == [0, 0, 1, 1] and ds.train.speakers.tolist() == [0, 1, 0, 1]
+    with pytest.raises(UserError, match="1 unreadable WAV file.*zz_broken.wav"):
+        load_audio_folder(f"folder:{tmp_path}", on_corrupt="error")
+    os.remove(tmp_path / "train" / "no" / "zz_broken.wav")
+    (tmp_path / "speakers.csv").write_text("\n".join(rows[:3]) + "\n")
+    with pytest.raises(UserError, match="speakers.csv has no row for"):
+        load_audio_folder(f"folder:{tmp_path}")
+    with pytest.raises(UserError, match="clip length must be in"):
+        load_audio_folder(f"folder:{tmp_path}", seconds=0)
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_spoken_digits_subset_is_made_and_loads(tmp_path):
+    from keras_ssl.data.spoken_digits import make_spoken_digits
+
+    out = str(tmp_path / "sd")
+    counts = make_spoken_digits(out, max_speakers=3, words=("one", "two", "three"), styles=2)
+    assert counts["clips"] == 3 * 3 * 4 and counts["speakers"] == 3
+    assert counts["train"] + counts["test"] == counts["clips"] and counts["test"] > 0
+    assert "SYNTHETIC" in open(os.path.join(out, "README.txt")).read()
+    ds = load_audio_folder(f"folder:{out}")
+    assert ds.class_names == ("one", "three", "two") and len(ds.speaker_names) == 3
+    assert len(ds.train) + len(ds.test) == counts["clips"]
+    energy = np.sqrt(np.mean(ds.train.waveforms ** 2, axis=1))
+    assert np.all(energy > 0.01)  # every clip holds sound
+    again = make_spoken_digits(str(tmp_path / "sd2"), max_speakers=3, words=("one", "two", "three"), styles=2)
+    assert again == counts  # the same split: a pure function of the options
+    first = load_audio_folder(f"folder:{tmp_path / 'sd2'}")
+    np.testing.assert_array_equal(first.train.waveforms, ds.train.waveforms)
+    with pytest.raises(UserError, match="exists and is not empty"):
+        make_spoken_digits(out, max_speakers=1)

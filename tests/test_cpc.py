@@ -1,0 +1,140 @@
+"""CPC (issue 15): its InfoNCE against NumPy, across replicas, the model's step and fit()."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl import losses
+from keras_ssl.audio_encoders import cpc_conv, num_frames
+from keras_ssl.models.cpc import CPC
+
+
+def numpy_cpc_terms(predictions, latents, k, rows):
+    """For every (b, t): log(exp(p . z_pos) + sum over the drawn rows j, except the positive's own
+    row, of exp(p . z_j)) minus p . z_pos, with z_pos = z[b, t + k], written out loop by loop."""
+    p, z = predictions.astype(np.float64), latents.astype(np.float64)
+    batch, steps = p.shape[:2]
+    flat = z.reshape(-1, z.shape[-1])
+    out = np.zeros((batch, steps))
+    for b in range(batch):
+        for t in range(steps):
+            own = b * z.shape[1] + t + k
+            scores = [p[b, t] @ z[b, t + k]] + [p[b, t] @ flat[j] for j in rows if j != own]
+            out[b, t] = np.log(np.sum(np.exp(scores))) - p[b, t] @ z[b, t + k]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cpc_info_nce_matches_numpy(k):
+    rng = np.random.default_rng(k)
+    latents = rng.normal(size=(3, 7, 4)).astype(np.float32)
+    predictions = rng.normal(size=(3, 7 - k, 4)).astype(np.float32)
+    terms, correct, n = losses.cpc_info_nce_terms(predictions, latents, k, num_negatives=30, seed=(1, k))
+    rows = losses.cpc_negative_rows(21, 30, (1, k)).numpy()
+    assert rows.min() >= 0 and rows.max() < 21 and len(set(rows.tolist())) > 10  # spread over the batch
+    own = {b * 7 + t + k for b in range(3) for t in range(7 - k)}
+    assert own & set(rows.tolist())  # some draws hit a positive: the masking is exercised
+    np.testing.assert_allclose(terms.numpy(), numpy_cpc_terms(predictions, latents, k, rows), rtol=1e-5)
+    assert int(n) == 31
+    flat = latents.reshape(-1, 4)
+    for b in range(3):
+        for t in range(7 - k):
+            pos = predictions[b, t] @ latents[b, t + k]
+            negs = [predictions[b, t] @ flat[j] for j in rows if j != b * 7 + t + k]
+            assert bool(correct[b, t]) == bool(pos > max(negs))
+
+
+def test_cpc_info_nce_perfect_prediction_is_near_zero_and_bound_near_log_n():
+    latents = np.eye(8, dtype=np.float32)[None].repeat(2, 0) * 20.0  # orthogonal latents, 2 sequences
+    latents[1] *= -1
+    predictions = latents[:, 2:]  # predicts z_{t+2} exactly
+    terms, correct, n = losses.cpc_info_nce_terms(predictions, latents, 2, num_negatives=16)
+    assert float(tf.reduce_max(terms)) < 1e-3 and bool(tf.reduce_all(correct))
+    assert math.log(int(n)) - float(tf.reduce_mean(terms)) == pytest.approx(math.log(17), abs=1e-3)
+
+
+@pytest.mark.parametrize("sizes", [(3, 3), (3, 2)])
+def test_cpc_info_nce_across_replicas_equals_one_device(two_cpu_strategy, sizes):
+    """Other sequences' latents come from every replica: loss and gradients as on one device."""
+    rng = np.random.default_rng(sum(sizes))
+    n, k = sum(sizes), 2
+    x = rng.normal(size=(n, 6, 4)).astype(np.float32)
+    w0 = rng.normal(size=(4, 4)).astype(np.float32) * 0.5
+
+    def loss_of(x_part, w, n_global):
+        z = tf.einsum("btd,de->bte", x_part, w)
+        terms, _, _ = losses.cpc_info_nce_terms(tf.einsum("btd,de->bte", z[:, :-k], w), z, k, 12, (3, 4))
+        return tf.reduce_sum(terms) / (n_global * (6 - k))
+
+    w = tf.Variable(w0)
+    with tf.GradientTape() as tape:
+        single = loss_of(tf.constant(x), w, n)
+    single_grad = tape.gradient(single, w)
+
+    with two_cpu_strategy.scope():
+        w_dist = tf.Variable(w0)
+    parts = [x[:sizes[0]], x[sizes[0]:]]
+    values = two_cpu_strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group]))
+
+    @tf.function
+    def step(values):
+        def replica_fn(part):
+            with tf.GradientTape() as tape:
+                loss = loss_of(part, w_dist, n)
+            return loss, tape.gradient(loss, w_dist)
+
+        loss, grad = two_cpu_strategy.run(replica_fn, args=(values,))
+        return two_cpu_strategy.reduce("SUM", loss, axis=None), two_cpu_strategy.reduce("SUM", grad, axis=None)
+
+    dist_loss, dist_grad = step(values)
+    np.testing.assert_allclose(float(dist_loss), float(single), rtol=1e-5)
+    np.testing.assert_allclose(dist_grad.numpy(), single_grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def _chirps(n, samples=3200, seed=0):
+    """n frequency sweeps (random start and rate) with noise: the future frames differ from
+    the present ones and follow from them (a steady tone would make every frame alike)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000.0
+    f0, rate = rng.uniform(300, 1500, size=(n, 1)), rng.uniform(-4000, 4000, size=(n, 1))
+    phase = 2 * np.pi * (f0 * t + 0.5 * rate * t ** 2)
+    return (0.5 * np.sin(phase) + 0.05 * rng.normal(size=(n, samples))).astype(np.float32)
+
+
+def test_cpc_encoder_makes_one_frame_per_10_ms():
+    encoder = cpc_conv(16)
+    assert encoder(np.zeros((2, 16000), np.float32)).shape == (2, 100, 16)
+    assert encoder(np.zeros((1, 16001), np.float32)).shape[1] == num_frames(16001) == 101
+
+
+def test_cpc_fit_learns_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = _chirps(64)
+    model = CPC(cpc_conv(32), context_dim=32, prediction_steps=4, num_samples=3200)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(x, batch_size=16, epochs=12, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] - 0.8, history["loss"]
+    assert history["mi_bound"][-1] > history["mi_bound"][0]
+    assert history["accuracy"][-1] > 0.04  # chance: 1 in 129
+    assert model.predict(x[:3], verbose=0).shape == (3, 32)  # pooled context
+    assert model.frames(x[:3]).shape == (3, 20, 32)
+    per_step = model.step_metrics(x, batch_size=16)
+    assert len(per_step["accuracy"]) == 4 and per_step["accuracy"][0] >= per_step["accuracy"][-1] - 0.05
+    path = str(tmp_path / "cpc.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(restored.predict(x[:3], verbose=0), model.predict(x[:3], verbose=0), atol=1e-5)
+    assert restored.prediction_steps == 4 and restored.num_samples == 3200
+
+
+def test_cpc_refuses_clips_too_short_for_its_steps():
+    from keras_ssl.errors import UserError
+
+    model = CPC(cpc_conv(8), context_dim=8, prediction_steps=12)
+    model.compile(optimizer="adam")
+    with pytest.raises(UserError, match="give 10 frames, not more than prediction_steps=12"):
+        model.fit(np.zeros((4, 1600), np.float32), batch_size=4, verbose=0)
