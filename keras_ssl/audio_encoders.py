@@ -48,6 +48,15 @@ def cpc_conv(width=512, normalize=True, name="cpc_conv"):
     return keras.Model(inputs, outputs, name=name)
 
 
+def build_audio_encoder(name, width_multiplier=1.0):
+    """An audio encoder by name (`cpc_conv`: 512 x `width_multiplier` channels)."""
+    if name == "cpc_conv":
+        return cpc_conv(max(1, int(round(512 * width_multiplier))))
+    from keras_ssl.errors import UserError
+
+    raise UserError(f"unknown audio encoder {name!r}; choose cpc_conv")
+
+
 def num_frames(num_samples):
     """Frames `cpc_conv` makes of `num_samples` samples."""
     frames = int(num_samples)

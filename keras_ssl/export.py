@@ -147,25 +147,87 @@ def _resize_pixels(pixels, name, height, width):
         return resize_uint8(pixels, height, width)
 
 
-def _input_spec(spec, channels):
-    if spec.kind == "image":
+# Longest audio served (a guard on memory); longer input is refused, not cut.
+MAX_AUDIO_SECONDS = 60
+_WAV_RATE = 16000
+
+
+def _input_spec(spec, input_shape):
+    if spec.kind in ("image", "wav"):
         return tf.TensorSpec([None], tf.string, name=spec.name)
-    return tf.TensorSpec([None, None, None, channels], tf.uint8, name=spec.name)
+    if spec.kind == "waveform":
+        return tf.TensorSpec([None, None], tf.float32, name=spec.name)
+    return tf.TensorSpec([None, None, None, input_shape[-1]], tf.uint8, name=spec.name)
 
 
-def _serving_function(endpoint, image_shape):
+def _fit_length(waveform, num_samples):
+    """float32 [n] -> [num_samples]: cut, or zero-padded at the end (the audio loader's rule)."""
+    waveform = waveform[:num_samples]
+    return tf.pad(waveform, [[0, num_samples - tf.shape(waveform)[0]]])
+
+
+def _check_waveform_length(n, name):
+    return [tf.debugging.assert_positive(n, message=f"{name}: empty audio (no samples)"),
+            tf.debugging.assert_less_equal(n, MAX_AUDIO_SECONDS * _WAV_RATE, message=(
+                f"{name}: audio longer than {MAX_AUDIO_SECONDS} s at 16 kHz; send it in shorter pieces"))]
+
+
+def _decode_wavs(wavs, name, num_samples):
+    """string [B] WAV files -> float32 [B, num_samples] 16 kHz mono, after checking
+    each is a RIFF/WAVE file at 16 kHz, not empty and not too long."""
+    padded = tf.strings.join([wavs, tf.fill(tf.shape(wavs), b"\0" * 12)])
+    valid = tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(padded, 8, 4), b"WAVE")
+    check = tf.debugging.Assert(tf.reduce_all(valid), [
+        f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE) (indices):",
+        tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
+
+    def decode(data):
+        audio, rate = tf.audio.decode_wav(data)  # float32 [n, channels] in [-1, 1]
+        right_rate = tf.debugging.assert_equal(rate, _WAV_RATE, message=(
+            f"{name}: the model takes 16 kHz audio; resample the WAV to 16000 Hz (sample rate given:"))
+        with tf.control_dependencies([right_rate, *_check_waveform_length(tf.shape(audio)[0], name)]):
+            return _fit_length(tf.reduce_mean(audio, axis=1), num_samples)
+
+    with tf.control_dependencies([check]):
+        return tf.map_fn(decode, wavs, fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
+
+
+def _prepare_waveforms(waveforms, name, num_samples):
+    """float32 [B, n] -> [B, num_samples] after checking n and that every sample is finite."""
+    checks = _check_waveform_length(tf.shape(waveforms)[1], name) + [
+        tf.debugging.assert_all_finite(waveforms, f"{name}: waveforms hold NaN or Inf")]
+    with tf.control_dependencies(checks):
+        return tf.map_fn(lambda w: _fit_length(w, num_samples), waveforms,
+                         fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
+
+
+def _decode_input(spec, t, endpoint_name, input_shape):
+    """One checked input tensor -> the float32 batch the endpoint function takes."""
+    if spec.kind == "wav":
+        return _decode_wavs(t, endpoint_name, input_shape[0])
+    if spec.kind == "waveform":
+        return _prepare_waveforms(t, endpoint_name, input_shape[0])
+    height, width, channels = input_shape
+    h, w = spec.size or (height, width)
+    pixels = (_decode_images(t, endpoint_name, h, w, channels) if spec.kind == "image"
+              else _resize_pixels(t, endpoint_name, h, w))
+    return tf.cast(pixels, tf.float32) / 255.0
+
+
+def _serving_function(endpoint, input_shape):
     """The traced signature of `endpoint`: checks and decodes each input by its
-    kind, calls the endpoint on float images in [0, 1], and answers an empty
-    batch with empty outputs of the declared shapes."""
-    height, width, channels = image_shape
+    kind, calls the endpoint on the decoded batches (images in [0, 1] or
+    waveforms), and answers an empty batch with empty outputs of the declared
+    shapes."""
     names = [spec.name for spec in endpoint.inputs]
+    specs = [_input_spec(spec, input_shape) for spec in endpoint.inputs]
 
     def serve(*tensors):
         checked = []
-        for spec, t in zip(endpoint.inputs, tensors):
+        for spec, t in zip(specs, tensors):
             # Runtime checks (TF Serving does not enforce the SignatureDef's shapes); the
             # error reads "Shape of tensor <name> [..] is not compatible with expected shape".
-            checked.append(tf.ensure_shape(t, [None] if spec.kind == "image" else [None, None, None, channels]))
+            checked.append(tf.ensure_shape(t, spec.shape))
         count = tf.shape(checked[0])[0]
         same_count = [tf.debugging.assert_equal(
             count, tf.shape(t)[0], message=f"{endpoint.name}: {' and '.join(names)} must hold the same number of "
@@ -173,13 +235,9 @@ def _serving_function(endpoint, image_shape):
 
         def compute():
             with tf.control_dependencies(same_count):
-                images = []
-                for spec, t in zip(endpoint.inputs, checked):
-                    h, w = spec.size or (height, width)
-                    pixels = (_decode_images(t, endpoint.name, h, w, channels) if spec.kind == "image"
-                              else _resize_pixels(t, endpoint.name, h, w))
-                    images.append(tf.cast(pixels, tf.float32) / 255.0)
-            out = endpoint.function(*images)
+                decoded = [_decode_input(spec, t, endpoint.name, input_shape)
+                           for spec, t in zip(endpoint.inputs, checked)]
+            out = endpoint.function(*decoded)
             return [tf.cast(out[o.name], o.dtype) for o in endpoint.outputs]
 
         def empty():
@@ -189,10 +247,17 @@ def _serving_function(endpoint, image_shape):
         results = tf.cond(count > 0, compute, empty)
         return {o.name: r for o, r in zip(endpoint.outputs, results)}
 
-    return serve, [_input_spec(spec, channels) for spec in endpoint.inputs]
+    return serve, specs
 
 
-def _describe_input(spec, channels):
+def _describe_input(spec, input_shape):
+    if spec.kind == "wav":
+        return (f"string [batch] 16-bit PCM WAV files at 16 kHz, at most {MAX_AUDIO_SECONDS} s; mixed to mono, "
+                f"cut or zero-padded to {input_shape[0]} samples")
+    if spec.kind == "waveform":
+        return (f"float32 [batch, n] 16 kHz mono samples in [-1, 1] (1 <= n <= {MAX_AUDIO_SECONDS * _WAV_RATE}), "
+                f"cut or zero-padded to {input_shape[0]}")
+    channels = input_shape[-1]
     if spec.kind == "pixels":
         return f"uint8 [batch, H, W, {channels}] (any H, W >= 1)"
     size = f" (resized to {spec.size[0]}x{spec.size[1]})" if spec.size else ""
@@ -204,11 +269,18 @@ def _describe_output(output):
     return f"{output.dtype} [{shape}]" + (f": {output.meaning}" if output.meaning else "")
 
 
-def _warmup_request(endpoint, image_shape):
-    """One small request (a black image per input) for TF Serving's warmup file."""
-    height, width, channels = image_shape
+def _warmup_request(endpoint, input_shape):
+    """One small request (a black image, or a second of silence, per input) for
+    TF Serving's warmup file."""
     inputs = {}
     for spec in endpoint.inputs:
+        if spec.kind == "wav":
+            inputs[spec.name] = [tf.audio.encode_wav(tf.zeros([input_shape[0], 1]), _WAV_RATE).numpy()]
+            continue
+        if spec.kind == "waveform":
+            inputs[spec.name] = tf.zeros([1, input_shape[0]], tf.float32).numpy()
+            continue
+        height, width, channels = input_shape
         h, w = spec.size or (height, width)
         if spec.kind == "image":
             inputs[spec.name] = [tf.io.encode_png(tf.zeros([h, w, channels], tf.uint8)).numpy()]
@@ -234,7 +306,8 @@ def _endpoints(model, image_shape, threshold):
 
 
 def export_saved_model(model, export_root="saved_models", name="model", version=None, overwrite=False,
-                       config=None, threshold=None, class_names=None, warmup=True, image_shape=None):
+                       config=None, threshold=None, class_names=None, warmup=True, image_shape=None,
+                       input_shape=None):
     """Exports `model` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
@@ -254,6 +327,8 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
       image_shape: `(H, W, C)` served images are resized to; default the
         encoder's input shape (needed when it is size-agnostic, as
         RelativePosition's encoder, trained on patches).
+      input_shape: the same, named for every modality: `(H, W, C)` for image
+        models, `(samples,)` (the clip length served) for audio models.
     """
     if not name or os.sep in name or name.startswith("."):
         raise UserError(f"export name must be a plain folder name, got {name!r}")
@@ -272,13 +347,15 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
 
     check_model(model, "the model to export")  # never ship NaN/Inf weights (batch-norm statistics included)
     encoder = getattr(model, "encoder", model)
+    image_shape = input_shape or image_shape
     if image_shape is None:
         if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
-            raise UserError(f"the encoder's input shape {encoder.input_shape} does not fix the image size; "
-                            "pass image_shape=(H, W, C)")
+            raise UserError(f"the encoder's input shape {encoder.input_shape} does not fix the input size; "
+                            "pass input_shape=(H, W, C) for images or (samples,) for audio")
         image_shape = tuple(encoder.input_shape[1:])
     image_shape = tuple(int(d) for d in image_shape)
     endpoints = _endpoints(model, image_shape, threshold)
+    audio = any(spec.audio for e in endpoints for spec in e.inputs)
     predicts_classes = [e for e in endpoints if e.dataset_classes]
     if not predicts_classes or (class_names and len(class_names) != predicts_classes[0].outputs[0].shape[0]):
         class_names = None  # names of the dataset's classes: only for a signature that predicts those
@@ -299,16 +376,22 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         by_name = {e.name: e for e in endpoints}
         verify = by_name.get("verify")
         facts = {
-            "signatures": {e.name: {"inputs": {s.name: _describe_input(s, image_shape[2]) for s in e.inputs},
+            "signatures": {e.name: {"inputs": {s.name: _describe_input(s, image_shape) for s in e.inputs},
                                     "outputs": {o.name: _describe_output(o) for o in e.outputs}}
                            for e in endpoints},
-            "image_height": image_shape[0], "image_width": image_shape[1], "channels": image_shape[2],
             "embedding_dim": by_name["serving_default"].outputs[0].shape[0],
             "l2_normalized": True,
             # float32 in the graph; written with float32's 7 significant digits (0.9, not 0.8999999761)
             "threshold": float(f"{float(verify.variables[0].numpy()):.7g}") if verify is not None else None,
-            "preprocessing": "decode -> convert to C channels -> bilinear resize to HxW (rounded to uint8) -> / 255",
         }
+        if audio:
+            facts.update(sample_rate=_WAV_RATE, num_samples=image_shape[0], preprocessing=(
+                "decode 16-bit PCM WAV (16 kHz only) -> mono (mean of the channels) -> cut or zero-pad to "
+                f"{image_shape[0]} samples"))
+        else:
+            facts.update(image_height=image_shape[0], image_width=image_shape[1], channels=image_shape[2],
+                         preprocessing="decode -> convert to C channels -> bilinear resize to HxW (rounded to "
+                                       "uint8) -> / 255")
         if predicts_classes:
             facts["class_names"] = list(class_names) if class_names else None
         facts["warmup_requests"] = _write_warmup(tmp, [_warmup_request(e, image_shape) for e in endpoints]) \

@@ -16,7 +16,8 @@ The signatures and their tensor names are those `keras_ssl.export` writes:
 `serving_default` (`images` -> `embedding`), `embed_pixels` (`pixels` ->
 `embedding`), `verify` (`images_a`, `images_b` -> `distance` or `score`,
 `same`), `classify` (`images`, or `centre` and `neighbour`, ->
-`probabilities`, `class`).
+`probabilities`, `class`); audio models: `serving_default` (`audio`, WAV
+bytes -> `embedding`, `context`) and `embed_waveforms` (`waveforms`).
 """
 
 import base64
@@ -83,6 +84,15 @@ class _SignatureCalls:
     def classify(self, images):
         """Encoded images -> `{"probabilities": [n, K], "class": [n]}`."""
         return self.predict("classify", images=list(images))
+
+    def embed_audio(self, wavs):
+        """Audio models: WAV files (bytes, 16-bit PCM at 16 kHz) ->
+        `{"embedding": [n, D], "context": [n, frames, D]}`."""
+        return self.predict("serving_default", audio=list(wavs))
+
+    def embed_waveforms(self, waveforms):
+        """Audio models: float32 `[n, samples]` 16 kHz mono -> `{"embedding", "context"}`."""
+        return self.predict("embed_waveforms", waveforms=np.asarray(waveforms, np.float32))
 
 
 class RestClient(_SignatureCalls):

@@ -35,6 +35,8 @@ _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
 # run can be continued from its last good checkpoint at a lower rate.
 _RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints", "model_dir", "learning_rate"}
 DTYPE_POLICIES = POLICIES
+# The encoder a run gets when --encoder is not given, by the method's modality.
+DEFAULT_ENCODERS = {"image": "small_cnn", "audio": "cpc_conv"}
 
 
 @dataclasses.dataclass
@@ -60,8 +62,9 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     channels: int | None = None
+    audio_seconds: float = 1.0
     train_limit: int | None = None
-    encoder: str = "small_cnn"
+    encoder: str | None = None  # None: the method's modality's default, see DEFAULT_ENCODERS
     width_multiplier: float = 1.0
     cifar_stem: bool = True
     batch_size: int = 256
@@ -94,6 +97,8 @@ class TrainConfig:
         elif not isinstance(self.options, method.options):
             raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
                             f"got {type(self.options).__name__}")
+        if self.encoder is None:
+            self.encoder = DEFAULT_ENCODERS[method.modality]
 
     @property
     def augment_preset(self):
@@ -113,11 +118,14 @@ class TrainConfig:
 
         `strict`: a key of another method's options (or no one's) is refused
         with a `UserError` naming it; otherwise (reading a stored run) dropped.
+        A run key not given takes the method's `run_defaults`, then the
+        field's default.
         """
         from keras_ssl.models import registry
 
         values = dict(values)
         method = registry.get(values.get("method", cls.method))
+        values = {**method.run_defaults, **values}
         run_keys = {f.name for f in dataclasses.fields(cls)} - {"options"}
         own = {f.name for f in dataclasses.fields(method.options)}
         owners = registry.option_owners()
@@ -144,14 +152,18 @@ class TrainConfig:
         """Raises `UserError` naming the first bad value."""
         from keras_ssl.data.augment import PRESETS
         from keras_ssl.distribute import STRATEGIES
-        from keras_ssl.encoders import ENCODERS
+        from keras_ssl.encoders import ENCODERS_BY_MODALITY
         from keras_ssl.models.registry import validate_options
         from keras_ssl.optimizers import OPTIMIZERS
 
         method = self.method_spec
         augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
+        encoders = ENCODERS_BY_MODALITY[method.modality]
         checks = [
-            (self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}"),
+            (self.encoder in encoders,
+             f"encoder must be one of {', '.join(encoders)} for method {self.method} ({method.modality}), "
+             f"got {self.encoder!r}"),
+            (0 < self.audio_seconds <= 60, "audio_seconds must be in (0, 60]"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.augment in augment_choices,
              f"augment must be one of {', '.join(augment_choices)} for method {self.method}"),
@@ -374,11 +386,36 @@ def build_model(config, dataset):
     from keras_ssl.encoders import build_encoder
 
     method = config.method_spec
+    check_modality(config, dataset)
+    if method.modality == "audio":
+        from keras_ssl.audio_encoders import build_audio_encoder
+
+        encoder = build_audio_encoder(config.encoder, config.width_multiplier)
+        return method.build(config, config.options, encoder, dataset)
     shape = dataset.image_shape
     if method.patch_encoder:  # trains on patches: a size-agnostic encoder
         shape = (None, None, shape[-1])
     encoder = build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
     return method.build(config, config.options, encoder, dataset)
+
+
+def check_modality(config, dataset):
+    """A `UserError` when the dataset is not of the kind the method trains on."""
+    method = config.method_spec
+    kind = getattr(dataset, "modality", "image")
+    if kind != method.modality:
+        raise UserError(f"method {config.method} trains on {method.modality} and {config.dataset} holds {kind}; "
+                        f"choose a{'n' if method.modality[0] in 'aeiou' else ''} {method.modality} dataset")
+
+
+def load_run_dataset(config, dataset=None, data_dir=None):
+    """The run's dataset (or `dataset`/`data_dir` instead of the run's) as it
+    trained on it: images at `image_size`/`channels`, clips of `audio_seconds`."""
+    from keras_ssl.data import load_source
+
+    image_size = (config.image_size, config.image_size) if config.image_size else None
+    return load_source(dataset or config.dataset, data_dir or config.data_dir, image_size, config.channels,
+                       audio_seconds=config.audio_seconds)
 
 
 def method_data(config, split):
@@ -387,12 +424,16 @@ def method_data(config, split):
     return config.method_spec.training_data(config, config.options, split)
 
 
-def _encoder_for_images(config, encoder, image_shape):
+def _encoder_to_keep(config, encoder, dataset):
     """The encoder to keep: Keras's own layers only (it loads without
     keras_ssl), at the dataset's image size (a size-agnostic patch encoder gets
-    its weights copied into a fixed-size one, which evaluation and export need)."""
+    its weights copied into a fixed-size one, which evaluation and export need).
+    Audio encoders take any length and are kept as they are."""
     from keras_ssl.layers import with_keras_batch_norm
 
+    if config.method_spec.modality == "audio":
+        return encoder
+    image_shape = dataset.image_shape
     if encoder.input_shape[1] is not None:
         return with_keras_batch_norm(encoder)
     from keras_ssl.encoders import build_encoder
@@ -460,16 +501,15 @@ def train(config):
 def _train(config, strategy, chief, own_dir):
     import keras
 
-    from keras_ssl.data import load_source
     from keras_ssl.distribute import shard_by_data
     from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
 
     keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
     keras.utils.set_random_seed(config.seed)
 
-    image_size = (config.image_size, config.image_size) if config.image_size else None
-    dataset = load_source(config.dataset, config.data_dir, image_size, config.channels)
+    dataset = load_run_dataset(config)
     method = config.method_spec
+    check_modality(config, dataset)
     if method.needs_labels and not dataset.labelled:
         raise UserError(f"method {config.method} trains on class labels and {config.dataset} has none; "
                         "use a labelled dataset (folder:PATH with one sub-folder per class)")
@@ -531,16 +571,20 @@ def _train(config, strategy, chief, own_dir):
         "replicas": strategy.num_replicas_in_sync,
         "dtype_policy": keras.mixed_precision.global_policy().name,
         "train_seconds": elapsed,
-        "images_per_second": (method.images_per_example * epochs_run * steps * batch_size
-                              / elapsed) if epochs_run else None,
+        "examples_per_second": (method.images_per_example * epochs_run * steps * batch_size
+                                / elapsed) if epochs_run else None,
+        "example_unit": "clips" if method.modality == "audio" else "images",
+        "images_per_second": None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
         "class_names": list(dataset.class_names),
         "chief": chief,
     }
+    if method.modality == "image":
+        result["images_per_second"] = result["examples_per_second"]
     if not chief:  # a worker's scratch checkpoints are only for restarting the group
         shutil.rmtree(own_dir, ignore_errors=True)
         return result
-    save_keras_atomic(_encoder_for_images(config, model.encoder, dataset.image_shape), encoder_path)
+    save_keras_atomic(_encoder_to_keep(config, model.encoder, dataset), encoder_path)
     save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     write_json(os.path.join(config.model_dir, "training.json"), result)
     return result

@@ -138,3 +138,47 @@ def test_cpc_refuses_clips_too_short_for_its_steps():
     model.compile(optimizer="adam")
     with pytest.raises(UserError, match="give 10 frames, not more than prediction_steps=12"):
         model.fit(np.zeros((4, 1600), np.float32), batch_size=4, verbose=0)
+
+
+def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
+    """The SavedModel's audio inputs: WAV bytes and waveforms agree with the model; stereo is
+    mixed down, short clips padded; wrong rate, empty, too long, not-WAV and NaN refused."""
+    import io
+
+    from scipy.io import wavfile
+
+    from keras_ssl.export import export_saved_model
+    from keras_ssl.serving import _SignatureCalls
+
+    keras.utils.set_random_seed(0)
+    model = CPC(cpc_conv(8), context_dim=8, prediction_steps=2, num_samples=3200)
+    path = export_saved_model(model, str(tmp_path), "cpc", warmup=False, input_shape=(3200,))
+    served = tf.saved_model.load(path)
+
+    def wav(samples, rate=16000):
+        buf = io.BytesIO()
+        wavfile.write(buf, rate, np.round(np.asarray(samples) * 32768).clip(-32768, 32767).astype(np.int16))
+        return buf.getvalue()
+
+    x = np.round(_chirps(3) * 32768) / 32768  # on the int16 grid, as a WAV carries it
+    short = x[0, :2000]
+    out = served.signatures["serving_default"](audio=tf.constant([wav(x[0]), wav(short), wav(np.stack([x[1], x[1]], 1))]))
+    direct = model.frames(np.stack([x[0], np.pad(short, (0, 1200)), x[1]]).astype(np.float32)).numpy()
+    np.testing.assert_allclose(out["context"].numpy(), direct, atol=1e-5)
+    assert out["embedding"].shape == (3, 8) and out["context"].shape == (3, 20, 8)
+    by_floats = served.signatures["embed_waveforms"](waveforms=tf.constant(x[:1].astype(np.float32)))
+    np.testing.assert_allclose(by_floats["embedding"].numpy(), out["embedding"].numpy()[:1], atol=1e-5)
+    bad = {
+        "resample the WAV to 16000 Hz": dict(audio=tf.constant([wav(x[0], rate=8000)])),
+        "empty audio": dict(audio=tf.constant([wav(np.zeros(0))])),
+        "longer than 60 s": dict(audio=tf.constant([wav(np.zeros(16000 * 61))])),
+        "not WAV files": dict(audio=tf.constant([wav(x[0]), b"RIFF....AVI LIST"])),
+    }
+    for message, args in bad.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            served.signatures["serving_default"](**args)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        served.signatures["embed_waveforms"](waveforms=tf.constant([[0.1, np.nan, 0.2]], tf.float32))
+    empty = served.signatures["serving_default"](audio=tf.constant([], tf.string))
+    assert empty["embedding"].shape == (0, 8) and empty["context"].shape == (0, 20, 8)
+    assert {"embed_audio", "embed_waveforms"} <= set(dir(_SignatureCalls))

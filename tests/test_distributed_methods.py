@@ -8,23 +8,28 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl.data import load_source
-from keras_ssl.training import TrainConfig, build_model, method_data, train
-
 from keras_ssl.models import registry
+from keras_ssl.training import TrainConfig, build_model, load_run_dataset, method_data, train
+from tests.helpers import smoke_dataset
 
-# Every registered method, on its own tiny settings (8x8 digits; relative position upsampled).
+# Every registered method, on its own tiny settings (8x8 digits, relative position upsampled;
+# chirps for the audio methods).
 METHODS = {m.name: m.smoke_options for m in registry.methods()}
 
 
-def _config(method, **extra):
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke_data")
+
+
+def _config(method, root, **extra):
     return TrainConfig.from_dict({"method": method, "dataset": "digits", "width_multiplier": 0.25,
-                                  "model_dir": "unused", **METHODS[method], **extra})
+                                  "model_dir": "unused", **METHODS[method],
+                                  **smoke_dataset(registry.get(method), root), **extra})
 
 
 def _data(config):
-    size = (config.image_size, config.image_size) if config.image_size else None
-    return load_source("digits", image_size=size)
+    return load_run_dataset(config)
 
 
 def _step(strategy, config, dataset, batch, weights=None):
@@ -40,9 +45,9 @@ def _step(strategy, config, dataset, batch, weights=None):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_two_replicas_match_one_device(method, two_cpu_strategy):
+def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
     keras.utils.set_random_seed(0)
-    config = _config(method)
+    config = _config(method, data_root)
     dataset = _data(config)
     data, _, _ = method_data(config, dataset.train.take(400))
     batch = next(iter(data))
@@ -58,8 +63,8 @@ def test_two_replicas_match_one_device(method, two_cpu_strategy):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_trains_under_mixed_precision(method, policy, tmp_path):
-    config = _config(method, dtype_policy=policy, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path),
+def test_trains_under_mixed_precision(method, policy, tmp_path, data_root):
+    config = _config(method, data_root, dtype_policy=policy, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path),
                      optimizer="adam", learning_rate=1e-3, lr_scaling="none", warmup_epochs=0, verbose=0)
     try:
         result = train(config)
@@ -70,7 +75,7 @@ def test_trains_under_mixed_precision(method, policy, tmp_path):
 
 
 def test_auto_dtype_policy_is_recorded_as_asked(tmp_path):
-    config = _config("rotation", epochs=1, steps_per_epoch=1, model_dir=str(tmp_path), verbose=0)
+    config = _config("rotation", tmp_path, epochs=1, steps_per_epoch=1, model_dir=str(tmp_path), verbose=0)
     assert config.dtype_policy == "auto"
     try:
         result = train(config)

@@ -6,26 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 PY = sys.executable
-
-# Prepended to scripts run in a fresh interpreter where importing keras_ssl (or keras) fails.
-BLOCK_KERAS = textwrap.dedent('''
-    import importlib.abc, importlib.util, json, sys
-    class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("keras_ssl", "keras"):
-                return importlib.util.spec_from_loader(name, self)  # no origin: "not installed"
-        def create_module(self, spec):
-            raise ImportError("blocked: " + spec.name)
-        def exec_module(self, module):
-            raise ImportError("blocked")
-    sys.meta_path.insert(0, Block())
-''')
 
 
 def _run(args, cwd, check=True):

@@ -25,16 +25,18 @@ import pytest
 
 from keras_ssl.models import registry
 from keras_ssl.training import TrainConfig, read_config, train
-from tests.test_end_to_end import BLOCK_KERAS
+from tests.helpers import BLOCK_KERAS, smoke_dataset
 
 PY = sys.executable
 
-# Calls every signature of the SavedModel, whatever it declares: string inputs get
-# PNGs (the second string input the same images reversed), uint8 inputs pixels.
+# Calls every signature of the SavedModel, whatever it declares: string inputs get the
+# encoded files (PNGs or WAVs; the second string input the same reversed), the other
+# inputs the dense batch (uint8 pixels or float32 waveforms); `bad_dense` is a tensor
+# of the wrong rank or channels.
 SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
     import numpy as np, tensorflow as tf
     path, npz = sys.argv[1], np.load(sys.argv[2], allow_pickle=True)
-    pngs, pixels = list(npz["pngs"]), npz["pixels"]
+    pngs, pixels, bad_dense = list(npz["files"]), npz["dense"], npz["bad_dense"]
     m = tf.saved_model.load(path)
     out = {}
 
@@ -59,7 +61,7 @@ SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
             if spec[key].dtype == tf.string:
                 args[key] = tf.constant([pngs[0], b"garbage!"])
             else:
-                args[key] = tf.zeros([2, 8, 8, pixels.shape[-1] + 1], tf.uint8)
+                args[key] = tf.constant(bad_dense)
             cases = {"bad_item": args}
             if len(spec) > 1:
                 cases["uneven"] = dict(good(spec, 2), **{key: good(spec, 1)[key]})
@@ -97,7 +99,31 @@ def _png(image):
 
 
 def _settings(method, model_dir):
-    return dict(BASE, method=method.name, model_dir=model_dir, **method.smoke_options)
+    return dict(BASE, method=method.name, model_dir=model_dir, **method.smoke_options,
+                **smoke_dataset(method, os.path.dirname(model_dir)))
+
+
+def _wav(waveform):
+    from scipy.io import wavfile
+
+    buf = io.BytesIO()
+    wavfile.write(buf, 16000, np.round(waveform * 32768).astype(np.int16))
+    return buf.getvalue()
+
+
+def _inputs(method, settings):
+    """Five test examples as the model takes them, their encoded files, and a bad dense tensor.
+    Audio: waveforms on the int16 grid (what a WAV holds), so bytes and floats serve alike."""
+    from keras_ssl.data import load_source
+
+    if method.modality == "audio":
+        test = load_source(settings["dataset"], audio_seconds=settings.get("audio_seconds")).test
+        dense = np.round(test.waveforms[:5] * 32768).clip(-32768, 32767) / 32768
+        dense = dense.astype(np.float32)
+        return dense, [_wav(w) for w in dense], np.zeros([2, 4, 4], np.float32)
+    size = settings.get("image_size")
+    images = load_source("digits", image_size=(size, size) if size else None).test.images[:5]
+    return images, [_png(i) for i in images], np.zeros([2, 8, 8, images.shape[-1] + 1], np.uint8)
 
 
 def _binaries_and_serving(run):
@@ -118,8 +144,6 @@ def contract_runs(tmp_path_factory):
     serving run in subprocesses, two methods at a time, while the next method trains."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from keras_ssl.data import load_source
-
     runs, pending = {}, {}
     with ThreadPoolExecutor(2) as pool:
         for method in registry.methods():
@@ -129,10 +153,9 @@ def contract_runs(tmp_path_factory):
                 run["settings"] = settings = _settings(method, run["model_dir"])
                 run["first"] = train(TrainConfig.from_dict(settings))
                 run["resumed"] = train(TrainConfig.from_dict(dict(settings, epochs=2)))
-                size = settings.get("image_size")
-                run["images"] = images = load_source("digits", image_size=(size, size) if size else None).test.images[:5]
+                run["images"], files, bad_dense = _inputs(method, settings)
                 run["npz"] = str(root / "inputs.npz")
-                np.savez(run["npz"], pixels=images, pngs=np.array([_png(i) for i in images], dtype=object))
+                np.savez(run["npz"], dense=run["images"], files=np.array(files, dtype=object), bad_dense=bad_dense)
                 pending[method.name] = pool.submit(_binaries_and_serving, run)
             except Exception as e:  # reported by this method's tests only
                 run["error"] = e
@@ -173,7 +196,7 @@ def test_evaluate_runs_the_declared_evaluations(method_run):
     assert 0.0 <= report["linear_probe_accuracy"] <= 1.0 and report["method"] == method_run["method"].name
     expected = {"verification": ("roc_auc", "eer", "threshold", "one_shot_accuracy"),
                 "retrieval": ("precision_at_1", "r_precision", "map_at_r", "recall_at_k"),
-                "pretext": ("pretext_accuracy",)}
+                "pretext": ("pretext_accuracy",), "info_nce": ("info_nce", "info_nce_plot")}
     for name in method_run["method"].evaluations:
         for key in expected[name]:
             assert key in report, (name, key, sorted(report))
@@ -194,9 +217,11 @@ def test_export_serves_every_declared_endpoint(method_run):
     facts = json.load(open(os.path.join(method_run["export_path"], "assets.extra", "preprocessing.json")))
     assert sorted(facts["signatures"]) == sorted(served["signatures"])
 
-    # The served representation is model.predict, L2-normalised, through bytes and pixels alike.
+    # The served representation is model.predict, L2-normalised, through encoded files and dense input alike.
     expected = tf.math.l2_normalize(tf.cast(model.predict(images, verbose=0), tf.float32), -1).numpy()
-    for name in ("serving_default", "embed_pixels"):
+    embedding_signatures = [e.name for e in declared if any(o.name == "embedding" for o in e.outputs)]
+    assert len(embedding_signatures) >= 2 and "serving_default" in embedding_signatures
+    for name in embedding_signatures:
         np.testing.assert_allclose(served["signatures"][name]["outputs"]["embedding"], expected, atol=1e-5)
     assert facts["embedding_dim"] == expected.shape[1]
 
@@ -207,7 +232,8 @@ def test_export_serves_every_declared_endpoint(method_run):
             assert entry["empty"][output.name] == [0, *output.shape]
         for case, error in entry["errors"].items():  # every bad input refused, with a message that says why
             assert error, f"{endpoint.name} accepted bad input {case}"
-            reason = ("not PNG/JPEG/GIF/BMP/WebP", "is not compatible with expected shape", "same number of items")
+            reason = ("not PNG/JPEG/GIF/BMP/WebP", "is not compatible with expected shape", "same number of items",
+                      "not WAV files")
             assert any(r in error for r in reason), (endpoint.name, case, error[-500:])
     # Every output equals the in-memory endpoint on the same (decoded, resized) images.
     from keras_ssl.data.sources import resize_uint8
@@ -215,8 +241,11 @@ def test_export_serves_every_declared_endpoint(method_run):
     for endpoint in declared:
         args, strings = [], 0
         for spec in endpoint.inputs:
-            batch = images if spec.kind == "pixels" or strings == 0 else images[::-1]
-            strings += spec.kind == "image"
+            batch = images if spec.kind in ("pixels", "waveform") or strings == 0 else images[::-1]
+            strings += spec.kind in ("image", "wav")
+            if spec.audio:
+                args.append(tf.constant(batch))
+                continue
             h, w = spec.size or shape[:2]
             args.append(tf.cast(resize_uint8(tf.constant(batch), h, w), tf.float32) / 255.0)
         expected = endpoint.function(*args)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from keras_ssl.bin.launch_local import free_ports, tf_config
-from tests.test_end_to_end import BLOCK_KERAS, PY, _run
+from tests.helpers import BLOCK_KERAS
+from tests.test_end_to_end import PY, _run
 
 # What a user writes: the strategy from TF_CONFIG, the model in its scope, plain fit().
 USER_FIT = textwrap.dedent('''

@@ -3,6 +3,8 @@
     keras-ssl-evaluate --model_dir=runs/simclr_fashion_mnist
 
 Writes <model_dir>/evaluation.json and <model_dir>/embedding.png and prints a table.
+Audio runs get word and speaker probes of every probe point against MFCCs and
+the untrained model (`keras_ssl.evaluation.audio`).
 """
 
 import os
@@ -23,35 +25,72 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from keras_ssl.data import load_source
-    from keras_ssl.evaluation import evaluate_encoder, format_table
-    from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
-    from keras_ssl.health import check_model, check_representation
-    from keras_ssl.saving import load_model
+    from keras_ssl.health import check_model
 
     config, encoder_path = load_run(FLAGS.model_dir)
     check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
+    model_path = os.path.join(FLAGS.model_dir, "model.keras")
+    from keras_ssl.saving import load_model
+
+    model = load_model(model_path)
+    # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
+    check_model(model, f"the model in {FLAGS.model_dir}")
+    extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
+    if config.method_spec.modality == "audio":
+        results, table = _evaluate_audio(config, model, extra)
+    else:
+        results, table = _evaluate_images(config, model, encoder_path, extra)
+    print(table)
+    print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
+    for key in ("embedding_plot", "roc_plot", "retrieval_plot", "info_nce_plot"):
+        if results.get(key):
+            print(f"{key.replace('_', ' ')}: {results[key]}")
+
+
+def _method_evaluations(config, model, dataset, extra):
+    """The representation's spread (collapse refused), then the method's declared evaluations."""
+    from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
+    from keras_ssl.health import check_representation
+
+    test = dataset.test.take(1000)
+    inputs = test.waveforms if config.method_spec.modality == "audio" else test.images
+    spread, even = check_representation(model.predict(inputs, verbose=0), f"the model in {FLAGS.model_dir}")
+    extra["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
+    for name in config.method_spec.evaluations:  # the method's own, on the whole model (heads included)
+        extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
+
+
+def _evaluate_images(config, model, encoder_path, extra):
+    from keras_ssl.data import load_source
+    from keras_ssl.evaluation import evaluate_encoder, format_table
+    from keras_ssl.saving import load_model
+
     encoder = load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
-    extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
-    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
-    # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
-    check_model(model, f"the model in {FLAGS.model_dir}")
-    spread, even = check_representation(model.predict(dataset.test.take(1000).images, verbose=0),
-                                        f"the model in {FLAGS.model_dir}")
-    extra["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
-    for name in config.method_spec.evaluations:  # the method's own, on the whole model (heads included)
-            extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
+    _method_evaluations(config, model, dataset, extra)
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
         plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,
         train_limit=FLAGS.train_limit, extra=extra)
-    print(format_table(results))
-    print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
-    for key in ("embedding_plot", "roc_plot", "retrieval_plot"):
-        if results.get(key):
-            print(f"{key.replace('_', ' ')}: {results[key]}")
+    return results, format_table(results)
+
+
+def _evaluate_audio(config, model, extra):
+    """Word/speaker probes of the model's probe points against MFCCs and the untrained model."""
+    import keras
+
+    from keras_ssl.evaluation.audio import evaluate_audio_model, format_audio_table
+    from keras_ssl.training import build_model, load_run_dataset
+
+    dataset = load_run_dataset(config, FLAGS.dataset, FLAGS.data_dir)
+    _method_evaluations(config, model, dataset, extra)
+    keras.utils.set_random_seed(0)
+    untrained = build_model(config, dataset)
+    results = evaluate_audio_model(model, dataset, untrained, FLAGS.model_dir,
+                                   plot=None if FLAGS.plot == "none" else FLAGS.plot,
+                                   probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit, extra=extra)
+    return results, format_audio_table(results)
 
 
 def run():

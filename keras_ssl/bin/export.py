@@ -24,20 +24,24 @@ flags.DEFINE_float("threshold", None, "siamese/triplet: decision threshold of th
 FLAGS = flags.FLAGS
 
 
-def _check_not_collapsed(model, config, image_shape):
-    """Refuses a diverged or collapsed model, on up to 256 test images of the run's
+def _check_not_collapsed(model, config, input_shape):
+    """Refuses a diverged or collapsed model, on up to 256 test examples of the run's
     dataset (when it can be loaded here; else non-finite weights only, as the exporter
     itself checks them)."""
     from keras_ssl.data import load_source
     from keras_ssl.errors import UserError
     from keras_ssl.health import check_representation
 
+    audio = config.method_spec.modality == "audio"
     try:
-        dataset = load_source(config.dataset, config.data_dir, tuple(image_shape[:2]), image_shape[2])
+        dataset = load_source(config.dataset, config.data_dir, None if audio else tuple(input_shape[:2]),
+                              None if audio else input_shape[2], audio_seconds=config.audio_seconds)
     except UserError as e:
         print(f"warning: not checked for collapse ({config.dataset} cannot be loaded here: {e})", file=sys.stderr)
         return  # export_saved_model still refuses NaN/Inf weights
-    check_representation(model.predict(dataset.test.take(256).images, verbose=0), f"the model in {FLAGS.model_dir}")
+    test = dataset.test.take(256)
+    inputs = test.waveforms if audio else test.images
+    check_representation(model.predict(inputs, verbose=0), f"the model in {FLAGS.model_dir}")
 
 
 def main(argv):
@@ -50,8 +54,13 @@ def main(argv):
     from keras_ssl.saving import load_model
 
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
-    image_shape = load_model(encoder_path).input_shape[1:]  # the size training kept
-    _check_not_collapsed(model, config, image_shape)
+    if config.method_spec.modality == "audio":  # served at the clip length it trained on
+        from keras_ssl.data.audio import SAMPLE_RATE
+
+        input_shape = (int(round(config.audio_seconds * SAMPLE_RATE)),)
+    else:
+        input_shape = load_model(encoder_path).input_shape[1:]  # the image size training kept
+    _check_not_collapsed(model, config, input_shape)
     threshold, source = FLAGS.threshold, "--threshold"
     if model.supports_threshold:
         report = os.path.join(FLAGS.model_dir, "evaluation.json")
@@ -67,7 +76,7 @@ def main(argv):
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
                               config=config.to_dict(), threshold=threshold, class_names=class_names,
-                              image_shape=image_shape)
+                              input_shape=input_shape)
     if threshold is not None:
         print(f"verify threshold: {threshold:.4f} from {source}")
     print(f"exported: {path}")

@@ -11,6 +11,7 @@ import sys
 from absl import flags
 
 from keras_ssl.bin.common import define_method_flags, run_main
+from keras_ssl.encoders import AUDIO_ENCODERS, ENCODERS
 from keras_ssl.models import registry
 
 
@@ -28,8 +29,10 @@ flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:spl
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
 flags.DEFINE_integer("channels", None, "convert images to 1 (gray) or 3 (RGB) channels")
+flags.DEFINE_float("audio_seconds", d.audio_seconds, "audio: clips are cut or zero-padded to this length")
 flags.DEFINE_integer("train_limit", None, "use only the first N training images (quick runs)")
-flags.DEFINE_enum("encoder", d.encoder, ["small_cnn", "resnet18", "resnet34", "resnet50"], "backbone")
+flags.DEFINE_enum("encoder", None, [*ENCODERS, *AUDIO_ENCODERS],
+                  "backbone (default: small_cnn for image methods, cpc_conv for audio methods)")
 flags.DEFINE_float("width_multiplier", d.width_multiplier, "encoder width multiplier")
 flags.DEFINE_boolean("cifar_stem", d.cifar_stem, "ResNet: 3x3 stride-1 stem, no max-pool")
 flags.DEFINE_integer("batch_size", d.batch_size, "global batch size (images; 2 views each)")
@@ -73,7 +76,10 @@ def config_from_flags():
 
     from keras_ssl.training import TrainConfig
 
-    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig) if f.name in FLAGS}
+    method = registry.get(FLAGS.method)
+    # A run flag left at its default gives way to the method's own default (its run_defaults).
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)
+              if f.name in FLAGS and (FLAGS[f.name].present or f.name not in method.run_defaults)}
     values.update({name: FLAGS[name].value for name in registry.option_owners() if FLAGS[name].present})
     return TrainConfig.from_dict(values).validate()
 
@@ -96,7 +102,7 @@ def main(argv):
         print(f"worker finished {result['epochs_run']} epoch(s); the chief wrote {config.model_dir}")
         return
     print(f"trained {result['epochs_run']} epoch(s) in {result['train_seconds']:.0f} s "
-          f"({result['images_per_second'] or 0:.0f} images/s); encoder: {result['encoder_path']}")
+          f"({result['examples_per_second'] or 0:.0f} {result['example_unit']}/s); encoder: {result['encoder_path']}")
 
 
 def run():

@@ -357,11 +357,13 @@ def _to_channels(split, channels):
 
 
 def load_source(spec, data_dir=None, image_size=None, channels=None, allow_download=True,
-                on_corrupt="skip"):
+                on_corrupt="skip", audio_seconds=None):
     """Loads a dataset by name; see the module docstring for the names.
 
     `image_size` `(H, W)` resizes (bilinear), `channels` (1 or 3) converts
     grayscale <-> RGB, so e.g. Fashion-MNIST can feed a 32x32x3 ResNet.
+    A `folder:PATH` of WAV files is an `AudioDataset` of clips cut or padded
+    to `audio_seconds` (default 1 s; see `keras_ssl.data.audio`).
     """
     if not isinstance(spec, str) or not spec:
         raise UserError(f"dataset must be a name, got {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")
@@ -376,6 +378,10 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
     elif spec.startswith("tfds:"):
         ds = load_tfds(spec, data_dir, allow_download)
     elif spec.startswith("folder:"):
+        from keras_ssl.data.audio import DEFAULT_SECONDS, is_audio_folder, load_audio_folder
+
+        if is_audio_folder(spec[len("folder:"):]):
+            return load_audio_folder(spec, audio_seconds or DEFAULT_SECONDS, on_corrupt)
         return load_folder(spec, image_size, channels, on_corrupt)
     else:
         raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")

@@ -34,4 +34,19 @@ def _pretext(model, dataset, config, model_dir, train_limit):
     return {"pretext_accuracy": pretext_accuracy(model, dataset.test)}
 
 
-METHOD_EVALUATIONS = {"verification": _verification, "retrieval": _retrieval, "pretext": _pretext}
+def _info_nce(model, dataset, config, model_dir, train_limit):
+    """CPC's own task on the test clips: InfoNCE accuracy, loss and MI bound per
+    step k (batches of the training batch size), and their plot."""
+    import os
+
+    from keras_ssl.evaluation.audio import prediction_plot
+
+    per_step = model.step_metrics(dataset.test.waveforms, batch_size=min(config.batch_size, len(dataset.test)))
+    result = {"info_nce": per_step}
+    if model_dir:
+        result["info_nce_plot"] = prediction_plot(per_step, os.path.join(model_dir, "info_nce.png"))
+    return result
+
+
+METHOD_EVALUATIONS = {"verification": _verification, "retrieval": _retrieval, "pretext": _pretext,
+                      "info_nce": _info_nce}

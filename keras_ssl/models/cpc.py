@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.errors import UserError
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
 def gru_context(input_dim, context_dim=256, name="context"):
@@ -161,8 +162,35 @@ class CPC(MethodModel):
         """The clip's representation: the mean over time of `c_t`, `[B, context_dim]`."""
         return tf.reduce_mean(self.frames(waveforms, training=training), axis=1)
 
+    def probe_points(self):
+        """The pooled context (the representation) and the pooled latents `z`."""
+        return {"context": self.representation,
+                "latent": lambda waveforms: tf.reduce_mean(self.latents(waveforms), axis=1)}
+
     def representation_dim(self, input_shape=None):
         return self.context_dim
+
+    def serving_endpoints(self, input_shape=None, threshold=None):
+        """`serving_default` (WAV bytes) and `embed_waveforms` (float32 samples),
+        both -> `embedding` (the pooled context, L2-normalised) and `context`
+        (`c_t` per 10 ms frame), at the clip length `input_shape = (samples,)`
+        (default: the training clip length)."""
+        from keras_ssl.audio_encoders import num_frames
+        from keras_ssl.models.endpoints import ServingOutput, audio_endpoints
+
+        if threshold is not None:
+            raise UserError("a threshold only applies to models with a verify signature (Siamese, triplet), not CPC")
+        samples = int(input_shape[0]) if input_shape else self.num_samples
+
+        def serve(waveforms):
+            c = tf.cast(self.frames(waveforms), tf.float32)
+            return {"embedding": tf.math.l2_normalize(tf.reduce_mean(c, axis=1), axis=-1), "context": c}
+
+        outputs = (ServingOutput("embedding", "float32", (self.context_dim,),
+                                 "the clip's representation: mean over time of the context c_t, L2-normalised"),
+                   ServingOutput("context", "float32", (num_frames(samples), self.context_dim),
+                                 "the context c_t of every 10 ms frame (GRU state; not normalised)"))
+        return audio_endpoints(outputs, serve)
 
     def get_config(self):
         config = super().get_config()
@@ -173,9 +201,37 @@ class CPC(MethodModel):
 
 @dataclasses.dataclass
 class CPCAudioOptions:
-    """CPC on audio. Sources (van den Oord et al. 2018, section 3.1): a GRU
-    context of 256, K = 12 steps predicted (120 ms); the encoder's 512
-    channels are `--width_multiplier` x 512 of `--encoder=cpc_conv`."""
+    """CPC on audio. Sources: a GRU context of 256 and K = 12 steps predicted
+    (120 ms ahead), the paper's section 3.1; 128 negatives, Facebook's
+    CPC_audio (Riviere et al. 2020). The encoder's 512 channels (the paper's)
+    are 512 x `--width_multiplier` of `--encoder=cpc_conv`."""
 
-    context_dim: int = dataclasses.field(default=256)
-    prediction_steps: int = dataclasses.field(default=12)
+    context_dim: int = option(256, "GRU context size (CPC: 256)", check=lambda v: v >= 1, requirement=">= 1")
+    prediction_steps: int = option(12, "future latents predicted, K (CPC: 12, i.e. 120 ms)",
+                                   check=lambda v: v >= 1, requirement=">= 1")
+    num_negatives: int = option(128, "negatives per prediction, drawn from the global batch (CPC_audio: 128)",
+                                check=lambda v: v >= 1, requirement=">= 1")
+
+
+def _build(run, options, encoder, dataset):
+    return CPC(encoder, context_dim=options.context_dim, prediction_steps=options.prediction_steps,
+               num_negatives=options.num_negatives, num_samples=dataset.num_samples, seed=run.seed)
+
+
+def _training_data(run, options, split):
+    from keras_ssl.data.sequences import waveform_batches
+
+    steps = epoch_steps(split, run.batch_size)
+    return TrainingData(waveform_batches(split, run.batch_size, seed=run.seed), steps, run.batch_size)
+
+
+register(Method(
+    name="cpc_audio", summary="Contrastive Predictive Coding on raw 16 kHz audio (van den Oord et al. 2018)",
+    options=CPCAudioOptions, build=_build, training_data=_training_data, modality="audio",
+    # The paper trains with Adam at 2e-4 and no weight decay; a 32-clip batch is ours (CPU).
+    run_defaults=dict(model_dir="runs/cpc_audio", dataset="folder:data/spoken_digits", optimizer="adam",
+                      learning_rate=2e-4, lr_scaling="none", warmup_epochs=0.0, weight_decay=0.0, augment="none",
+                      batch_size=32),
+    evaluations=("info_nce",),
+    smoke_options=dict(batch_size=8, audio_seconds=0.2, prediction_steps=4, num_negatives=16, context_dim=16),
+))

@@ -13,13 +13,21 @@ Input kinds:
   channel count, converted to the model's, bilinear-resized to `size` (the
   image size by default) and rounded to uint8 like the dataset loader,
   then `/ 255`: the function receives float32 `[batch, H, W, C]` in [0, 1];
-* `pixels`: uint8 `[batch, h, w, C]` of any size, resized the same way.
+* `pixels`: uint8 `[batch, h, w, C]` of any size, resized the same way;
+* `wav`: tf.string `[batch]` of 16-bit PCM WAV files at 16 kHz (other rates
+  are refused: resample first), mixed down to mono, cut or zero-padded at the
+  end to the model's clip length (what the audio loader does): the function
+  receives float32 `[batch, samples]` in [-1, 1];
+* `waveform`: float32 `[batch, n]` 16 kHz mono samples of any length n >= 1,
+  cut or padded the same way.
+
+`input_shape` is `(H, W, C)` for image models and `(samples,)` for audio models.
 """
 
 import dataclasses
 from typing import Callable
 
-INPUT_KINDS = ("image", "pixels")
+INPUT_KINDS = ("image", "pixels", "wav", "waveform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +36,14 @@ class ServingInput:
     docstring) and, for images, the `(height, width)` it is resized to (None:
     the model's image size)."""
 
+
     name: str
     kind: str = "image"
     size: tuple | None = None
+
+    @property
+    def audio(self):
+        return self.kind in ("wav", "waveform")
 
     def __post_init__(self):
         if self.kind not in INPUT_KINDS:
@@ -53,8 +66,8 @@ class Endpoint:
     """A serving signature.
 
     `function(*decoded_inputs) -> {output name: tensor}` gets one float32
-    image batch in [0, 1] per input (in the order of `inputs`, all of the same
-    batch size, at least 1). `variables` are tracked with the export (e.g. a
+    batch per input (images in [0, 1], or waveforms; in the order of
+    `inputs`, all of the same batch size, at least 1). `variables` are tracked with the export (e.g. a
     verification threshold) and listed under `variable_collection`.
     `dataset_classes`: the outputs are over the training dataset's classes
     (their names are stored with the export).
@@ -75,6 +88,13 @@ def embedding_endpoints(embed, dim):
     output = (ServingOutput("embedding", "float32", (dim,), "the representation, L2-normalised"),)
     return [Endpoint("serving_default", (ServingInput("images", "image"),), output, lambda x: {"embedding": embed(x)}),
             Endpoint("embed_pixels", (ServingInput("pixels", "pixels"),), output, lambda x: {"embedding": embed(x)})]
+
+
+def audio_endpoints(outputs, function):
+    """`serving_default` (WAV bytes, input `audio`) and `embed_waveforms` (float32
+    samples, input `waveforms`), both -> `function(waveforms)`'s `outputs`."""
+    return [Endpoint("serving_default", (ServingInput("audio", "wav"),), tuple(outputs), function),
+            Endpoint("embed_waveforms", (ServingInput("waveforms", "waveform"),), tuple(outputs), function)]
 
 
 def classify_endpoint(probabilities, num_classes, meaning, inputs=(ServingInput("images"),), dataset_classes=False):

@@ -81,8 +81,13 @@ class Method:
         the strategy scope; `run` is the `TrainConfig`, `dataset` the loaded
         source (image shape, classes).
       training_data: `(run, options, split) -> TrainingData`.
-      images_per_example: images through the encoder per batch element (for
+      images_per_example: inputs through the encoder per batch element (for
         images/s): 2 for a pair of views, 3 for a triplet, 4 for RotNet.
+      modality: what it trains on, `"image"` (uint8 HWC images, the image
+        encoders) or `"audio"` (16 kHz float waveforms, the audio encoders of
+        `keras_ssl.audio_encoders`); the dataset must be of the same kind.
+      run_defaults: run settings this method changes the default of (e.g.
+        the optimizer of its paper); a value the user gives still wins.
       evaluations: what `keras-ssl-evaluate` runs besides the frozen-feature
         probe and kNN (names in `keras_ssl.evaluation.METHOD_EVALUATIONS`).
       requires_augmentation: `--augment=none` is refused (SimCLR's views).
@@ -100,6 +105,8 @@ class Method:
     build: Callable
     training_data: Callable
     images_per_example: int = 1
+    modality: str = "image"
+    run_defaults: dict = dataclasses.field(default_factory=dict)
     evaluations: tuple = ()
     requires_augmentation: bool = False
     patch_encoder: bool = False

@@ -1,0 +1,123 @@
+"""Frozen-feature evaluation of audio models: word and speaker probes against baselines.
+
+For every probe point the model declares (`probe_points()`: for CPC the
+pooled context `c` and the pooled latents `z`), utterance vectors of the
+train and test clips are fit by the linear probe (scikit-learn's logistic
+regression on standardised features, `classification.linear_probe`) for the
+word label and, when the dataset has speakers, the speaker label. The same
+probe runs on two baselines: MFCCs (13 coefficients, mean and standard
+deviation over frames, `keras_ssl.audio_encoders.pooled_mfcc`) and the same
+architecture untrained (freshly initialised, seed 0). A learnt
+representation earns its keep when it beats both.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl.errors import UserError
+from keras_ssl.evaluation.classification import embedding_plot, knn_accuracy, linear_probe
+from keras_ssl.evaluation.report import write_json_atomic
+
+
+def clip_features(function, waveforms, batch_size=128):
+    """`function(waveforms) -> [B, D]` over numpy clips `[N, samples]`, float32 `[N, D]`."""
+    fn = tf.function(lambda x: tf.cast(function(x), tf.float32))
+    chunks = []
+    for i in range(0, len(waveforms), batch_size):
+        chunk = waveforms[i:i + batch_size]
+        padded = np.pad(chunk, [(0, batch_size - len(chunk)), (0, 0)])  # one shape: one trace
+        chunks.append(fn(tf.constant(padded)).numpy()[:len(chunk)])
+    return np.concatenate(chunks, axis=0)
+
+
+def _probes(train_x, test_x, train, test, probe_max_iter):
+    scores = {"word": linear_probe(train_x, train.labels, test_x, test.labels, probe_max_iter)}
+    if train.speakers is not None and test.speakers is not None:
+        scores["speaker"] = linear_probe(train_x, train.speakers, test_x, test.speakers, probe_max_iter)
+    return scores
+
+
+def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="tsne", probe_max_iter=1000,
+                         train_limit=None, extra=None):
+    """Word/speaker probes of `model`'s probe points, MFCCs and `untrained`;
+    kNN on the representation; a t-SNE of the test clips; `evaluation.json`.
+
+    Top-level keys (as for images): `linear_probe_accuracy` (word, on the
+    representation), `speaker_probe_accuracy`, `knn_accuracy`, `feature_dim`;
+    every figure under `probes[point][label]`.
+    """
+    if not dataset.labelled:
+        raise UserError(f"dataset {dataset.name} has no labels; the word probe needs one sub-folder per word")
+    if len(dataset.test) == 0:
+        raise UserError(f"dataset {dataset.name} has no test split to evaluate on")
+    from keras_ssl.audio_encoders import pooled_mfcc
+
+    train, test = dataset.train.take(train_limit), dataset.test
+    results = {"dataset": dataset.name, "train_clips": len(train), "test_clips": len(test), "probes": {}}
+    points = dict(model.probe_points())
+    candidates = [(name, fn) for name, fn in points.items()]
+    candidates.append(("mfcc", pooled_mfcc))
+    if untrained is not None:
+        candidates += [(f"untrained_{name}", fn) for name, fn in untrained.probe_points().items()]
+    representation = None
+    for name, fn in candidates:
+        train_x, test_x = clip_features(fn, train.waveforms), clip_features(fn, test.waveforms)
+        results["probes"][name] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
+                                       feature_dim=int(train_x.shape[1]))
+        if representation is None:  # the first probe point is the representation
+            representation = (name, train_x, test_x)
+    name, train_x, test_x = representation
+    first = results["probes"][name]
+    results.update(representation_point=name, linear_probe_accuracy=first["word"], feature_dim=first["feature_dim"],
+                   knn_accuracy_k20=knn_accuracy(train_x, train.labels, test_x, test.labels, 20, dataset.num_classes))
+    if "speaker" in first:
+        results["speaker_probe_accuracy"] = first["speaker"]
+    if extra:
+        results.update(extra)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        if plot:
+            results["embedding_plot"] = embedding_plot(
+                test_x, test.labels, os.path.join(output_dir, "embedding.png"), dataset.class_names, method=plot,
+                title=f"{plot.upper()} of {len(test_x)} test clips ({name}), coloured by word")
+        write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
+    return results
+
+
+def prediction_plot(per_step, path):
+    """The InfoNCE accuracy and MI bound per prediction step k, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(per_step["accuracy"]) + 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    a.plot(steps, 100 * np.asarray(per_step["accuracy"]), marker="o")
+    a.set(xlabel="k (latent steps ahead, 10 ms each)", ylabel="accuracy (%)", title="positive ranked first")
+    b.plot(steps, per_step["mi_bound"], marker="o", color="tab:green")
+    b.set(xlabel="k", ylabel="nats", title="InfoNCE bound log N - L")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_audio_table(results):
+    """Rows `point/label  accuracy` for every probe, then the InfoNCE figures."""
+    rows = [("probe", "accuracy")]
+    for point, scores in results.get("probes", {}).items():
+        rows += [(f"{point}/{label}", f"{100 * v:.2f}%") for label, v in scores.items() if label != "feature_dim"]
+    if "knn_accuracy_k20" in results:
+        rows.append((f"{results['representation_point']}/word kNN k=20", f"{100 * results['knn_accuracy_k20']:.2f}%"))
+    per_step = results.get("info_nce")
+    if per_step:
+        for k in sorted({0, len(per_step["accuracy"]) // 2 - 1, len(per_step["accuracy"]) - 1}):
+            rows.append((f"info_nce accuracy k={k + 1}", f"{100 * per_step['accuracy'][k]:.2f}%"))
+            rows.append((f"info_nce MI bound k={k + 1} (nats)", f"{per_step['mi_bound'][k]:.3f}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{width}}  {b:>8}" for a, b in rows]
+    lines.insert(1, "-" * (width + 10))
+    return "\n".join(lines)
