@@ -182,3 +182,45 @@ def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     empty = served.signatures["serving_default"](audio=tf.constant([], tf.string))
     assert empty["embedding"].shape == (0, 8) and empty["context"].shape == (0, 20, 8)
     assert {"embed_audio", "embed_waveforms"} <= set(dir(_SignatureCalls))
+
+
+def test_image_cpc_context_is_causal_top_to_bottom():
+    """c at row i depends on the latents of rows <= i only (the masked context of section 3.2)."""
+    from keras_ssl.models.cpc import causal_grid_context
+
+    context = causal_grid_context(4, 6, layers=3)
+    z = np.random.default_rng(0).normal(size=(1, 5, 5, 4)).astype(np.float32)
+    changed = z.copy()
+    changed[:, 3:] += 1.0  # rows 3 and 4 change
+    a, b = context(z).numpy(), context(changed).numpy()
+    np.testing.assert_array_equal(a[:, :3], b[:, :3])
+    assert np.abs(a[:, 3:] - b[:, 3:]).max() > 0
+
+
+def test_image_cpc_fits_on_a_patch_grid_and_round_trips(tmp_path):
+    from keras_ssl.data import load_source
+    from keras_ssl.encoders import small_cnn
+    from keras_ssl.models.cpc import ImageCPC, grid_size, patch_grid
+
+    images = load_source("digits", image_size=(16, 16)).train.images[:96]
+    grid = patch_grid(tf.cast(images[:2], tf.float32), 8, 4)
+    assert grid.shape == (2, 3, 3, 8, 8, 1) and grid_size(28, 8, 4) == 6
+    np.testing.assert_array_equal(grid[1, 2, 1].numpy(), images[1, 8:16, 4:12].astype(np.float32))
+    keras.utils.set_random_seed(0)
+    model = ImageCPC(small_cnn((None, None, 1), width_multiplier=0.25), patch_size=8, stride=4, context_dim=16,
+                     prediction_steps=1, num_negatives=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(images, batch_size=16, epochs=4, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0], history["loss"]
+    assert model.predict(images[:3], verbose=0).shape == (3, 32)  # whole images through the encoder
+    path = str(tmp_path / "cpc_image.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(restored.predict(images[:3], verbose=0), model.predict(images[:3], verbose=0),
+                               atol=1e-5)
+    from keras_ssl.errors import UserError
+
+    model = ImageCPC(small_cnn((None, None, 1), width_multiplier=0.25), patch_size=8, stride=4, prediction_steps=3)
+    model.compile(optimizer="adam")
+    with pytest.raises(UserError, match="give 3 rows of 8 px patches every 4 px, not more than prediction_steps=3"):
+        model.fit(images[:8], batch_size=8, verbose=0)

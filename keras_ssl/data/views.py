@@ -64,3 +64,13 @@ def eval_batches(split, batch_size=512):
     ds = tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
     ds = ds.map(lambda *t: (to_float01(t[0]),) + tuple(t[1:]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches(split, batch_size, seed=0):
+    """An infinite, shuffled pipeline of unaugmented uint8 image batches (whole batches
+    only, reshuffled every epoch): what methods that make their own inputs from the
+    images (CPC's patch grid) train on."""
+    _check_batch(split, batch_size)
+    ds = tf.data.Dataset.from_tensor_slices(split.images)
+    ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
