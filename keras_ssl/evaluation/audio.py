@@ -56,9 +56,7 @@ def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="
 
     train, test = dataset.train.take(train_limit), dataset.test
     results = {"dataset": dataset.name, "train_clips": len(train), "test_clips": len(test), "probes": {}}
-    points = dict(model.probe_points())
-    candidates = [(name, fn) for name, fn in points.items()]
-    candidates.append(("mfcc", pooled_mfcc))
+    candidates = list(model.probe_points().items()) + [("mfcc", pooled_mfcc)]
     if untrained is not None:
         candidates += [(f"untrained_{name}", fn) for name, fn in untrained.probe_points().items()]
     representation = None

@@ -1,0 +1,252 @@
+"""Audio sources: WAV folders as 16 kHz mono float waveforms of one fixed length.
+
+    dataset = load_audio_folder("folder:data/spoken_digits", seconds=1.0)
+    dataset.train.waveforms   # float32 [N, 16000] in [-1, 1]
+    dataset.train.labels      # int32 [N] (one sub-folder per class), or None
+    dataset.train.speakers    # int32 [N] from speakers.csv, or None
+
+Layout of `folder:PATH`: WAV files in one sub-folder per class (or flat =
+unlabelled); `train/` and `test/` sub-folders are the splits when present,
+otherwise a fixed random 10% (seed 0) is held out, as for image folders. An
+optional `speakers.csv` in PATH (`path,speaker` rows, paths relative to
+PATH) gives every file a speaker label.
+
+Every file is read with `scipy.io.wavfile` (8/16/24/32-bit PCM and float
+WAV), mixed down to mono (mean of the channels), resampled to 16 kHz with a
+polyphase filter (`scipy.signal.resample_poly`) and cut or zero-padded at the
+end to `seconds`. 16 kHz mono is what CPC (van den Oord et al. 2018),
+wav2vec 2.0 and HuBERT train on. An unreadable file is reported by path:
+skipped with one warning naming every such file, or an error with
+`on_corrupt="error"`.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from keras_ssl.errors import UserError
+
+SAMPLE_RATE = 16000
+AUDIO_EXTENSIONS = (".wav",)
+# A fixed length keeps batches rectangular; one second holds a spoken word.
+DEFAULT_SECONDS = 1.0
+
+
+@dataclasses.dataclass
+class AudioSplit:
+    """One split: `waveforms` float32 `[N, T]`, `labels` and `speakers` int32 `[N]` or None."""
+
+    waveforms: np.ndarray
+    labels: np.ndarray | None
+    speakers: np.ndarray | None = None
+
+    def __len__(self):
+        return len(self.waveforms)
+
+    def _pick(self, index):
+        return AudioSplit(self.waveforms[index], None if self.labels is None else self.labels[index],
+                          None if self.speakers is None else self.speakers[index])
+
+    def select(self, mask):
+        """The examples where the boolean `mask` is True."""
+        return self._pick(mask)
+
+    def split_off(self, fraction, seed=0):
+        """`(rest, held_out)`: a fixed random `fraction` held out, order kept."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        held = np.zeros(len(self), bool)
+        held[order[:int(round(len(self) * fraction))]] = True
+        return self.select(~held), self.select(held)
+
+    def take(self, n):
+        """The first `n` examples (all when `n` is None or larger)."""
+        return self if n is None or n >= len(self) else self._pick(slice(0, n))
+
+
+@dataclasses.dataclass
+class AudioDataset:
+    """A named audio dataset: train and test splits, class and speaker names."""
+
+    name: str
+    train: AudioSplit
+    test: AudioSplit
+    class_names: tuple = ()
+    speaker_names: tuple = ()
+    sample_rate: int = SAMPLE_RATE
+    modality = "audio"
+
+    @property
+    def num_samples(self):
+        """T, the samples per waveform."""
+        return int(self.train.waveforms.shape[1])
+
+    @property
+    def input_shape(self):
+        return (self.num_samples,)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def labelled(self):
+        return self.train.labels is not None
+
+
+def to_mono_float(samples):
+    """WAV samples (int PCM or float, `[T]` or `[T, channels]`) -> float32 `[T]` in [-1, 1]."""
+    samples = np.asarray(samples)
+    if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        x = (samples.astype(np.float32) - 128.0) / 128.0
+    elif samples.dtype.kind == "i":
+        x = samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
+    else:
+        x = samples.astype(np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    return x
+
+
+def resample(x, rate, target=SAMPLE_RATE):
+    """`x` at `rate` Hz -> `target` Hz (polyphase, Kaiser window: scipy's default)."""
+    if rate == target:
+        return x.astype(np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(x, target // g, int(rate) // g).astype(np.float32)
+
+
+def fit_length(x, n):
+    """Cut to, or zero-pad at the end to, `n` samples."""
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def read_wav(path, num_samples=None):
+    """A WAV file as 16 kHz mono float32 `[T]` (fit to `num_samples` when given)."""
+    from scipy.io import wavfile
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on chunks it skips (LIST, fact)
+        rate, samples = wavfile.read(path)
+    if samples.size == 0:
+        raise ValueError("no samples")
+    x = resample(to_mono_float(samples), rate)
+    return fit_length(x, num_samples) if num_samples else x
+
+
+def _list_wavs(directory):
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if f.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(os.path.join(directory, f)))
+
+
+def is_audio_folder(path):
+    """True when PATH (or its train/, class or train/class sub-folders) holds WAV files."""
+    if not os.path.isdir(path):
+        return False
+    for root, dirs, files in os.walk(path):
+        if any(f.lower().endswith(AUDIO_EXTENSIONS) for f in files):
+            return True
+        if os.path.relpath(root, path).count(os.sep) >= 1:
+            dirs[:] = []
+    return False
+
+
+def _read_speakers(root):
+    """`{absolute path: speaker name}` from `root/speakers.csv`, or None."""
+    path = os.path.join(root, "speakers.csv")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {e}; it must be CSV with columns path,speaker")
+    if rows and not {"path", "speaker"} <= set(rows[0]):
+        raise UserError(f"{path} must have the columns path,speaker (found {', '.join(rows[0])})")
+    return {os.path.normpath(os.path.join(root, r["path"])): r["speaker"] for r in rows}
+
+
+def _decode(paths, num_samples, on_corrupt):
+    waves, kept, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            waves.append(read_wav(path, num_samples))
+            kept.append(i)
+        except Exception as e:  # scipy raises ValueError, struct.error, EOFError... on damaged files
+            bad.append(f"{path} ({type(e).__name__}: {e})")
+    if bad:
+        if on_corrupt == "error":
+            raise UserError(f"{len(bad)} unreadable WAV file(s), first: {bad[0]}; remove or replace them, "
+                            "or load with on_corrupt='skip'")
+        import warnings
+
+        warnings.warn(f"skipped {len(bad)} unreadable WAV file(s): " + "; ".join(bad[:20]))
+    if not waves:
+        raise UserError(f"none of the {len(paths)} WAV files can be read, e.g. {paths[0]}")
+    return np.stack(waves).astype(np.float32), kept
+
+
+def _folder_files(directory):
+    classes = sorted(d for d in os.listdir(directory)
+                     if os.path.isdir(os.path.join(directory, d)) and _list_wavs(os.path.join(directory, d)))
+    if classes:
+        paths, labels = [], []
+        for index, c in enumerate(classes):
+            files = _list_wavs(os.path.join(directory, c))
+            paths += files
+            labels += [index] * len(files)
+        return paths, np.asarray(labels, np.int32), tuple(classes)
+    paths = _list_wavs(directory)
+    if not paths:
+        raise UserError(f"no .wav files in {directory} or its sub-folders")
+    return paths, None, ()
+
+
+def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fraction=0.1, seed=0):
+    """`folder:PATH` of WAV files as an `AudioDataset`; see the module docstring."""
+    path = spec[len("folder:"):] if spec.startswith("folder:") else spec
+    if on_corrupt not in ("skip", "error"):
+        raise UserError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+    if not os.path.isdir(path):
+        raise UserError(f"folder {path!r} does not exist or is not a directory")
+    if not seconds or seconds <= 0 or seconds > 60:
+        raise UserError(f"audio clip length must be in (0, 60] seconds, got {seconds}")
+    num_samples = int(round(seconds * SAMPLE_RATE))
+    speaker_of = _read_speakers(path)
+    train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        parts = [_folder_files(train_dir), _folder_files(test_dir)]
+        if parts[0][2] != parts[1][2]:
+            raise UserError(f"train/ and test/ of {path} have different class folders: {parts[0][2]} vs {parts[1][2]}")
+    else:
+        paths, labels, classes = _folder_files(path)
+        order = np.random.default_rng(seed).permutation(len(paths))
+        n_test = int(round(len(paths) * test_fraction))
+        picks = [np.sort(order[n_test:]), np.sort(order[:n_test])]
+        parts = [([paths[i] for i in idx], None if labels is None else labels[idx], classes) for idx in picks]
+    speaker_names = ()
+    if speaker_of is not None:
+        speaker_names = tuple(sorted(set(speaker_of.values())))
+    splits = []
+    for paths, labels, _ in parts:
+        if not paths:
+            splits.append(AudioSplit(np.zeros((0, num_samples), np.float32), None if labels is None else labels[:0],
+                                     None if speaker_of is None else np.zeros(0, np.int32)))
+            continue
+        waves, kept = _decode(paths, num_samples, on_corrupt)
+        speakers = None
+        if speaker_of is not None:
+            missing = [p for p in paths if os.path.normpath(p) not in speaker_of]
+            if missing:
+                raise UserError(f"{os.path.join(path, 'speakers.csv')} has no row for {missing[0]} "
+                                f"({len(missing)} files missing); add them or remove speakers.csv")
+            index = {s: i for i, s in enumerate(speaker_names)}
+            speakers = np.asarray([index[speaker_of[os.path.normpath(paths[i])]] for i in kept], np.int32)
+        splits.append(AudioSplit(waves, None if labels is None else labels[kept], speakers))
+    return AudioDataset(f"folder:{path}", splits[0], splits[1], parts[0][2], speaker_names)
