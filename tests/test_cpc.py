@@ -1,6 +1,7 @@
 """CPC (issue 15): its InfoNCE against NumPy, across replicas, the model's step and fit()."""
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -224,3 +225,16 @@ def test_image_cpc_fits_on_a_patch_grid_and_round_trips(tmp_path):
     model.compile(optimizer="adam")
     with pytest.raises(UserError, match="give 3 rows of 8 px patches every 4 px, not more than prediction_steps=3"):
         model.fit(images[:8], batch_size=8, verbose=0)
+
+
+def test_clips_too_short_are_refused_before_the_run_directory_is_claimed(tmp_path):
+    from keras_ssl.errors import UserError
+    from keras_ssl.training import TrainConfig, train
+    from tests.helpers import write_chirp_folder
+
+    dataset = write_chirp_folder(str(tmp_path / "chirps"))
+    config = TrainConfig.from_dict({"method": "cpc_audio", "dataset": dataset, "audio_seconds": 0.1, "batch_size": 8,
+                                    "model_dir": str(tmp_path / "run"), "width_multiplier": 0.03})
+    with pytest.raises(UserError, match="clips of 1600 samples give 10 frames, not more than prediction_steps=12"):
+        train(config)
+    assert not os.path.exists(tmp_path / "run" / "config.json")

@@ -215,6 +215,13 @@ class CPCAudioOptions:
 
 
 def _build(run, options, encoder, dataset):
+    from keras_ssl.audio_encoders import num_frames
+
+    frames = num_frames(dataset.num_samples)
+    if frames <= options.prediction_steps:  # refused before the run directory is claimed
+        raise UserError(f"clips of {dataset.num_samples} samples give {frames} frames, not more than "
+                        f"prediction_steps={options.prediction_steps}; raise --audio_seconds or lower "
+                        "--prediction_steps")
     return CPC(encoder, context_dim=options.context_dim, prediction_steps=options.prediction_steps,
                num_negatives=options.num_negatives, num_samples=dataset.num_samples, seed=run.seed)
 

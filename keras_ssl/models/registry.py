@@ -64,7 +64,7 @@ class TrainingData(typing.NamedTuple):
 def epoch_steps(split, batch_size):
     """Full batches of `batch_size` in `split`, at least one (else a `UserError`)."""
     if len(split) < batch_size:
-        raise UserError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}; "
+        raise UserError(f"the training split has {len(split)} examples, fewer than one batch of {batch_size}; "
                         "lower --batch_size")
     return len(split) // batch_size
 
