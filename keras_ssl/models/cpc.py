@@ -27,8 +27,61 @@ def step_predictors(context_dim, latent_dim, steps=12, name="predictor"):
     return keras.Model(inputs, outputs, name=name)
 
 
+class _PredictiveCoding(MethodModel):
+    """What audio and image CPC share: the trackers, the InfoNCE of every step
+    k over sequences of latents, and its scaling for the global batch.
+
+    A subclass sets the sub-models and its scalars, then calls `_track()`.
+    """
+
+    SUB_MODELS = ("encoder", "context", "predictor")
+
+    def _track(self):
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.bound_tracker = keras.metrics.Mean(name="mi_bound")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker, self.bound_tracker]
+
+    def _step_terms(self, predictions, latents):
+        """`predictions` `[S, T, K * D]` (`W_k c_t` stacked), `latents` `[S, T, D]` ->
+        per k = 1..K `(losses [S, T-k], correct [S, T-k], N)`; the negatives are
+        drawn afresh for every optimizer step and k."""
+        shape = tf.shape(predictions)
+        predictions = tf.reshape(predictions, [shape[0], shape[1], self.prediction_steps, self.latent_dim])
+        length = tf.shape(latents)[1]
+        optimizer = getattr(self, "optimizer", None)
+        step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int32)
+        return [losses.cpc_info_nce_terms(predictions[:, :length - k, k - 1], latents, k, self.num_negatives,
+                                          tf.stack([self.seed, step * self.prediction_steps + k]))
+                for k in range(1, self.prediction_steps + 1)]
+
+    def _info_nce_loss(self, step_terms, n_local, sequences_per_example=1):
+        """This replica's loss, `sum_k sum(terms_k) / (K * B_global * sequences_per_example
+        * (T - k))`, so that the replicas' sum is the mean over k of the global mean;
+        updates the trackers (means over k)."""
+        n_global = tf.cast(global_batch_size(n_local), tf.float32)
+        loss, mean_loss, accuracy, bound = 0.0, 0.0, 0.0, 0.0
+        for terms, correct, candidates in step_terms:
+            per_example = tf.cast(sequences_per_example, tf.float32) * tf.cast(tf.shape(terms)[1], tf.float32)
+            loss += tf.reduce_sum(terms) / (n_global * per_example)
+            local = tf.reduce_mean(terms)
+            mean_loss += local
+            accuracy += tf.reduce_mean(tf.cast(correct, tf.float32))
+            bound += tf.math.log(tf.cast(candidates, tf.float32)) - local
+        k = float(self.prediction_steps)
+        weight = tf.cast(n_local, tf.float32)
+        self.loss_tracker.update_state(mean_loss / k, sample_weight=weight)
+        self.accuracy_tracker.update_state(accuracy / k, sample_weight=weight)
+        self.bound_tracker.update_state(bound / k, sample_weight=weight)
+        return loss / k
+
+
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class CPC(MethodModel):
+class CPC(_PredictiveCoding):
     """Contrastive Predictive Coding (van den Oord, Li, Vinyals 2018) on raw audio.
 
     The `encoder` (e.g. `keras_ssl.audio_encoders.cpc_conv`) maps a waveform
@@ -55,8 +108,6 @@ class CPC(MethodModel):
     `num_samples`: the clip length the model is trained and served at.
     """
 
-    SUB_MODELS = ("encoder", "context", "predictor")
-
     def __init__(self, encoder, context=None, predictor=None, context_dim=256, prediction_steps=12,
                  num_negatives=128, num_samples=16000, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -74,14 +125,7 @@ class CPC(MethodModel):
         self.context = context if context is not None else gru_context(self.latent_dim, self.context_dim)
         self.predictor = predictor if predictor is not None else step_predictors(
             self.context_dim, self.latent_dim, self.prediction_steps)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.bound_tracker = keras.metrics.Mean(name="mi_bound")
-        self.build()
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.bound_tracker]
+        self._track()
 
     def _waveforms(self, data):
         x, _ = split_data(data)
@@ -97,34 +141,11 @@ class CPC(MethodModel):
             raise UserError(f"clips of {waveforms.shape[1]} samples give {frames} frames, not more than "
                             f"prediction_steps={self.prediction_steps}; use longer clips or fewer steps")
         c = self.context(z, training=training)
-        predictions = self.predictor(c, training=training)
-        shape = tf.shape(predictions)
-        predictions = tf.reshape(predictions, [shape[0], shape[1], self.prediction_steps, self.latent_dim])
-        length = tf.shape(z)[1]
-        optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int32)
-        return [losses.cpc_info_nce_terms(predictions[:, :length - k, k - 1], z, k, self.num_negatives,
-                                          tf.stack([self.seed, step * self.prediction_steps + k]))
-                for k in range(1, self.prediction_steps + 1)]
+        return self._step_terms(self.predictor(c, training=training), z)
 
     def method_loss(self, data, training):
         waveforms = self._waveforms(data)
-        n_local = tf.shape(waveforms)[0]
-        n_global = tf.cast(global_batch_size(n_local), tf.float32)
-        loss, mean_loss, accuracy, bound = 0.0, 0.0, 0.0, 0.0
-        for terms, correct, candidates in self._terms(waveforms, training):
-            per_sequence = tf.cast(tf.shape(terms)[1], tf.float32)
-            loss += tf.reduce_sum(terms) / (n_global * per_sequence)
-            local = tf.reduce_mean(terms)
-            mean_loss += local
-            accuracy += tf.reduce_mean(tf.cast(correct, tf.float32))
-            bound += tf.math.log(tf.cast(candidates, tf.float32)) - local
-        k = float(self.prediction_steps)
-        weight = tf.cast(n_local, tf.float32)
-        self.loss_tracker.update_state(mean_loss / k, sample_weight=weight)
-        self.accuracy_tracker.update_state(accuracy / k, sample_weight=weight)
-        self.bound_tracker.update_state(bound / k, sample_weight=weight)
-        return loss / k
+        return self._info_nce_loss(self._terms(waveforms, training), tf.shape(waveforms)[0])
 
     def step_metrics(self, waveforms, batch_size=64):
         """Per k = 1..K on `waveforms` (numpy `[N, samples]`), in batches of
@@ -278,7 +299,7 @@ def grid_size(side, patch_size, stride):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class ImageCPC(MethodModel):
+class ImageCPC(_PredictiveCoding):
     """CPC on images (van den Oord et al. 2018, section 3.2; Henaff et al. 2019).
 
     Each image is cut into a grid of overlapping `patch_size` patches every
@@ -298,8 +319,6 @@ class ImageCPC(MethodModel):
     the same half overlap), K = 2 rows ahead, 64 negatives, a context of 128.
     """
 
-    SUB_MODELS = ("encoder", "context", "predictor")
-
     def __init__(self, encoder, context=None, predictor=None, patch_size=8, stride=4, context_dim=128,
                  prediction_steps=2, num_negatives=64, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -311,14 +330,7 @@ class ImageCPC(MethodModel):
         self.context = context if context is not None else causal_grid_context(self.latent_dim, self.context_dim)
         self.predictor = predictor if predictor is not None else step_predictors(
             self.context_dim, self.latent_dim, self.prediction_steps)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.bound_tracker = keras.metrics.Mean(name="mi_bound")
-        self.build()
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.bound_tracker]
+        self._track()
 
     def latent_grid(self, images, training=False):
         """`z_{i,j}`: `[B, rows, cols, D]` of the patches of images (uint8 or [0, 1])."""
@@ -347,32 +359,9 @@ class ImageCPC(MethodModel):
             s = tf.shape(t)
             return tf.reshape(t, [s[0] * s[1], s[2], width])
 
-        z_seq = columns(z, self.latent_dim)
-        p_seq = self.predictor(columns(c, self.context_dim), training=training)
-        p_seq = tf.reshape(p_seq, [tf.shape(p_seq)[0], tf.shape(p_seq)[1], self.prediction_steps, self.latent_dim])
-        n_local = tf.shape(x)[0]
-        n_global = tf.cast(global_batch_size(n_local), tf.float32)
-        length = tf.shape(z_seq)[1]
-        columns_per_image = tf.cast(tf.shape(z)[2], tf.float32)
-        optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int32)
-        loss, mean_loss, accuracy, bound = 0.0, 0.0, 0.0, 0.0
-        for k in range(1, self.prediction_steps + 1):
-            terms, correct, candidates = losses.cpc_info_nce_terms(
-                p_seq[:, :length - k, k - 1], z_seq, k, self.num_negatives,
-                tf.stack([self.seed, step * self.prediction_steps + k]))
-            per_image = columns_per_image * tf.cast(tf.shape(terms)[1], tf.float32)
-            loss += tf.reduce_sum(terms) / (n_global * per_image)
-            local = tf.reduce_mean(terms)
-            mean_loss += local
-            accuracy += tf.reduce_mean(tf.cast(correct, tf.float32))
-            bound += tf.math.log(tf.cast(candidates, tf.float32)) - local
-        k = float(self.prediction_steps)
-        weight = tf.cast(n_local, tf.float32)
-        self.loss_tracker.update_state(mean_loss / k, sample_weight=weight)
-        self.accuracy_tracker.update_state(accuracy / k, sample_weight=weight)
-        self.bound_tracker.update_state(bound / k, sample_weight=weight)
-        return loss / k
+        terms = self._step_terms(self.predictor(columns(c, self.context_dim), training=training),
+                                 columns(z, self.latent_dim))
+        return self._info_nce_loss(terms, tf.shape(x)[0], sequences_per_example=tf.shape(z)[2])
 
     def get_config(self):
         config = super().get_config()
