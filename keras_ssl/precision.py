@@ -106,6 +106,20 @@ def resolve_dtype_policy(name, flags=None, gpu_capability="detect"):
     return "mixed_bfloat16" if native_16bit("mixed_bfloat16", flags) else "float32"
 
 
+def dtype_policy_reason(name, flags=None, gpu_capability="detect"):
+    """Why `name` resolves to the policy it does here, in a few words (printed at start)."""
+    capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
+    device = (f"GPU of compute capability {capability[0]}.{capability[1]}" if capability is not None
+              else f"CPU: {cpu_summary(flags)}")
+    chosen = resolve_dtype_policy(name, flags, capability)
+    if name != "auto":
+        native = native_16bit(chosen, flags, capability)
+        return f"as asked ({device}{'' if native else '; emulated here, slow'})"
+    if chosen == "float32":
+        return f"auto: no native 16-bit type ({device})"
+    return f"auto: native {'bfloat16' if chosen == 'mixed_bfloat16' else 'float16'} ({device})"
+
+
 def slow_policy_warning(name, flags=None, gpu_capability="detect"):
     """One line warning that `name` is emulated (slow) on this machine, or None."""
     if name in ("auto", "float32"):

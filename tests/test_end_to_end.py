@@ -48,8 +48,14 @@ def test_resume_continues_from_latest_checkpoint(trained_run):
     root, model_dir = trained_run
     proc = _run(["keras_ssl.bin.train", "--dataset=digits", "--epochs=3", "--batch_size=64", "--steps_per_epoch=3",
                  "--width_multiplier=0.5", "--augment=fashion_mnist", "--dtype_policy=float32",
-                 f"--model_dir={model_dir}", "--verbose=0"], root)
+                 f"--model_dir={model_dir}", "--verbose=2"], root)
     assert "resuming from" in proc.stdout and "epoch 2" in proc.stdout
+    # --verbose=2 (the flagfiles'): the start-up block, then progress lines; TF's start-up chatter filtered.
+    for expected in ("keras-ssl-train: simclr", "digits: 1,437 images 8x8x1 for training, 10 classes",
+                     "small_cnn x0.5", "precision float32: as asked", "1 replica(s)", "global batch 64",
+                     "3 epoch(s) x 3 steps", "resuming after epoch 2", "first step done in"):
+        assert expected in proc.stdout, (expected, proc.stdout)
+    assert "oneDNN custom operations" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
     assert json.load(open(os.path.join(model_dir, "training.json")))["epochs_run"] == 1
     assert "epoch_0003.weights.h5" in os.listdir(os.path.join(model_dir, "checkpoints"))
     # A different config in the same directory is refused, nothing overwritten.

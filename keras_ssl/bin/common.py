@@ -7,6 +7,42 @@ import sys
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Lines TensorFlow's C++ start-up writes to stderr even at TF_CPP_MIN_LOG_LEVEL=2
+# (logged before absl's logging is initialised): known and harmless.
+_HARMLESS_STARTUP_LINES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+)
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 captured, then writes back every
+    captured line except the known harmless ones (`--verbosity=0` or
+    TF_CPP_MIN_LOG_LEVEL=0 keeps them all)."""
+    import tempfile
+
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or any(
+            a.startswith("--verbosity") for a in sys.argv[1:]):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(h in line for h in _HARMLESS_STARTUP_LINES)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+_import_tensorflow_quietly()
+
 from absl import app  # noqa: E402
 
 from keras_ssl.errors import UserError  # noqa: E402
@@ -97,7 +133,7 @@ def run_main(main):
 
 def load_run(model_dir):
     """`(config, encoder_path)` of a finished training run, or a UserError."""
-    from keras_ssl.training import read_config
+    from keras_ssl.run_directory import read_config
 
     config = read_config(model_dir)
     encoder_path = os.path.join(model_dir, "encoder.keras")

@@ -16,7 +16,7 @@ from keras_ssl.models import registry
 
 
 def _defaults():
-    from keras_ssl.training import TrainConfig
+    from keras_ssl.config import TrainConfig
 
     return TrainConfig()
 
@@ -62,7 +62,10 @@ flags.DEFINE_boolean("jit_compile", d.jit_compile,
                      "multi-replica CPU strategies)")
 flags.DEFINE_integer("seed", d.seed, "random seed (shuffling, views, initialisation)")
 flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "epoch checkpoints to keep")
-flags.DEFINE_integer("verbose", d.verbose, "0 silent, 1 progress bar, 2 one line per epoch")
+flags.DEFINE_integer("verbose", d.verbose,
+                  "0: only the result; 1: a start-up summary, then a per-step bar on a terminal (one line "
+                  "per epoch and a progress line every 30 s elsewhere); 2: the summary, one line per epoch "
+                  "and a progress line (images/s, loss, ETA) every 30 s", lower_bound=0, upper_bound=2)
 define_method_flags(flags)
 for _name in registry.option_owners():  # listed by --help, not only --helpfull
     flags.declare_key_flag(_name)
@@ -74,7 +77,7 @@ def config_from_flags():
     given (a method flag of another method is refused with one line)."""
     import dataclasses
 
-    from keras_ssl.training import TrainConfig
+    from keras_ssl.config import TrainConfig
 
     method = registry.get(FLAGS.method)
     # A run flag left at its default gives way to the method's own default (its run_defaults).

@@ -22,7 +22,7 @@ def _verification(model, dataset, config, model_dir, train_limit):
 def _retrieval(model, dataset, config, model_dir, train_limit):
     """P@1, R-precision, MAP@R, recall@k (and on held-out classes)."""
     from keras_ssl.evaluation.retrieval import evaluate_retrieval
-    from keras_ssl.training import parse_classes
+    from keras_ssl.config import parse_classes
 
     return evaluate_retrieval(model, dataset, model_dir, parse_classes(config.train_classes))
 

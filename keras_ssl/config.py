@@ -1,0 +1,192 @@
+"""The settings of one training run: `TrainConfig` and the parsing it needs.
+
+    from keras_ssl.config import TrainConfig
+    config = TrainConfig.from_dict({"method": "siamese", "margin": 0.5, "dataset": "digits"})
+
+The run keys are the fields of `TrainConfig`; a method's own hyper-parameters
+live in its options dataclass (see `keras_ssl.models.registry`), and both are
+spelt flat in flags and in a run directory's `config.json`.
+"""
+
+import dataclasses
+
+from keras_ssl.errors import UserError
+from keras_ssl.precision import POLICIES
+
+DTYPE_POLICIES = POLICIES
+# The encoder a run gets when --encoder is not given, by the method's modality.
+DEFAULT_ENCODERS = {"image": "small_cnn", "audio": "cpc_conv"}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What every run needs; the method's own hyper-parameters are `options`.
+
+    `options` is the method's options dataclass (e.g. `SimCLROptions`, see
+    `keras_ssl.models.registry`), or a dict of its keys, or None for its
+    defaults. `TrainConfig.from_dict` takes everything flat, as the flags and
+    `config.json` spell it:
+
+        TrainConfig.from_dict({"method": "siamese", "margin": 0.5, "dataset": "digits"})
+
+    Sources of the defaults (the SimCLR-on-Fashion-MNIST long run):
+    `weight_decay=1e-6`, LARS with `learning_rate=0.3` and linear scaling
+    (peak 0.3 x B/256), momentum 0.9, cosine decay: SimCLR (Chen et al. 2020,
+    B.9 for CIFAR-10). `warmup_epochs=2` and `batch_size=256` are ours (short runs).
+    """
+
+    model_dir: str = "runs/simclr_fashion_mnist"
+    method: str = "simclr"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    audio_seconds: float = 1.0
+    train_limit: int | None = None
+    encoder: str | None = None  # None: the method's modality's default, see DEFAULT_ENCODERS
+    width_multiplier: float = 1.0
+    cifar_stem: bool = True
+    batch_size: int = 256
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    optimizer: str = "lars"
+    learning_rate: float = 0.3
+    lr_scaling: str = "linear"
+    warmup_epochs: float = 2.0
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    augment: str = "fashion_mnist"
+    train_classes: str | None = None
+    val_fraction: float = 0.0
+    strategy: str = "default"
+    cpu_replicas: int | None = None
+    dtype_policy: str = "auto"  # see keras_ssl.precision.resolve_dtype_policy
+    jit_compile: bool = False
+    seed: int = 0
+    keep_checkpoints: int = 3
+    verbose: int = 1
+    options: object = None
+
+    def __post_init__(self):
+        from keras_ssl.models import registry
+
+        method = registry.get(self.method)
+        if self.options is None or isinstance(self.options, dict):
+            self.options = method.make_options(self.options)
+        elif not isinstance(self.options, method.options):
+            raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
+                            f"got {type(self.options).__name__}")
+        if self.encoder is None:
+            self.encoder = DEFAULT_ENCODERS[method.modality]
+
+    @property
+    def augment_preset(self):
+        """The augmentation preset for the batch builders: None for `augment="none"`."""
+        return None if self.augment == "none" else self.augment
+
+    @property
+    def method_spec(self):
+        """The registered `Method` of this run."""
+        from keras_ssl.models import registry
+
+        return registry.get(self.method)
+
+    @classmethod
+    def from_dict(cls, values, strict=True):
+        """A config from flat keys (run keys and the method's option keys).
+
+        `strict`: a key of another method's options (or no one's) is refused
+        with a `UserError` naming it; otherwise (reading a stored run) dropped.
+        A run key not given takes the method's `run_defaults`, then the
+        field's default.
+        """
+        from keras_ssl.models import registry
+
+        values = dict(values)
+        method = registry.get(values.get("method", cls.method))
+        values = {**method.run_defaults, **values}
+        run_keys = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        own = {f.name for f in dataclasses.fields(method.options)}
+        owners = registry.option_owners()
+        run, options = {}, dict(values.pop("options", None) or {})
+        for key, value in values.items():
+            if key in run_keys:
+                run[key] = value
+            elif key in own:
+                options[key] = value
+            elif strict:
+                if key in owners:
+                    others = ", ".join(m.name for m, _ in owners[key])
+                    raise UserError(f"{key} does not apply to method {method.name} (it is an option of {others})")
+                raise UserError(f"unknown setting {key!r}")
+        return cls(**run, options=method.make_options(options))
+
+    def to_dict(self):
+        """Flat: the run keys and the method's options (what `config.json` holds)."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        flat.update(dataclasses.asdict(self.options))
+        return flat
+
+    def validate(self):
+        """Raises `UserError` naming the first bad value."""
+        from keras_ssl.data.augment import PRESETS
+        from keras_ssl.distribute import STRATEGIES
+        from keras_ssl.encoders import ENCODERS_BY_MODALITY
+        from keras_ssl.models.registry import validate_options
+        from keras_ssl.optimizers import OPTIMIZERS
+
+        method = self.method_spec
+        augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
+        encoders = ENCODERS_BY_MODALITY[method.modality]
+        checks = [
+            (self.encoder in encoders,
+             f"encoder must be one of {', '.join(encoders)} for method {self.method} ({method.modality}), "
+             f"got {self.encoder!r}"),
+            (0 < self.audio_seconds <= 60, "audio_seconds must be in (0, 60]"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.augment in augment_choices,
+             f"augment must be one of {', '.join(augment_choices)} for method {self.method}"),
+            (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
+            (self.dtype_policy in DTYPE_POLICIES, f"dtype_policy must be one of {DTYPE_POLICIES}"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.width_multiplier > 0, "width_multiplier must be > 0"),
+            (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
+            (self.channels in (None, 1, 3), "channels must be 1 or 3"),
+            (self.train_limit is None or self.train_limit >= 2, "train_limit must be >= 2"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.verbose in (0, 1, 2), "verbose must be 0, 1 or 2"),
+            (bool(self.model_dir), "model_dir must be set"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        validate_options(self.options)
+        parse_classes(self.train_classes)
+        return self
+
+
+def parse_classes(spec):
+    """"0-6" or "0,2,5" (or None) -> sorted list of class ids (or None)."""
+    if spec is None or spec == "":
+        return None
+    classes = set()
+    try:
+        for part in str(spec).split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                classes.update(range(int(lo), int(hi) + 1))
+            else:
+                classes.add(int(part))
+    except ValueError:
+        raise UserError(f"train_classes must look like 0-6 or 0,2,5, got {spec!r}")
+    if len(classes) < 2:
+        raise UserError(f"train_classes must name at least two classes, got {spec!r}")
+    return sorted(classes)
