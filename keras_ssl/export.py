@@ -13,8 +13,9 @@ are stable API. Every model serves
   `[batch, D]`, L2-normalised;
 * `embed_pixels`: `pixels` uint8 `[batch, H, W, C]` (any H, W) -> `embedding`;
 
-Siamese/triplet models add `verify`, RotNet, relative position and SimCLR
-with its online probe add `classify`.
+Siamese/triplet models add `verify`; models with an online probe (SimCLR,
+RotNet on labelled data) add `classify` (the dataset's classes); RotNet adds
+`rotation`, relative position `position` (its pretext heads).
 
 Preprocessing inside the graph is the evaluation preprocessing of training:
 decode in the file's own channel count, convert to C channels, bilinear

@@ -27,24 +27,35 @@ from keras_ssl.errors import UserError
 COLLAPSE_FRACTION = 0.03
 
 
+# Weights beyond this magnitude are a diverged run even when finite (plain SGD at a learning
+# rate of 1e6 drives them to 1e17 without an Inf): trained weights are O(1) (He-initialised,
+# sqrt(2 / fan_in), and held there by batch norm and weight decay), and batch-norm moving
+# variances of inputs in [0, 1] or [-1, 1] stay far below it.
+EXPLODED_MAGNITUDE = 1e6
+
+
 def nonfinite_variables(model):
-    """`[(variable path, number of NaN/Inf values), ...]` over all of `model`'s weights
-    (trainable and not: batch-norm moving statistics too)."""
+    """`[(variable path, number of bad values), ...]` over all of `model`'s weights
+    (trainable and not: batch-norm moving statistics too); bad: NaN, Inf, or a
+    magnitude above `EXPLODED_MAGNITUDE`."""
     bad = []
     for v in model.weights:
         values = np.asarray(v.numpy())
         if values.dtype.kind == "f":
-            count = int(values.size - np.count_nonzero(np.isfinite(values)))
+            with np.errstate(invalid="ignore"):
+                good = np.isfinite(values) & (np.abs(values) <= EXPLODED_MAGNITUDE)
+            count = int(values.size - np.count_nonzero(good))
             if count:
                 bad.append((getattr(v, "path", v.name), count))
     return bad
 
 
 def describe_nonfinite(bad, limit=3):
-    """'12 NaN/Inf values in 2 variables (a/kernel: 10, b/moving_variance: 2)'."""
+    """'12 NaN/Inf (or |w| > 1e6) values in 2 variables (a/kernel: 10, b/moving_variance: 2)'."""
     total = sum(n for _, n in bad)
     shown = ", ".join(f"{name}: {n}" for name, n in bad[:limit]) + (", ..." if len(bad) > limit else "")
-    return f"{total} NaN/Inf values in {len(bad)} variable{'s' * (len(bad) != 1)} ({shown})"
+    return (f"{total} NaN/Inf (or |w| > {EXPLODED_MAGNITUDE:.0e}) values in {len(bad)} "
+            f"variable{'s' * (len(bad) != 1)} ({shown})")
 
 
 def representation_spread(features):

@@ -9,14 +9,16 @@ REST (`:predict` on port 8501) needs nothing beyond the standard library; the
 gRPC client (port 8500) and the warmup file need `tensorflow-serving-api`
 (the `serving` extra). Requests use TF Serving's columnar form
 (`{"signature_name": ..., "inputs": {name: values}}`), which carries
-signatures with several inputs (`verify`, relative-position `classify`);
+signatures with several inputs (`verify`, relative position's `position`);
 encoded images travel as `{"b64": ...}`.
 
 The signatures and their tensor names are those `keras_ssl.export` writes:
 `serving_default` (`images` -> `embedding`), `embed_pixels` (`pixels` ->
 `embedding`), `verify` (`images_a`, `images_b` -> `distance` or `score`,
-`same`), `classify` (`images`, or `centre` and `neighbour`, ->
-`probabilities`, `class`); audio models: `serving_default` (`audio`, WAV
+`same`), `classify` (a model with an online probe: `images` -> the
+dataset's class `probabilities`, `class`), `rotation` (RotNet: `images` ->
+probabilities of the four rotations, `class`), `position` (relative
+position: `centre`, `neighbour` -> probabilities of the 8 neighbours); audio models: `serving_default` (`audio`, WAV
 bytes -> `embedding`, `context`) and `embed_waveforms` (`waveforms`).
 """
 
@@ -82,8 +84,13 @@ class _SignatureCalls:
         return self.predict("verify", images_a=list(images_a), images_b=list(images_b))
 
     def classify(self, images):
-        """Encoded images -> `{"probabilities": [n, K], "class": [n]}`."""
+        """Models with an online probe: encoded images -> the dataset's classes,
+        `{"probabilities": [n, K], "class": [n]}`."""
         return self.predict("classify", images=list(images))
+
+    def rotation(self, images):
+        """RotNet: encoded images -> `{"probabilities": [n, 4], "class": [n]}` over 0/90/180/270 degrees."""
+        return self.predict("rotation", images=list(images))
 
     def embed_audio(self, wavs):
         """Audio models: WAV files (bytes, 16-bit PCM at 16 kHz) ->

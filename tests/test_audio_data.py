@@ -81,3 +81,46 @@ def test_spoken_digits_subset_is_made_and_loads(tmp_path):
     np.testing.assert_array_equal(first.train.waveforms, ds.train.waveforms)
     with pytest.raises(UserError, match="exists and is not empty"):
         make_spoken_digits(out, max_speakers=1)
+
+
+def test_tfds_speech_commands_is_an_audio_source():
+    # TFDS's own builder for speech_commands, with its examples mocked (no download): the
+    # real feature spec (int16 clips of any length, 12 named classes) through load_source.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from keras_ssl.data import load_source
+
+    with tfds.testing.mock_data(num_examples=6):
+        ds = load_source("tfds:speech_commands", audio_seconds=0.5)
+    assert ds.modality == "audio" and ds.name == "tfds:speech_commands"
+    assert ds.train.waveforms.shape == (6, 8000) and ds.train.waveforms.dtype == np.float32
+    assert np.abs(ds.train.waveforms).max() <= 1.0 and np.abs(ds.train.waveforms).max() > 0
+    assert len(ds.class_names) == 12 and "yes" in ds.class_names
+    assert ds.train.labels.dtype == np.int32 and set(ds.train.labels) <= set(range(12))
+
+
+def test_tfds_audio_rates_and_speakers_are_converted():
+    # A TFDS-like builder at 8 kHz stereo int64 with speaker ids: resampled, mixed down, scaled.
+    from keras_ssl.data.audio import load_tfds_audio
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+
+    t = np.arange(8000) / 8000.0
+    tone = (np.sin(2 * np.pi * 440 * t) * 16384).astype(np.int64)
+    examples = {"audio": np.stack([np.stack([tone, tone], 1)] * 3), "label": np.array([0, 1, 0]),
+                "speaker_id": np.array([b"ann", b"bob", b"ann"])}
+
+    class Builder:
+        class info:
+            supervised_keys = ("audio", "label")
+            features = {"audio": tfds.features.Audio(shape=(None, 2), dtype=np.int64, sample_rate=8000),
+                        "label": tfds.features.ClassLabel(names=["no", "yes"]), "speaker_id": None}
+
+        def as_dataset(self, split):
+            return tf.data.Dataset.from_tensor_slices(examples)
+
+    ds = load_tfds_audio("toy", Builder(), "train", None, seconds=0.5)
+    assert ds.train.waveforms.shape == (3, 8000) and ds.class_names == ("no", "yes")
+    assert ds.train.speakers.tolist() == [0, 1, 0] and ds.speaker_names == ("ann", "bob")
+    np.testing.assert_allclose(np.abs(ds.train.waveforms[0, 1000:7000]).max(), 0.5, atol=0.02)  # 16384 / 32768
+    assert len(ds.test) == 0

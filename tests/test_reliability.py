@@ -101,9 +101,14 @@ def test_diverged_or_collapsed_models_are_refused_by_evaluate_and_export(tmp_pat
 
     conv = next(layer for layer in model.encoder.layers if hasattr(layer, "kernel"))
     conv.kernel.assign(np.full(conv.kernel.shape, np.nan, "float32"))
-    with pytest.raises(UserError, match="has diverged: .*NaN/Inf values"):
+    with pytest.raises(UserError, match=r"has diverged: .*NaN/Inf \(or \|w\| > 1e\+06\) values"):
         export_saved_model(model, str(tmp_path / "exports"), "nan", warmup=False)
     assert not os.path.exists(tmp_path / "exports" / "nan")
+    # finite but exploded (plain SGD at a learning rate of 1e6 reached 1e17 without an Inf)
+    conv.kernel.assign(np.full(conv.kernel.shape, 1e17, "float32"))
+    with pytest.raises(UserError, match="has diverged"):
+        export_saved_model(model, str(tmp_path / "exports"), "huge", warmup=False)
+    assert not os.path.exists(tmp_path / "exports" / "huge")
 
 
 def test_a_bad_flag_is_one_error_line():

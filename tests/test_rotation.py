@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_ssl.data import load_source
 from keras_ssl.data.pretext import rotate_all, rotation_batches
 from keras_ssl.encoders import small_cnn
+from keras_ssl.errors import UserError
 from keras_ssl.models import RotationPrediction
 
 
@@ -38,22 +39,42 @@ def digits():
 
 def test_rotation_model_learns(digits, tmp_path):
     keras.utils.set_random_seed(0)
-    model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.5), hidden_dim=32)
+    model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.5), hidden_dim=32, num_classes=10)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    hist = model.fit(digits.train.images, batch_size=64, epochs=4, verbose=0).history
+    hist = model.fit(digits.train.images, digits.train.labels, batch_size=64, epochs=4, verbose=0).history
     assert hist["rotation_accuracy"][-1] > 0.6  # chance: 0.25
-    x, y = next(iter(rotation_batches(digits.test, 32)))
+    assert hist["probe_accuracy"][-1] > 0.3  # the online probe of the classes; chance: 0.1
+    x, y = rotate_all(digits.test.images[:32].astype(np.float32) / 255.0)
     probs = model.rotation_probabilities(x).numpy()
     assert probs.shape == (128, 4) and np.mean(probs.argmax(1) == y.numpy()) > 0.5
     model.save(tmp_path / "rot.keras")
     loaded = keras.models.load_model(tmp_path / "rot.keras")
     np.testing.assert_allclose(loaded.rotation_probabilities(x).numpy(), probs, atol=1e-5)
+    np.testing.assert_allclose(loaded.class_probabilities(x[:32]).numpy(), model.class_probabilities(x[:32]).numpy(),
+                               atol=1e-5)
+    assert loaded.num_classes == 10 and {e.name for e in loaded.serving_endpoints((8, 8, 1))} >= {"rotation",
+                                                                                                  "classify"}
+
+
+def test_class_labels_are_never_read_as_rotations(digits):
+    # fit(x, class_labels) used to train on the class ids as rotation targets (or fail on a
+    # "label value of 9 ... [0, 4)" error): without a probe they are refused.
+    model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.25), hidden_dim=0)
+    model.compile(optimizer="adam")
+    with pytest.raises(UserError, match="makes its own rotation labels; labels y given to fit"):
+        model.fit(digits.train.images[:32], digits.train.labels[:32], batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(UserError, match="do not use sample_weight or class_weight"):
+        model.fit(digits.train.images[:32], sample_weight=np.ones(32), batch_size=16, epochs=1, verbose=0)
+    batch = next(iter(rotation_batches(digits.train, 16, with_labels=True)))
+    assert batch[0].shape == (16, 8, 8, 1) and batch[1].shape == (16,)
+    assert next(iter(rotation_batches(digits.train, 16))).shape == (16, 8, 8, 1)
 
 
 def _one_step(strategy, x, y):
     keras.utils.set_random_seed(3)
     with strategy.scope():
-        model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.5, sync_bn=True), hidden_dim=0)
+        model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.5, sync_bn=True), hidden_dim=0,
+                                   num_classes=10)
         model.compile(optimizer=keras.optimizers.SGD(1.0))
     before = [v.numpy() for v in model.trainable_variables]
     loss = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0, shuffle=False).history["loss"][0]
@@ -61,7 +82,8 @@ def _one_step(strategy, x, y):
 
 
 def test_two_replicas_match_one_device(two_cpu_strategy, digits):
-    x, y = rotate_all(digits.train.images[:8].astype(np.float32) / 255.0)
+    # the rotations are made per replica and the probe sees each replica's unrotated block
+    x, y = digits.train.images[:8].astype(np.float32) / 255.0, digits.train.labels[:8]
     loss1, g1 = _one_step(tf.distribute.get_strategy(), x, y)
     loss2, g2 = _one_step(two_cpu_strategy, x, y)
     np.testing.assert_allclose(loss2, loss1, rtol=1e-4)

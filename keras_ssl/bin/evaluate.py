@@ -3,6 +3,10 @@
     keras-ssl-evaluate --model_dir=runs/simclr_fashion_mnist
 
 Writes <model_dir>/evaluation.json and <model_dir>/embedding.png and prints a table.
+Unlabelled image datasets (a flat `folder:`) get what needs no labels instead: the
+method's own metrics on the test split, k-means clusters and their silhouette, the
+embedding coloured by cluster and a nearest-neighbour grid (`neighbours.png`;
+`keras_ssl.evaluation.unlabelled`).
 Audio runs get word and speaker probes of every probe point against MFCCs and
 the untrained model (`keras_ssl.evaluation.audio`).
 """
@@ -42,14 +46,15 @@ def main(argv):
         results, table = _evaluate_images(config, model, encoder_path, extra)
     print(table)
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
-    for key in ("embedding_plot", "roc_plot", "retrieval_plot", "info_nce_plot"):
+    for key in ("embedding_plot", "roc_plot", "retrieval_plot", "neighbours_plot", "info_nce_plot"):
         if results.get(key):
             print(f"{key.replace('_', ' ')}: {results[key]}")
 
 
-def _method_evaluations(config, model, dataset, extra):
-    """The representation's spread (collapse refused), then the method's declared evaluations."""
-    from keras_ssl.evaluation.method_evaluations import METHOD_EVALUATIONS
+def _method_evaluations(config, model, dataset, extra, labelled=True):
+    """The representation's spread (collapse refused), then the method's declared evaluations
+    (without labels: those that need none, the pretext task's and CPC's)."""
+    from keras_ssl.evaluation.method_evaluations import LABEL_FREE_EVALUATIONS, METHOD_EVALUATIONS
     from keras_ssl.health import check_representation
 
     test = dataset.test.take(1000)
@@ -57,6 +62,8 @@ def _method_evaluations(config, model, dataset, extra):
     spread, even = check_representation(model.predict(inputs, verbose=0), f"the model in {FLAGS.model_dir}")
     extra["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
     for name in config.method_spec.evaluations:  # the method's own, on the whole model (heads included)
+        if not labelled and name not in LABEL_FREE_EVALUATIONS:
+            continue
         extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
 
 
@@ -68,6 +75,13 @@ def _evaluate_images(config, model, encoder_path, extra):
     encoder = load_model(encoder_path)
     _, h, w, c = encoder.input_shape
     dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
+    if not dataset.labelled:  # no probe or kNN: the method's own metrics, clusters, neighbours
+        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
+
+        _method_evaluations(config, model, dataset, extra, labelled=False)
+        results = evaluate_unlabelled(model, encoder, dataset, config, FLAGS.model_dir,
+                                      plot=None if FLAGS.plot == "none" else FLAGS.plot, extra=extra)
+        return results, format_unlabelled_table(results)
     _method_evaluations(config, model, dataset, extra)
     results = evaluate_encoder(
         encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,

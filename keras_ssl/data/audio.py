@@ -250,3 +250,50 @@ def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fra
             speakers = np.asarray([index[speaker_of[os.path.normpath(paths[i])]] for i in kept], np.int32)
         splits.append(AudioSplit(waves, None if labels is None else labels[kept], speakers))
     return AudioDataset(f"folder:{path}", splits[0], splits[1], parts[0][2], speaker_names)
+
+
+def load_tfds_audio(name, builder, train_split, test_split, seconds=DEFAULT_SECONDS, max_examples=None):
+    """A TensorFlow Datasets audio set (e.g. `speech_commands`) as an `AudioDataset`.
+
+    The builder's supervised input must be a `tfds.features.Audio` feature;
+    every example is read one at a time (clips differ in length), scaled to
+    [-1, 1] (integer PCM by its type's range), mixed to mono, resampled from
+    the feature's `sample_rate` to 16 kHz and cut or zero-padded to `seconds`.
+    Labels come from the supervised label (`ClassLabel` names), speakers from
+    a `speaker_id` feature when the set has one. `max_examples` caps each split.
+    """
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
+    audio_key, label_key = builder.info.supervised_keys or ("audio", "label")
+    audio_feature = features[audio_key]
+    rate = int(getattr(audio_feature, "sample_rate", None) or SAMPLE_RATE)
+    num_samples = int(round(seconds * SAMPLE_RATE))
+    speaker_key = "speaker_id" if "speaker_id" in features else None
+    speaker_names = {}
+
+    def read(split):
+        waves, labels, speakers = [], [], []
+        dataset = builder.as_dataset(split=split)
+        if max_examples:
+            dataset = dataset.take(max_examples)
+        for example in tfds.as_numpy(dataset):
+            raw = np.asarray(example[audio_key])
+            # TFDS's Audio feature stores 16-bit PCM as int64 by default: scale by the 16-bit range
+            x = raw.astype(np.float32) / 32768.0 if raw.dtype == np.int64 else to_mono_float(raw)
+            if x.ndim == 2:
+                x = x.mean(axis=1)
+            waves.append(fit_length(resample(x, rate), num_samples))
+            labels.append(int(example[label_key]))
+            if speaker_key:
+                speaker = example[speaker_key]
+                speaker = speaker.decode() if isinstance(speaker, bytes) else str(speaker)
+                speakers.append(speaker_names.setdefault(speaker, len(speaker_names)))
+        return AudioSplit(np.stack(waves).astype(np.float32) if waves else np.zeros((0, num_samples), np.float32),
+                          np.asarray(labels, np.int32), np.asarray(speakers, np.int32) if speaker_key else None)
+
+    train = read(train_split)
+    test = read(test_split) if test_split else AudioSplit(train.waveforms[:0], train.labels[:0],
+                                                          None if train.speakers is None else train.speakers[:0])
+    class_names = tuple(getattr(features[label_key], "names", ()) or ())
+    return AudioDataset(f"tfds:{name}", train, test, class_names, tuple(speaker_names))

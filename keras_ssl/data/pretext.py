@@ -35,23 +35,27 @@ def rotate_all(images):
     return tf.concat(rotated, axis=0), labels
 
 
-def rotation_batches(split, batch_size, seed=0, augment=None, shuffle=True):
-    """Batches `(images, rotation_labels)` of `4 * batch_size` images (every
-    image in all four rotations), float32 in [0, 1]; optional SimCLR-style
-    augmentation of the image before it is rotated (RotNet used none)."""
+def rotation_batches(split, batch_size, seed=0, augment=None, shuffle=True, with_labels=False):
+    """Batches of `batch_size` images for `RotationPrediction`, float32 in [0, 1],
+    optionally with SimCLR-style augmentation (RotNet used none): `images`, or
+    `(images, class_labels)` when `with_labels` and the split is labelled (for
+    the model's online probe). The model rotates every image four ways in its
+    step (`rotate_all`) and makes the rotation labels itself."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     config = get_preset(augment) if augment is not None else None
-    ds = tf.data.Dataset.from_tensor_slices(split.images)
+    use_labels = with_labels and split.labels is not None
+    tensors = (split.images, split.labels.astype(np.int32)) if use_labels else (split.images,)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.repeat().batch(batch_size, drop_remainder=True).enumerate()
 
-    def make(step, images):
-        x = to_float01(images)
+    def make(step, element):
+        x = to_float01(element[0])
         if config is not None:
             x = simclr_augment(x, tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)]), config)
-        return rotate_all(x)
+        return (x, element[1]) if use_labels else x
 
     return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -159,11 +159,14 @@ def load_digits():
     return ImageDataset("digits", Split(xtr, ytr), Split(xte, yte), tuple(str(i) for i in range(10)))
 
 
-def load_tfds(spec, data_dir=None, allow_download=True):
+def load_tfds(spec, data_dir=None, allow_download=True, audio_seconds=None):
     """`tfds:NAME[:split]` through TensorFlow Datasets (needs network the first time).
 
     `split` (default `train`) is the training split; the test split is `test`
     when the dataset has one. Install with `pip install keras_ssl[tfds]`.
+    A set whose supervised input is audio (e.g. `tfds:speech_commands`) is an
+    `AudioDataset` of 16 kHz clips of `audio_seconds` (see
+    `keras_ssl.data.audio.load_tfds_audio`).
     """
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1]:
@@ -179,11 +182,17 @@ def load_tfds(spec, data_dir=None, allow_download=True):
             builder.download_and_prepare()
         splits = list(builder.info.splits.keys())
         test_split = "test" if "test" in splits else None
+        if _is_audio_builder(builder, tfds):
+            from keras_ssl.data.audio import DEFAULT_SECONDS, load_tfds_audio
+
+            return load_tfds_audio(name, builder, train_split, test_split, audio_seconds or DEFAULT_SECONDS)
         wanted = [train_split] + ([test_split] if test_split else [])
         arrays = [tfds.as_numpy(builder.as_dataset(split=s, as_supervised=True, batch_size=-1))
                   for s in wanted]
         label_feature = builder.info.features["label"]
         class_names = tuple(label_feature.names)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"cannot load {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
@@ -197,6 +206,19 @@ def load_tfds(spec, data_dir=None, allow_download=True):
     train = to_split(arrays[0])
     test = to_split(arrays[1]) if test_split else Split(train.images[:0], train.labels[:0])
     return ImageDataset(f"tfds:{name}", train, test, class_names)
+
+
+def _is_audio_builder(builder, tfds):
+    """True when the builder's supervised input (or its `audio` feature) is TFDS audio."""
+    audio_type = getattr(getattr(tfds, "features", None), "Audio", None)
+    if audio_type is None:
+        return False
+    key = (builder.info.supervised_keys or ("audio",))[0]
+    features = builder.info.features
+    try:
+        return key in features and isinstance(features[key], audio_type)
+    except (TypeError, KeyError):
+        return False
 
 
 def _list_images(directory):
@@ -376,7 +398,9 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
     elif spec == "digits":
         ds = load_digits()
     elif spec.startswith("tfds:"):
-        ds = load_tfds(spec, data_dir, allow_download)
+        ds = load_tfds(spec, data_dir, allow_download, audio_seconds)
+        if getattr(ds, "modality", "image") == "audio":
+            return ds
     elif spec.startswith("folder:"):
         from keras_ssl.data.audio import DEFAULT_SECONDS, is_audio_folder, load_audio_folder
 

@@ -48,5 +48,8 @@ def _info_nce(model, dataset, config, model_dir, train_limit):
     return result
 
 
+# Those that need no class labels (they run on unlabelled datasets too).
+LABEL_FREE_EVALUATIONS = ("pretext", "info_nce")
+
 METHOD_EVALUATIONS = {"verification": _verification, "retrieval": _retrieval, "pretext": _pretext,
                       "info_nce": _info_nce}

@@ -71,9 +71,11 @@ def retrieval_metrics(embeddings, labels, index_embeddings=None, index_labels=No
 
 
 def retrieval_grid(images, embeddings, labels, path, n_queries=8, k=8, seed=0):
-    """PNG: each row a query image (left) and its k nearest neighbours; a red
-    frame marks a neighbour of another class."""
-    from PIL import Image
+    """PNG: each row a query image (left, blue frame) and its k nearest
+    neighbours, nearest first: a green frame marks a neighbour of the query's
+    class, a red one another class (grey without `labels`). A caption line
+    under the grid says so."""
+    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     queries = rng.choice(len(images), min(n_queries, len(images)), replace=False)
@@ -90,11 +92,21 @@ def retrieval_grid(images, embeddings, labels, path, n_queries=8, k=8, seed=0):
             y, x = r * (h + 2 * pad) + pad, c * (w + 2 * pad) + pad + (pad if c else 0)
             tile = images[idx]
             tile = np.repeat(tile, 3, axis=-1) if tile.shape[-1] == 1 else tile
-            color = (0, 0, 255) if c == 0 else ((0, 160, 0) if labels[idx] == labels[q] else (220, 0, 0))
+            if c == 0:
+                color = (0, 0, 255)
+            elif labels is None:
+                color = (150, 150, 150)
+            else:
+                color = (0, 160, 0) if labels[idx] == labels[q] else (220, 0, 0)
             grid[y - 2:y + h + 2, x - 2:x + w + 2] = color
             grid[y:y + h, x:x + w] = tile
     grid = np.kron(grid, np.ones((scale, scale, 1), np.uint8))
-    Image.fromarray(grid).save(path)
+    caption = ("blue: query; then its nearest neighbours, nearest first" + (
+        "" if labels is None else "; green: same class, red: other class"))
+    canvas = Image.new("RGB", (max(grid.shape[1], 6 * len(caption) + 8), grid.shape[0] + 16), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (0, 0))
+    ImageDraw.Draw(canvas).text((4, grid.shape[0] + 2), caption, fill=(0, 0, 0))
+    canvas.save(path)
     return path
 
 

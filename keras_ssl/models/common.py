@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from keras_ssl.distribute import in_multi_worker_mode
 from keras_ssl.errors import UserError
-from keras_ssl.models.endpoints import embedding_endpoints
+from keras_ssl.heads import linear_classifier
+from keras_ssl.models.endpoints import classify_endpoint, embedding_endpoints
 
 
 class MethodModel(keras.Model):
@@ -21,7 +22,13 @@ class MethodModel(keras.Model):
       * may override `after_apply()` (called after every optimizer step: the
         place for EMA/momentum encoders and codebook updates),
         `representation(images)` (default: the encoder's features) and
-        `serving_endpoints(...)` (default: the embedding signatures).
+        `serving_endpoints(...)` (default: the embedding signatures);
+      * may have an online linear probe (`init_probe` in its constructor,
+        `probe_loss` in its step, "probe" in `SUB_MODELS`): a Dense softmax
+        classifier of the dataset's classes on `stop_gradient(probe_features)`,
+        trained alongside from the class labels `y` of the batches (SimCLR's
+        in-run linear evaluation, Chen et al. 2020); its `probe_loss` and
+        `probe_accuracy` join the metrics and the export serves `classify`.
 
     Models are built from the start and by `build()`: a model left unbuilt
     after `fit` with a custom `train_step` loses its optimizer state silently
@@ -41,6 +48,13 @@ class MethodModel(keras.Model):
             if model is not None and not model.built:
                 model.build((None,) + tuple(model.input_shape[1:]))
         self.built = True
+
+    def fit(self, x=None, y=None, *args, sample_weight=None, class_weight=None, **kwargs):
+        """Keras's `fit`; `sample_weight`/`class_weight` are refused (Keras drops a
+        sample weight silently when `y` is None; see `split_data`)."""
+        if sample_weight is not None or class_weight is not None:
+            raise UserError(_NO_SAMPLE_WEIGHT)
+        return super().fit(x, y, *args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Builds the model and optimizer without pulling a batch.
@@ -101,6 +115,59 @@ class MethodModel(keras.Model):
         self.method_loss(data, training=False)
         return self._logs()
 
+    # -- the online linear probe ---------------------------------------------
+
+    probe = None
+    num_classes = None
+
+    def init_probe(self, feature_dim, num_classes=None, probe=None):
+        """Sets up the online probe (a `linear_classifier` of `feature_dim` features,
+        or `probe`) when `num_classes` is given; None otherwise."""
+        self.num_classes = int(num_classes) if num_classes else None
+        if probe is None and self.num_classes:
+            probe = linear_classifier(feature_dim, self.num_classes)
+        self.probe = probe
+        self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+        self.probe_accuracy_tracker = keras.metrics.Mean(name="probe_accuracy")
+
+    def probe_metrics(self):
+        """The probe's trackers (`probe_loss`, `probe_accuracy`), or [] without one."""
+        return [self.probe_loss_tracker, self.probe_accuracy_tracker] if self.probe is not None else []
+
+    def probe_features(self, images, training=False):
+        """What the probe reads: the encoder's features of unaugmented images."""
+        from keras_ssl.data.augment import to_float01
+
+        return self.encoder(to_float01(images), training=training)
+
+    def probe_loss(self, features, labels, training):
+        """The probe's cross-entropy on `stop_gradient(features)` for integer class
+        `labels` `[B_local]`, scaled so the sum over replicas is the global batch's
+        mean; 0 without a probe or labels. Gradients reach only the probe."""
+        if self.probe is None or labels is None:
+            return 0.0
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        logits = tf.cast(self.probe(tf.stop_gradient(features), training=training), tf.float32)
+        terms = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        n_local = tf.shape(labels)[0]
+        weight = tf.cast(n_local, tf.float32)
+        self.probe_loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
+        self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
+        return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+
+    def class_probabilities(self, images):
+        """The probe's softmax over the dataset's classes, `[B, num_classes]`."""
+        return tf.nn.softmax(tf.cast(self.probe(self.probe_features(images, training=False)), tf.float32))
+
+    def refuse_labels_without_probe(self, labels, what):
+        """A `UserError` when class labels come in but there is no probe to use them
+        (they would otherwise be ignored silently)."""
+        if labels is not None and self.probe is None:
+            raise UserError(f"{type(self).__name__} {what}; labels y given to fit() are class labels for the "
+                            "online linear probe, which this model does not have: pass num_classes=N to train "
+                            "one, or fit on x alone")
+
     # -- what it computes and serves ----------------------------------------
 
     def representation(self, images, training=False):
@@ -137,12 +204,18 @@ class MethodModel(keras.Model):
         def embed(images):
             return tf.math.l2_normalize(tf.cast(self.representation(images), tf.float32), axis=-1)
 
-        return embedding_endpoints(embed, self.representation_dim(image_shape))
+        endpoints = embedding_endpoints(embed, self.representation_dim(image_shape))
+        if self.probe is not None:
+            endpoints.append(classify_endpoint(self.class_probabilities, self.num_classes,
+                                               "the dataset's classes (online linear probe)", dataset_classes=True))
+        return endpoints
 
     # -- saving --------------------------------------------------------------
 
     def get_config(self):
         config = super().get_config()
+        if "probe" in self.SUB_MODELS:
+            config["num_classes"] = self.num_classes
         for name in self.SUB_MODELS:
             model = getattr(self, name, None)
             config[name] = keras.saving.serialize_keras_object(model) if model is not None else None
@@ -155,6 +228,11 @@ class MethodModel(keras.Model):
             if config.get(name) is not None:
                 config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
+
+
+_NO_SAMPLE_WEIGHT = ("keras_ssl's methods do not use sample_weight or class_weight (their losses weight every "
+                     "example of the global batch equally); drop them, or subsample or repeat examples in the "
+                     "data instead")
 
 
 def split_data(data):
@@ -171,7 +249,9 @@ def split_data(data):
         return tuple(data), None
     if isinstance(data, (tuple, list)) and len(data) > 3:
         raise UserError(f"a batch must be x, (x, y) or (x, y, sample_weight), got {len(data)} items")
-    x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(data) if isinstance(data, list) else data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(data) if isinstance(data, list) else data)
+    if sample_weight is not None:
+        raise UserError(_NO_SAMPLE_WEIGHT)
     return x, y
 
 

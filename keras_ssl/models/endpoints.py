@@ -97,16 +97,17 @@ def audio_endpoints(outputs, function):
             Endpoint("embed_waveforms", (ServingInput("waveforms", "waveform"),), tuple(outputs), function)]
 
 
-def classify_endpoint(probabilities, num_classes, meaning, inputs=(ServingInput("images"),), dataset_classes=False):
-    """`classify`: images -> `probabilities` float32 `[batch, num_classes]` and
-    the most likely `class` int32 `[batch]`."""
+def classify_endpoint(probabilities, num_classes, meaning, inputs=(ServingInput("images"),), dataset_classes=False,
+                      name="classify"):
+    """`classify` (or `name`): images -> `probabilities` float32 `[batch, num_classes]`
+    and the most likely `class` int32 `[batch]`."""
     import tensorflow as tf
 
     def function(*images):
         p = tf.cast(probabilities(*images), tf.float32)
         return {"probabilities": p, "class": tf.argmax(p, axis=-1, output_type=tf.int32)}
 
-    return Endpoint("classify", tuple(inputs),
+    return Endpoint(name, tuple(inputs),
                     (ServingOutput("probabilities", "float32", (num_classes,), meaning),
                      ServingOutput("class", "int32", (), "index of the largest probability")),
                     function, dataset_classes=dataset_classes)

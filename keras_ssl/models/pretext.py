@@ -23,11 +23,12 @@ class _PretextModel(MethodModel):
 
     ACCURACY = "accuracy"
 
-    def __init__(self, encoder, hidden_dim, head=None, **kwargs):
+    def __init__(self, encoder, hidden_dim, head=None, num_classes=None, probe=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.hidden_dim = int(hidden_dim)
         self.head = head if head is not None else self._default_head()
+        self.init_probe(int(encoder.output_shape[-1]), num_classes, probe)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name=self.ACCURACY)
         self.build()
@@ -59,22 +60,35 @@ class _PretextModel(MethodModel):
 class RotationPrediction(_PretextModel):
     """RotNet (Gidaris et al. 2018): a 4-way classifier of the rotation applied.
 
-    `fit()` takes either plain image batches `x` (all four rotations are made
-    inside the step, the labels are the quarter turns) or pre-rotated batches
-    `(images, rotation_labels)` from `keras_ssl.data.pretext.rotation_batches`.
+    `fit()` takes image batches `x` (uint8 or float in [0, 1]; e.g. from
+    `keras_ssl.data.pretext.rotation_batches`): every image is rotated by 0,
+    90, 180 and 270 degrees inside the step and the model predicts which, so
+    the rotation labels are made, never given. With `num_classes`, batches
+    `(x, class_labels)` also train an online linear probe of the dataset's
+    classes on `stop_gradient` of the unrotated images' features (see
+    `MethodModel`); class labels given to a model without a probe are refused
+    rather than read as rotations.
+
     The head is an MLP on the encoder features (`hidden_dim` units, BN, ReLU;
     0 = linear), the encoder is what the user keeps. Metrics: `loss`,
-    `rotation_accuracy`. Under R replicas each replica returns
-    `sum(local losses) / N_global`.
+    `rotation_accuracy` (and `probe_loss`, `probe_accuracy`). Under R replicas
+    each replica returns `sum(local losses) / N_global`. Serves the embedding,
+    `rotation` (images -> probabilities of the four rotations) and, with the
+    probe, `classify`.
     """
 
     ACCURACY = "rotation_accuracy"
+    SUB_MODELS = ("encoder", "head", "probe")
 
-    def __init__(self, encoder, hidden_dim=256, head=None, **kwargs):
-        super().__init__(encoder, hidden_dim, head, **kwargs)
+    def __init__(self, encoder, hidden_dim=256, head=None, num_classes=None, probe=None, **kwargs):
+        super().__init__(encoder, hidden_dim, head, num_classes, probe, **kwargs)
 
     def _default_head(self):
         return mlp_classifier(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, name="rotation_head")
+
+    @property
+    def metrics(self):
+        return super().metrics + self.probe_metrics()
 
     def rotation_probabilities(self, images):
         """Softmax over the four rotations, `[B, 4]`."""
@@ -86,19 +100,20 @@ class RotationPrediction(_PretextModel):
         return self.rotation_probabilities(x), y
 
     def serving_endpoints(self, image_shape, threshold=None):
-        """The embedding signatures and `classify`: images -> probabilities of
-        the four rotations."""
+        """The embedding signatures, `rotation` (images -> probabilities of the
+        four rotations) and, with the probe, `classify`."""
         return super().serving_endpoints(image_shape, threshold) + [classify_endpoint(
-            self.rotation_probabilities, 4, "rotation by 0/90/180/270 degrees")]
+            self.rotation_probabilities, 4, "rotation by 0/90/180/270 degrees", name="rotation")]
 
     def method_loss(self, data, training):
-        x, y = split_data(data)
+        x, labels = split_data(data)
         if isinstance(x, (tuple, list)):
-            raise UserError("RotationPrediction expects image batches x or (images, rotation_labels)")
-        if y is None:
-            x, y = rotate_all(to_float01(x))
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        return self._classify(self.head(self.encoder(to_float01(x), training=training), training=training), y)
+            raise UserError("RotationPrediction expects image batches x (or (x, class_labels) with an online probe)")
+        self.refuse_labels_without_probe(labels, "makes its own rotation labels")
+        rotated, rotations = rotate_all(to_float01(x))
+        features = self.encoder(rotated, training=training)
+        loss = self._classify(self.head(features, training=training), rotations)
+        return loss + self.probe_loss(features[:tf.shape(x)[0]], labels, training)  # the 0-degree block
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -159,7 +174,7 @@ class RelativePosition(_PretextModel):
         meaning = ("neighbour position 0-7 (row, column): (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2), "
                    "the centre being (1,1)")
         return super().serving_endpoints(image_shape, threshold) + [classify_endpoint(
-            self.position_probabilities, 8, meaning,
+            self.position_probabilities, 8, meaning, name="position",
             inputs=(ServingInput("centre", size=side), ServingInput("neighbour", size=side)))]
 
     def method_loss(self, data, training):
@@ -176,6 +191,7 @@ class RotationOptions:
 
     head_hidden_dim: int = option(256, "classification head hidden size (0: a linear head)",
                                   check=lambda v: v >= 0, requirement=">= 0")
+    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
 
 
 @dataclasses.dataclass
@@ -191,15 +207,16 @@ class RelativePositionOptions:
 
 
 def _build_rotation(run, options, encoder, dataset):
-    return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim)
+    num_classes = dataset.num_classes if (options.online_probe and dataset.labelled) else None
+    return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim, num_classes=num_classes)
 
 
 def _rotation_data(run, options, split):
     from keras_ssl.data.pretext import rotation_batches
 
     steps = epoch_steps(split, run.batch_size)
-    return TrainingData(rotation_batches(split, run.batch_size, seed=run.seed, augment=run.augment_preset), steps,
-                        run.batch_size)
+    return TrainingData(rotation_batches(split, run.batch_size, seed=run.seed, augment=run.augment_preset,
+                                         with_labels=options.online_probe), steps, run.batch_size)
 
 
 def _build_relative_position(run, options, encoder, dataset):

@@ -8,9 +8,8 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.heads import linear_classifier, projection_head
+from keras_ssl.heads import projection_head
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
-from keras_ssl.models.endpoints import classify_endpoint
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
@@ -57,28 +56,20 @@ class SimCLR(MethodModel):
         feature_dim = int(encoder.output_shape[-1])
         self.projector = projector if projector is not None else projection_head(feature_dim)
         self.temperature = float(temperature)
-        self.num_classes = int(num_classes) if num_classes else None
         self.augment_config = get_preset(augment)
         self._augment_name = augment if isinstance(augment, str) else None
         self.seed = int(seed)
-        if probe is None and self.num_classes:
-            probe = linear_classifier(feature_dim, self.num_classes)
-        self.probe = probe
+        self.init_probe(feature_dim, num_classes, probe)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="contrastive_accuracy")
         self.std_tracker = keras.metrics.Mean(name="output_std")
-        self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
-        self.probe_accuracy_tracker = keras.metrics.Mean(name="probe_accuracy")
         # Built from the start: a custom train_step leaves a model unbuilt after
         # fit, and saving an unbuilt model silently drops optimizer state.
         self.build()
 
     @property
     def metrics(self):
-        trackers = [self.loss_tracker, self.accuracy_tracker, self.std_tracker]
-        if self.probe is not None:
-            trackers += [self.probe_loss_tracker, self.probe_accuracy_tracker]
-        return trackers
+        return [self.loss_tracker, self.accuracy_tracker, self.std_tracker] + self.probe_metrics()
 
     SUB_MODELS = ("encoder", "projector", "probe")
 
@@ -98,6 +89,7 @@ class SimCLR(MethodModel):
 
     def method_loss(self, data, training):
         x, y = split_data(data)
+        self.refuse_labels_without_probe(y, "learns without labels")
         view_a, view_b = self._views(x)
         n_local = tf.shape(view_a)[0]
         h = self.encoder(tf.concat([view_a, view_b], axis=0), training=training)
@@ -114,34 +106,12 @@ class SimCLR(MethodModel):
         self.loss_tracker.update_state(local_mean, sample_weight=weight)
         self.accuracy_tracker.update_state(tf.reduce_mean(tf.cast(correct, tf.float32)), sample_weight=weight)
         self.std_tracker.update_state(output_std)
-        if self.probe is not None and y is not None:
-            h_a = tf.stop_gradient(h[:n_local])
-            logits = tf.cast(self.probe(h_a, training=training), tf.float32)
-            probe_terms = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits)
-            loss = loss + tf.reduce_sum(probe_terms) / tf.cast(n_global, tf.float32)
-            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32)),
-                           tf.float32)
-            self.probe_loss_tracker.update_state(tf.reduce_mean(probe_terms), sample_weight=tf.cast(n_local, tf.float32))
-            self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=tf.cast(n_local, tf.float32))
-        return loss
-
-    def serving_endpoints(self, image_shape, threshold=None):
-        """The embedding signatures, and with the online probe `classify`
-        (images -> probabilities over the dataset's classes)."""
-        endpoints = super().serving_endpoints(image_shape, threshold)
-        if self.probe is not None:
-            def probabilities(images):
-                return tf.nn.softmax(tf.cast(self.probe(self.encoder(images, training=False)), tf.float32))
-
-            endpoints.append(classify_endpoint(probabilities, self.num_classes,
-                                               "the dataset's classes (online linear probe)", dataset_classes=True))
-        return endpoints
+        return loss + self.probe_loss(h[:n_local], y, training)  # the first view's features
 
     def get_config(self):
         config = super().get_config()
         config.update(
             temperature=self.temperature,
-            num_classes=self.num_classes,
             augment=self._augment_name or dict(vars(self.augment_config)),
             seed=self.seed,
         )
