@@ -96,7 +96,8 @@ class TrainConfig:
         """A config from flat keys (run keys and the method's option keys).
 
         `strict`: a key of another method's options (or no one's) is refused
-        with a `UserError` naming it; otherwise (reading a stored run) dropped.
+        with a `UserError` naming it; otherwise (reading a stored run) dropped,
+        and an option the stored run predates takes its `stored_default`.
         A run key not given takes the method's `run_defaults`, then the
         field's default.
         """
@@ -119,6 +120,11 @@ class TrainConfig:
                     others = ", ".join(m.name for m, _ in owners[key])
                     raise UserError(f"{key} does not apply to method {method.name} (it is an option of {others})")
                 raise UserError(f"unknown setting {key!r}")
+        if not strict:  # a stored run: options added since it was written keep their old behaviour
+            for f in dataclasses.fields(method.options):
+                if f.name not in options and f.metadata.get("stored_default", registry.NOT_STORED) \
+                        is not registry.NOT_STORED:
+                    options[f.name] = f.metadata["stored_default"]
         return cls(**run, options=method.make_options(options))
 
     def to_dict(self):

@@ -88,6 +88,10 @@ class _SignatureCalls:
         `{"probabilities": [n, K], "class": [n]}`."""
         return self.predict("classify", images=list(images))
 
+    def position(self, centres, neighbours):
+        """Relative position: encoded patch pairs -> `{"probabilities": [n, 8], "class": [n]}`."""
+        return self.predict("position", centre=list(centres), neighbour=list(neighbours))
+
     def rotation(self, images):
         """RotNet: encoded images -> `{"probabilities": [n, 4], "class": [n]}` over 0/90/180/270 degrees."""
         return self.predict("rotation", images=list(images))

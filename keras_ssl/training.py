@@ -64,9 +64,6 @@ def training_split(config, dataset):
     return split.take(config.train_limit), val
 
 
-
-
-
 def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
     from keras_ssl.encoders import build_encoder
@@ -180,8 +177,6 @@ def _train(config, strategy, chief, own_dir):
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model.build()
         model.optimizer.build(model.trainable_variables)
-    if chief:  # only now: a start refused by the data or model checks must not claim the directory
-        write_json(os.path.join(config.model_dir, "config.json"), config.to_dict())
 
     initial_epoch, checkpoint = resume_epoch(config, strategy, own_dir)
     if chief and config.verbose:
@@ -199,6 +194,8 @@ def _train(config, strategy, chief, own_dir):
                             "--model_dir") from None
         if chief:
             print(f"resuming from {checkpoint} (epoch {initial_epoch})", flush=True)
+    if chief:  # only now: a start refused by the data, model or checkpoint checks must not claim the directory
+        write_json(os.path.join(config.model_dir, "config.json"), config.to_dict())
     checkpointer = epoch_checkpoint_callback(own_dir, config.keep_checkpoints)
     callbacks = [checkpointer, keras.callbacks.TerminateOnNaN()]
     fit_verbose = keras_verbosity(config.verbose) if chief else 0

@@ -7,7 +7,7 @@ example that needs a running TF Serving may be skipped, and the client methods
 it calls are checked to exist). Each example runs in a fresh process, in an
 empty directory holding the files the examples name (`shoe.png`, a small
 `data/spoken_digits`), with a prelude that shrinks the work, never the code:
-datasets keep 512 training and 128 test examples, and every `fit` runs one
+datasets keep 256 training and 64 test examples, and every `fit` runs one
 epoch of at most two steps.
 """
 
@@ -37,7 +37,7 @@ import keras_ssl.data.audio
 
 
 def _small(ds):
-    return dataclasses.replace(ds, train=ds.train.take(512), test=ds.test.take(128))
+    return dataclasses.replace(ds, train=ds.train.take(256), test=ds.test.take(64))
 
 
 _load_source, _load_audio = keras_ssl.data.load_source, keras_ssl.data.audio.load_audio_folder

@@ -9,7 +9,7 @@ from keras_ssl.data import load_source
 from keras_ssl.data.pretext import rotate_all, rotation_batches
 from keras_ssl.encoders import small_cnn
 from keras_ssl.errors import UserError
-from keras_ssl.models import RotationPrediction
+from keras_ssl.models import RelativePosition, RotationPrediction
 
 
 def test_four_exact_rotations_and_labels():
@@ -65,6 +65,8 @@ def test_class_labels_are_never_read_as_rotations(digits):
         model.fit(digits.train.images[:32], digits.train.labels[:32], batch_size=16, epochs=1, verbose=0)
     with pytest.raises(UserError, match="do not use sample_weight or class_weight"):
         model.fit(digits.train.images[:32], sample_weight=np.ones(32), batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(UserError, match="RelativePosition has no online probe"):
+        RelativePosition(small_cnn((None, None, 1), width_multiplier=0.25), num_classes=10)
     batch = next(iter(rotation_batches(digits.train, 16, with_labels=True)))
     assert batch[0].shape == (16, 8, 8, 1) and batch[1].shape == (16,)
     assert next(iter(rotation_batches(digits.train, 16))).shape == (16, 8, 8, 1)

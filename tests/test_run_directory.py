@@ -24,3 +24,18 @@ def test_a_refused_start_does_not_claim_its_model_dir(tmp_path):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert result["epochs_run"] == 1 and os.path.exists(os.path.join(model_dir, "config.json"))
+
+
+def test_a_run_stored_before_an_option_existed_keeps_its_old_behaviour(tmp_path):
+    # RotNet's online probe came later: a config.json without `online_probe` is a run without one
+    # (its checkpoints hold no probe), and a new run (flags, code) gets the probe by default.
+    import json
+
+    from keras_ssl.config import TrainConfig
+    from keras_ssl.run_directory import read_config
+
+    stored = TrainConfig(method="rotation", dataset="digits", model_dir=str(tmp_path)).to_dict()
+    del stored["online_probe"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert read_config(str(tmp_path)).options.online_probe is False
+    assert TrainConfig.from_dict({"method": "rotation"}).options.online_probe is True

@@ -15,30 +15,45 @@ _HARMLESS_STARTUP_LINES = (
 )
 
 
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with file descriptor 2 captured, then writes back every
-    captured line except the known harmless ones (`--verbosity=0` or
-    TF_CPP_MIN_LOG_LEVEL=0 keeps them all)."""
-    import tempfile
+def _verbosity_asked():
+    """True when the command line asks absl for INFO lines (`--verbosity=N`, N >= 0)."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("--verbosity="):
+            try:
+                return int(arg.split("=", 1)[1]) >= 0
+            except ValueError:
+                return False
+    return False
 
-    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or any(
-            a.startswith("--verbosity") for a in sys.argv[1:]):
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 sent through a pipe; a thread
+    forwards every line as it arrives (so a crash report is never lost) except
+    the known harmless ones. `--verbosity=0` or TF_CPP_MIN_LOG_LEVEL=0 keeps all."""
+    import threading
+
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or _verbosity_asked():
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            kept = [line for line in lines if not any(h in line for h in _HARMLESS_STARTUP_LINES)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+    read_end, write_end = os.pipe()
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not any(h.encode() in line for h in _HARMLESS_STARTUP_LINES):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)  # the pipe's last writer goes: the thread sees the end
+        thread.join(timeout=10)
+        os.close(saved)
 
 
 _import_tensorflow_quietly()

@@ -14,7 +14,8 @@ from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
 from keras_ssl.errors import UserError
 
 
-def _center_square(images):
+def center_square(images):
+    """The centre square of `[B, H, W, C]` images (side min(H, W)): what rotations need."""
     h, w = images.shape[1], images.shape[2]
     if h is None or w is None:
         raise UserError("rotation needs images with a static height and width")
@@ -28,7 +29,7 @@ def _center_square(images):
 def rotate_all(images):
     """`[B, H, W, C]` -> (`[4B, S, S, C]` with rotations k = 0, 1, 2, 3 as four
     consecutive blocks, int32 labels `[4B]` = k). Exact, any dtype."""
-    images = _center_square(tf.convert_to_tensor(images))
+    images = center_square(tf.convert_to_tensor(images))
     rotated = [tf.image.rot90(images, k=k) for k in range(4)]
     batch = tf.shape(images)[0]
     labels = tf.repeat(tf.range(4, dtype=tf.int32), batch)

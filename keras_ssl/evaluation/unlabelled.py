@@ -29,7 +29,8 @@ def method_test_metrics(model, config, split):
     run = dataclasses.replace(config, batch_size=batch)
     data = config.method_spec.training_data(run, config.options, split)
     logs = model.evaluate(data.dataset, steps=max(1, data.steps_per_epoch), verbose=0, return_dict=True)
-    return {k: float(np.ravel(v)[0]) for k, v in logs.items()}
+    # the probe's metrics need labels: never updated here, so not reported
+    return {k: float(np.ravel(v)[0]) for k, v in logs.items() if not k.startswith("probe_")}
 
 
 def cluster_features(features, clusters=10, seed=0, max_points=5000):
@@ -38,6 +39,8 @@ def cluster_features(features, clusters=10, seed=0, max_points=5000):
     from sklearn.metrics import silhouette_score
 
     x = features.astype(np.float64)
+    if len(x) < 3:
+        raise UserError(f"clustering needs at least 3 test examples, got {len(x)}")
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
     k = max(2, min(clusters, len(x) - 1))
     assignments = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)

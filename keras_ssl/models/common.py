@@ -166,7 +166,8 @@ class MethodModel(keras.Model):
         if labels is not None and self.probe is None:
             raise UserError(f"{type(self).__name__} {what}; labels y given to fit() are class labels for the "
                             "online linear probe, which this model does not have: pass num_classes=N to train "
-                            "one, or fit on x alone")
+                            "one, or fit on x alone (batch builders: with_labels=False, e.g. "
+                            "simclr_views(split, batch, with_labels=False))")
 
     # -- what it computes and serves ----------------------------------------
 

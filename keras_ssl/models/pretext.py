@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_ssl.data.augment import to_float01
-from keras_ssl.data.pretext import rotate_all
+from keras_ssl.data.pretext import center_square, rotate_all
 from keras_ssl.errors import UserError
 from keras_ssl.heads import mlp_classifier
 from keras_ssl.models.common import MethodModel, global_batch_size, split_data
@@ -28,6 +28,8 @@ class _PretextModel(MethodModel):
         self.encoder = encoder
         self.hidden_dim = int(hidden_dim)
         self.head = head if head is not None else self._default_head()
+        if (num_classes or probe is not None) and "probe" not in self.SUB_MODELS:
+            raise UserError(f"{type(self).__name__} has no online probe; drop num_classes/probe")
         self.init_probe(int(encoder.output_shape[-1]), num_classes, probe)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name=self.ACCURACY)
@@ -89,6 +91,11 @@ class RotationPrediction(_PretextModel):
     @property
     def metrics(self):
         return super().metrics + self.probe_metrics()
+
+    def probe_features(self, images, training=False):
+        """The encoder's features of the images' centre square, as the probe saw them
+        in training (`rotate_all` crops non-square images to their centre square)."""
+        return self.encoder(center_square(to_float01(images)), training=training)
 
     def rotation_probabilities(self, images):
         """Softmax over the four rotations, `[B, 4]`."""
@@ -191,7 +198,8 @@ class RotationOptions:
 
     head_hidden_dim: int = option(256, "classification head hidden size (0: a linear head)",
                                   check=lambda v: v >= 0, requirement=">= 0")
-    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
+    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)",
+                                stored_default=False)  # runs before the probe existed had none
 
 
 @dataclasses.dataclass

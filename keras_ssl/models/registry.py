@@ -23,13 +23,19 @@ from keras_ssl.errors import UserError
 _REGISTRY = {}
 
 
-def option(default, help, choices=None, check=None, requirement=None):
+NOT_STORED = object()
+
+
+def option(default, help, choices=None, check=None, requirement=None, stored_default=NOT_STORED):
     """A method hyper-parameter: a dataclass field carrying its flag help text,
     its allowed `choices` and a `check(value) -> bool` with the `requirement`
     it states (e.g. "> 0"); `None` values are not checked (None means "the
-    method's default" where a field allows it)."""
+    method's default" where a field allows it). `stored_default`: for an option
+    added later, the value that reproduces runs whose `config.json` predates it
+    (used when such a file is read)."""
     return dataclasses.field(default=default, metadata={
-        "help": help, "choices": tuple(choices) if choices else None, "check": check, "requirement": requirement})
+        "help": help, "choices": tuple(choices) if choices else None, "check": check, "requirement": requirement,
+        "stored_default": stored_default})
 
 
 def validate_options(options):
