@@ -148,3 +148,13 @@ def test_train_binary_on_two_cpu_replicas(tmp_path):
           "--verbose=0"], tmp_path)
     training = json.load(open(os.path.join(model_dir, "training.json")))
     assert training["replicas"] == 2 and np.isfinite(training["final_metrics"]["loss"])
+
+
+def test_console_script_helpshort_lists_the_binary_flags(tmp_path):
+    # absl's --helpshort looks at the console script's wrapper module, which defines no flags
+    script = os.path.join(os.path.dirname(PY), "keras-ssl-export")
+    if not os.path.exists(script):
+        pytest.skip("keras_ssl is not installed as a package (no console scripts)")
+    proc = subprocess.run([script, "--helpshort"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert "keras-ssl-export: " in proc.stdout and "--model_dir:" in proc.stdout and "--export_root" in proc.stdout

@@ -115,9 +115,27 @@ def check_writable(directory, flag):
         raise UserError(f"cannot write in {directory} ({describe_os_error(e)}); fix {flag}") from None
 
 
+def _help_as_the_binary(module_name):
+    """Under a console script (`keras-ssl-train`), absl's `--helpshort` and usage
+    text look at the script's wrapper module, which defines no flags and has no
+    docstring: give it the binary module's key flags and docstring."""
+    from absl import flags
+
+    main = sys.argv[0]
+    binary = sys.modules.get(module_name)
+    if binary is None or main == module_name or main.endswith(module_name.replace(".", "/") + ".py"):
+        return
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(main, flag)
+    wrapper = sys.modules.get("__main__")
+    if wrapper is not None and not getattr(wrapper, "__doc__", None):
+        wrapper.__doc__ = binary.__doc__
+
+
 def run_main(main):
     """`absl.app.run(main)`: a `UserError` or a bad flag prints `error: <message>`
     (exit 2); Ctrl-C prints one line (exit 130) instead of a traceback."""
+    _help_as_the_binary(main.__module__)
 
     def guarded(argv):
         import logging
