@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from keras_ssl.data.splits import IndexedExamples
 from keras_ssl.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -36,34 +37,12 @@ DEFAULT_SECONDS = 1.0
 
 
 @dataclasses.dataclass
-class AudioSplit:
+class AudioSplit(IndexedExamples):
     """One split: `waveforms` float32 `[N, T]`, `labels` and `speakers` int32 `[N]` or None."""
 
     waveforms: np.ndarray
     labels: np.ndarray | None
     speakers: np.ndarray | None = None
-
-    def __len__(self):
-        return len(self.waveforms)
-
-    def _pick(self, index):
-        return AudioSplit(self.waveforms[index], None if self.labels is None else self.labels[index],
-                          None if self.speakers is None else self.speakers[index])
-
-    def select(self, mask):
-        """The examples where the boolean `mask` is True."""
-        return self._pick(mask)
-
-    def split_off(self, fraction, seed=0):
-        """`(rest, held_out)`: a fixed random `fraction` held out, order kept."""
-        order = np.random.default_rng(seed).permutation(len(self))
-        held = np.zeros(len(self), bool)
-        held[order[:int(round(len(self) * fraction))]] = True
-        return self.select(~held), self.select(held)
-
-    def take(self, n):
-        """The first `n` examples (all when `n` is None or larger)."""
-        return self if n is None or n >= len(self) else self._pick(slice(0, n))
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 
+from keras_ssl.data.splits import IndexedExamples
 from keras_ssl.errors import UserError
 
 FASHION_MNIST_FILES = {
@@ -30,32 +31,11 @@ SOURCE_NAMES = ("fashion_mnist", "digits", "tfds:NAME[:split]", "folder:PATH")
 
 
 @dataclasses.dataclass
-class Split:
+class Split(IndexedExamples):
     """One split: `images` uint8 `[N, H, W, C]`, `labels` int32 `[N]` or None."""
 
     images: np.ndarray
     labels: np.ndarray | None
-
-    def __len__(self):
-        return len(self.images)
-
-    def select(self, mask):
-        """The examples where the boolean `mask` is True."""
-        return Split(self.images[mask], None if self.labels is None else self.labels[mask])
-
-    def split_off(self, fraction, seed=0):
-        """`(rest, held_out)`: a fixed random `fraction` held out, order kept."""
-        order = np.random.default_rng(seed).permutation(len(self))
-        n_held = int(round(len(self) * fraction))
-        held = np.zeros(len(self), bool)
-        held[order[:n_held]] = True
-        return self.select(~held), self.select(held)
-
-    def take(self, n):
-        """The first `n` examples (all when `n` is None or larger)."""
-        if n is None or n >= len(self):
-            return self
-        return Split(self.images[:n], None if self.labels is None else self.labels[:n])
 
 
 @dataclasses.dataclass
