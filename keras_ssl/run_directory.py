@@ -8,6 +8,7 @@ A run directory holds
   encoder.keras               the trained encoder (what evaluation/export use)
   model.keras                 the whole method model (encoder, heads, optimizer)
   training.json               final metrics, wall time, throughput
+  diverged.json               only after a run stopped on divergence: the epoch and why
 Every file is written through a temporary name and a rename, so a killed run
 never leaves a half-written one; a rerun resumes from the newest checkpoint.
 """
@@ -29,6 +30,18 @@ _CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5$")
 # (trailing slash, ./, a moved directory), and the learning rate, so that a diverged
 # run can be continued from its last good checkpoint at a lower rate.
 RESUMABLE_KEYS = {"epochs", "verbose", "keep_checkpoints", "model_dir", "learning_rate"}
+# Written when a run stops on divergence (epoch, why, the message), removed when a rerun finishes.
+DIVERGED_FILE = "diverged.json"
+
+
+def diverged_run(model_dir):
+    """The stored divergence of the run in `model_dir` (a dict), or None."""
+    path = os.path.join(model_dir, DIVERGED_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path, obj):

@@ -25,6 +25,8 @@ def load_model(path, **kwargs):
         return keras.models.load_model(path, **kwargs)
     except Exception as e:  # zip, h5 and config errors alike
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: {first}); it is damaged or incomplete: "
+        # Keras says "File not found" for a truncated file that exists: leave that out
+        detail = "" if "not found" in first.lower() else f" ({type(e).__name__}: {first})"
+        raise UserError(f"{path} cannot be read{detail}; it is damaged or incomplete: "
                         "rerun keras-ssl-train on the run directory (it resumes from the last checkpoint and "
                         "writes it again)") from None

@@ -22,6 +22,7 @@ from keras_ssl.errors import UserError
 from keras_ssl.precision import dtype_policy_reason, gpu_compute_capability, resolve_dtype_policy
 from keras_ssl.progress import keras_verbosity, progress_callback, start_summary
 from keras_ssl.run_directory import (
+    DIVERGED_FILE,
     check_resume,
     epoch_checkpoint_callback,
     latest_checkpoint,
@@ -219,8 +220,13 @@ def _train(config, strategy, chief, own_dir):
         good, _ = latest_checkpoint(own_dir)
         kept = (f"the last good checkpoint, epoch {good}, is kept and a rerun resumes from it"
                 if good else "no epoch finished cleanly, nothing was saved")
-        raise UserError(f"training diverged in epoch {epoch} ({why}); that epoch was not saved, {kept}; "
-                        "rerun with a lower --learning_rate (allowed on resume) or check the data")
+        message = (f"training diverged in epoch {epoch} ({why}); that epoch was not saved, {kept}; "
+                   "rerun with a lower --learning_rate (allowed on resume) or check the data")
+        if chief:  # evaluate/export of this directory name the cause, not only a missing encoder
+            write_json(os.path.join(config.model_dir, DIVERGED_FILE), {"epoch": epoch, "why": why, "message": message})
+        raise UserError(message)
+    if chief and os.path.exists(os.path.join(config.model_dir, DIVERGED_FILE)):
+        os.remove(os.path.join(config.model_dir, DIVERGED_FILE))  # this run went through
     epochs_run = config.epochs - initial_epoch
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
     result = {

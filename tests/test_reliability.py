@@ -34,6 +34,16 @@ def test_a_diverged_epoch_is_never_saved_and_a_lower_rate_resumes(tmp_path):
     result = train(TrainConfig.from_dict(dict(SIAMESE, model_dir=model_dir, epochs=2)))  # lower rate: resumes
     assert result["epochs_run"] == 1 and np.isfinite(result["final_metrics"]["loss"])
     assert _checkpoints(model_dir) == ["epoch_0001.weights.h5", "epoch_0002.weights.h5"]
+    assert not os.path.exists(os.path.join(model_dir, "diverged.json"))  # the rerun went through
+
+    # A run that diverges in its first epoch has no encoder: evaluate/export name the cause.
+    from keras_ssl.bin.common import load_run
+
+    first = str(tmp_path / "first")
+    with pytest.raises(UserError, match="training diverged in epoch 1"):
+        train(TrainConfig.from_dict(dict(SIAMESE, model_dir=first, epochs=1, learning_rate=1e30)))
+    with pytest.raises(UserError, match=r"stopped: training diverged in epoch 1 \(.*nothing was saved"):
+        load_run(first)
 
 
 def test_run_directory_is_locked_known_by_any_spelling_and_cleaned(tmp_path):

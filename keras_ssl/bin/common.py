@@ -166,11 +166,14 @@ def run_main(main):
 
 def load_run(model_dir):
     """`(config, encoder_path)` of a finished training run, or a UserError."""
-    from keras_ssl.run_directory import read_config
+    from keras_ssl.run_directory import diverged_run, read_config
 
     config = read_config(model_dir)
     encoder_path = os.path.join(model_dir, "encoder.keras")
     if not os.path.isfile(encoder_path):
+        diverged = diverged_run(model_dir)
+        if diverged:
+            raise UserError(f"the run in {model_dir} stopped: {diverged.get('message', 'it diverged')}")
         raise UserError(f"{encoder_path} not found; the run has not finished training")
     return config, encoder_path
 
