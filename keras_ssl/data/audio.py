@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from keras_ssl.data.splits import IndexedExamples
+from keras_ssl.data.splits import IndexedExamples, LabelledFacts
 from keras_ssl.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -46,7 +46,7 @@ class AudioSplit(IndexedExamples):
 
 
 @dataclasses.dataclass
-class AudioDataset:
+class AudioDataset(LabelledFacts):
     """A named audio dataset: train and test splits, class and speaker names."""
 
     name: str
@@ -65,14 +65,6 @@ class AudioDataset:
     @property
     def input_shape(self):
         return (self.num_samples,)
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    @property
-    def labelled(self):
-        return self.train.labels is not None
 
 
 def to_mono_float(samples):

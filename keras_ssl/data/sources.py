@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from keras_ssl.data.splits import IndexedExamples
+from keras_ssl.data.splits import IndexedExamples, LabelledFacts
 from keras_ssl.errors import UserError
 
 FASHION_MNIST_FILES = {
@@ -39,7 +39,7 @@ class Split(IndexedExamples):
 
 
 @dataclasses.dataclass
-class ImageDataset:
+class ImageDataset(LabelledFacts):
     """A named dataset: train and test splits plus what a model needs to know."""
 
     name: str
@@ -50,14 +50,6 @@ class ImageDataset:
     @property
     def image_shape(self):
         return tuple(int(s) for s in self.train.images.shape[1:])
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    @property
-    def labelled(self):
-        return self.train.labels is not None
 
 
 def _read_idx(path):

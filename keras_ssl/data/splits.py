@@ -1,8 +1,8 @@
-"""What every split of examples can do, whatever it holds (images, waveforms).
+"""What every split and dataset can do, whatever it holds (images, waveforms).
 
 A split is a dataclass whose fields are arrays over the same N examples (or
 None, e.g. no labels); selecting, holding out and taking apply one index to
-every field alike.
+every field alike. A dataset has `train` and `test` splits and `class_names`.
 """
 
 import dataclasses
@@ -35,3 +35,15 @@ class IndexedExamples:
     def take(self, n):
         """The first `n` examples (all when `n` is None or larger)."""
         return self if n is None or n >= len(self) else self._pick(slice(0, n))
+
+
+class LabelledFacts:
+    """Mixin for dataset dataclasses (`train`, `class_names`): `num_classes`, `labelled`."""
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def labelled(self):
+        return self.train.labels is not None

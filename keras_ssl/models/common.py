@@ -146,15 +146,9 @@ class MethodModel(keras.Model):
         mean; 0 without a probe or labels. Gradients reach only the probe."""
         if self.probe is None or labels is None:
             return 0.0
-        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-        logits = tf.cast(self.probe(tf.stop_gradient(features), training=training), tf.float32)
-        terms = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        n_local = tf.shape(labels)[0]
-        weight = tf.cast(n_local, tf.float32)
-        self.probe_loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
-        self.probe_accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
-        return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+        logits = self.probe(tf.stop_gradient(features), training=training)
+        return classification_loss(logits, tf.reshape(labels, [-1]), self.probe_loss_tracker,
+                                   self.probe_accuracy_tracker)
 
     def class_probabilities(self, images):
         """The probe's softmax over the dataset's classes, `[B, num_classes]`."""
@@ -266,6 +260,22 @@ def global_batch_size(local_size):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return tf.cast(local_size, tf.int32)
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_size, tf.int32))
+
+
+def classification_loss(logits, labels, loss_tracker, accuracy_tracker):
+    """Softmax cross-entropy of `logits` `[B_local, K]` for integer `labels` `[B_local]`,
+    `sum / B_global`, so that summed over replicas it is the global batch's mean;
+    updates the two `Mean` trackers with this replica's loss and accuracy (weight
+    B_local). The pretext heads and the online probe use it."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    terms = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    n_local = tf.shape(labels)[0]
+    weight = tf.cast(n_local, tf.float32)
+    loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
+    accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
+    return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
 
 
 def embed_images(encoder, head, images, normalize, training=False):

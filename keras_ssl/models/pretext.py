@@ -9,7 +9,7 @@ from keras_ssl.data.augment import to_float01
 from keras_ssl.data.pretext import center_square, rotate_all
 from keras_ssl.errors import UserError
 from keras_ssl.heads import mlp_classifier
-from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.common import MethodModel, classification_loss, split_data
 from keras_ssl.models.endpoints import ServingInput, classify_endpoint
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
@@ -43,14 +43,7 @@ class _PretextModel(MethodModel):
 
     def _classify(self, logits, labels):
         """Cross-entropy scaled for the global batch; updates loss and accuracy."""
-        logits = tf.cast(logits, tf.float32)
-        terms = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        n_local = tf.shape(labels)[0]
-        weight = tf.cast(n_local, tf.float32)
-        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
-        self.accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
-        return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+        return classification_loss(logits, labels, self.loss_tracker, self.accuracy_tracker)
 
     def get_config(self):
         config = super().get_config()
