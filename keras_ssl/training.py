@@ -130,7 +130,9 @@ def _encoder_to_keep(config, encoder, dataset):
 def train(config):
     """Trains per `config`; returns a dict of final metrics and paths (also `training.json`).
 
-    The run directory is locked while training (a second run on it is refused)."""
+    The run directory is locked while training (a second run on it is refused).
+    Training runs under `config.dtype_policy`; the caller's global Keras dtype
+    policy is restored on return, so models built afterwards are unaffected."""
     from keras_ssl.distribute import get_strategy, is_chief
 
     config.validate()
@@ -145,8 +147,14 @@ def train(config):
         os.makedirs(own_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run directory {own_dir}: {e.strerror}; fix --model_dir") from None
-    with run_directory_lock(own_dir):
-        return _train(config, strategy, chief, own_dir)
+    import keras
+
+    callers_policy = keras.mixed_precision.global_policy()
+    try:
+        with run_directory_lock(own_dir):
+            return _train(config, strategy, chief, own_dir)
+    finally:
+        keras.mixed_precision.set_global_policy(callers_policy)
 
 
 def _train(config, strategy, chief, own_dir):

@@ -66,10 +66,8 @@ def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
 def test_trains_under_mixed_precision(method, policy, tmp_path, data_root):
     config = _config(method, data_root, dtype_policy=policy, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path),
                      optimizer="adam", learning_rate=1e-3, lr_scaling="none", warmup_epochs=0, verbose=0)
-    try:
-        result = train(config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    result = train(config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy is back
     assert result["dtype_policy"] == policy
     assert result["final_metrics"] and all(math.isfinite(v) for v in result["final_metrics"].values())
 

@@ -29,51 +29,65 @@ from tests.helpers import BLOCK_KERAS, smoke_dataset
 
 PY = sys.executable
 
-# Calls every signature of the SavedModel, whatever it declares: string inputs get the
-# encoded files (PNGs or WAVs; the second string input the same reversed), the other
-# inputs the dense batch (uint8 pixels or float32 waveforms); `bad_dense` is a tensor
-# of the wrong rank or channels.
+# Calls every signature of each SavedModel given (one process for all: TF's start-up is most of
+# the cost), whatever it declares: string inputs get the encoded files (PNGs or WAVs; the second
+# string input the same reversed), the other inputs the dense batch (uint8 pixels or float32
+# waveforms); `bad_dense` is a tensor of the wrong rank or channels. A model that fails to load
+# or serve is reported under its name and the others still run.
 SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
+    import traceback
     import numpy as np, tensorflow as tf
-    path, npz = sys.argv[1], np.load(sys.argv[2], allow_pickle=True)
-    pngs, pixels, bad_dense = list(npz["files"]), npz["dense"], npz["bad_dense"]
-    m = tf.saved_model.load(path)
-    out = {}
 
-    def good(spec, n):
-        args, strings = {}, 0
-        for key in sorted(spec):
-            if spec[key].dtype == tf.string:
-                args[key] = tf.constant(pngs[:n] if strings == 0 else pngs[:n][::-1], tf.string)
-                strings += 1
-            else:
-                args[key] = tf.constant(pixels[:n])
-        return args
 
-    for name, fn in m.signatures.items():
-        spec = fn.structured_input_signature[1]
-        entry = {"inputs": {k: s.dtype.name for k, s in spec.items()}}
-        entry["outputs"] = {k: v.numpy().tolist() for k, v in fn(**good(spec, len(pngs))).items()}
-        entry["empty"] = {k: list(v.shape) for k, v in fn(**good(spec, 0)).items()}
-        bad = {}
-        for key in spec:
-            args = good(spec, 2)
-            if spec[key].dtype == tf.string:
-                args[key] = tf.constant([pngs[0], b"garbage!"])
-            else:
-                args[key] = tf.constant(bad_dense)
-            cases = {"bad_item": args}
-            if len(spec) > 1:
-                cases["uneven"] = dict(good(spec, 2), **{key: good(spec, 1)[key]})
-            for case, call_args in cases.items():
-                try:
-                    fn(**call_args)
-                    bad[f"{key}/{case}"] = None
-                except Exception as e:
-                    bad[f"{key}/{case}"] = str(e)
-        entry["errors"] = bad
-        out[name] = entry
-    print(json.dumps({"signatures": out, "keras_loaded": "keras" in sys.modules or "keras_ssl" in sys.modules}))
+    def serve_all(path, npz):
+        pngs, pixels, bad_dense = list(npz["files"]), npz["dense"], npz["bad_dense"]
+        m = tf.saved_model.load(path)
+        out = {}
+
+        def good(spec, n):
+            args, strings = {}, 0
+            for key in sorted(spec):
+                if spec[key].dtype == tf.string:
+                    args[key] = tf.constant(pngs[:n] if strings == 0 else pngs[:n][::-1], tf.string)
+                    strings += 1
+                else:
+                    args[key] = tf.constant(pixels[:n])
+            return args
+
+        for name, fn in m.signatures.items():
+            spec = fn.structured_input_signature[1]
+            entry = {"inputs": {k: s.dtype.name for k, s in spec.items()}}
+            entry["outputs"] = {k: v.numpy().tolist() for k, v in fn(**good(spec, len(pngs))).items()}
+            entry["empty"] = {k: list(v.shape) for k, v in fn(**good(spec, 0)).items()}
+            bad = {}
+            for key in spec:
+                args = good(spec, 2)
+                if spec[key].dtype == tf.string:
+                    args[key] = tf.constant([pngs[0], b"garbage!"])
+                else:
+                    args[key] = tf.constant(bad_dense)
+                cases = {"bad_item": args}
+                if len(spec) > 1:
+                    cases["uneven"] = dict(good(spec, 2), **{key: good(spec, 1)[key]})
+                for case, call_args in cases.items():
+                    try:
+                        fn(**call_args)
+                        bad[f"{key}/{case}"] = None
+                    except Exception as e:
+                        bad[f"{key}/{case}"] = str(e)
+            entry["errors"] = bad
+            out[name] = entry
+        return out
+
+
+    served = {}
+    for method, path, npz in json.load(open(sys.argv[1])):
+        try:
+            served[method] = {"signatures": serve_all(path, np.load(npz, allow_pickle=True))}
+        except Exception:
+            served[method] = {"error": traceback.format_exc()}
+    keras_loaded = "keras" in sys.modules or "keras_ssl" in sys.modules
+    print(json.dumps({"served": served, "keras_loaded": keras_loaded}))
 ''')
 
 # Quick, deterministic settings shared by every method; the method adds its smoke_options.
@@ -126,22 +140,39 @@ def _inputs(method, settings):
     return images, [_png(i) for i in images], np.zeros([2, 8, 8, images.shape[-1] + 1], np.uint8)
 
 
-def _binaries_and_serving(run):
-    """keras-ssl-evaluate, keras-ssl-export, then every signature from a fresh process."""
+def _binaries(run):
+    """keras-ssl-evaluate and keras-ssl-export on the run."""
     root, model_dir = run["root"], run["model_dir"]
     _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--probe_max_iter=100"], root)
     proc = _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={root / 'exports'}"], root)
     run["export_path"] = proc.stdout.strip().splitlines()[-1].split("exported: ")[-1]
-    proc = subprocess.run([PY, "-c", SERVE_EVERY_SIGNATURE, run["export_path"], run["npz"]], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run["served"] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _serve_every_export(runs, root):
+    """Every exported method's signatures, from one fresh process without keras or keras_ssl."""
+    exported = [(name, run["export_path"], run["npz"]) for name, run in runs.items() if "error" not in run]
+    listing = root / "exports.json"
+    listing.write_text(json.dumps(exported))
+    proc = subprocess.run([PY, "-c", SERVE_EVERY_SIGNATURE, str(listing)], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        for name, _, _ in exported:
+            runs[name]["error"] = AssertionError(f"the serving process failed:\n{proc.stderr[-3000:]}")
+        return
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, _, _ in exported:
+        served = result["served"][name]
+        if "error" in served:
+            runs[name]["error"] = AssertionError(f"serving {name} failed:\n{served['error'][-3000:]}")
+        else:
+            runs[name]["served"] = dict(served, keras_loaded=result["keras_loaded"])
 
 
 @pytest.fixture(scope="module")
 def contract_runs(tmp_path_factory):
-    """Every registered method trained (and resumed) in this process; its binaries and
-    serving run in subprocesses, two methods at a time, while the next method trains."""
+    """Every registered method trained (and resumed) in this process; its binaries run in
+    subprocesses, two methods at a time, while the next method trains; then one fresh
+    process serves every export."""
     from concurrent.futures import ThreadPoolExecutor
 
     runs, pending = {}, {}
@@ -156,7 +187,7 @@ def contract_runs(tmp_path_factory):
                 run["images"], files, bad_dense = _inputs(method, settings)
                 run["npz"] = str(root / "inputs.npz")
                 np.savez(run["npz"], dense=run["images"], files=np.array(files, dtype=object), bad_dense=bad_dense)
-                pending[method.name] = pool.submit(_binaries_and_serving, run)
+                pending[method.name] = pool.submit(_binaries, run)
             except Exception as e:  # reported by this method's tests only
                 run["error"] = e
         for name, future in pending.items():
@@ -164,6 +195,7 @@ def contract_runs(tmp_path_factory):
                 future.result()
             except Exception as e:
                 runs[name]["error"] = e
+    _serve_every_export(runs, tmp_path_factory.mktemp("serving"))
     return runs
 
 

@@ -4,13 +4,16 @@ A fenced ```python block is one example. The HTML comment before it may name it
 (`<!-- example: NAME -->`), say it continues another (`after OTHER`: it runs in the
 same process, after OTHER's code) or that it is not run (`skip: why`; only an
 example that needs a running TF Serving may be skipped, and the client methods
-it calls are checked to exist). Each example runs in a fresh process, in an
-empty directory holding the files the examples name (`shoe.png`, a small
-`data/spoken_digits`), with a prelude that shrinks the work, never the code:
-datasets keep 256 training and 64 test examples, and every `fit` runs one
-epoch of at most two steps.
+it calls are checked to exist). The examples run in one fresh process (TF's
+start-up is most of a small example's cost), each with those continuing it in
+a namespace of its own and after `keras.backend.clear_session()` with the
+float32 policy, as separate scripts would; in an empty directory holding the
+files the examples name (`shoe.png`, a small `data/spoken_digits`), with a
+prelude that shrinks the work, never the code: datasets keep 256 training and
+64 test examples, and every `fit` runs one epoch of at most two steps.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -115,12 +118,38 @@ def test_skipped_serving_example_calls_only_real_client_methods():
         assert hasattr(RestClient, method) and hasattr(GrpcClient, method), method
 
 
-@pytest.mark.parametrize("name", [n for n, (_, after, skip) in EXAMPLES.items() if not skip and not after])
-def test_readme_example_runs(name, workdir):
-    # with the examples that continue it, in one process
+# Runs each (root example + continuations) in its own namespace; a failure is recorded, not fatal.
+DRIVER = '''
+import json as _json, sys as _sys, traceback as _traceback
+_results = {}
+for _name, _code in _json.load(open(_sys.argv[1])):
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        exec(compile(_code, f"<README example {_name}>", "exec"), {"__name__": "__main__"})
+        _results[_name] = None
+    except BaseException:
+        _results[_name] = _traceback.format_exc()
+_json.dump(_results, open(_sys.argv[2], "w"))
+'''
+ROOTS = [n for n, (_, after, skip) in EXAMPLES.items() if not skip and not after]
+
+
+@pytest.fixture(scope="module")
+def example_results(workdir):
+    """`{root example: None or its traceback}`, every runnable example run once."""
+    programs, results = workdir / "examples.json", workdir / "results.json"
+    programs.write_text(json.dumps([(name, _script(name)) for name in ROOTS]))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-c", PRELUDE + _script(name)], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"README example {name} failed:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + DRIVER, str(programs), str(results)], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0 and results.exists(), f"the README examples' process failed:\n{proc.stderr[-4000:]}"
+    return json.loads(results.read_text())
+
+
+@pytest.mark.parametrize("name", ROOTS)
+def test_readme_example_runs(name, workdir, example_results):
+    # with the examples that continue it, in one namespace
+    assert example_results[name] is None, f"README example {name} failed:\n{example_results[name][-4000:]}"
     for path in WRITES.get(name, ()):  # what the example says it writes is there
         assert os.path.exists(workdir / path), (name, path)

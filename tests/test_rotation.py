@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_ssl.data import load_source
 from keras_ssl.data.pretext import rotate_all, rotation_batches
@@ -72,22 +71,5 @@ def test_class_labels_are_never_read_as_rotations(digits):
     assert next(iter(rotation_batches(digits.train, 16))).shape == (16, 8, 8, 1)
 
 
-def _one_step(strategy, x, y):
-    keras.utils.set_random_seed(3)
-    with strategy.scope():
-        model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.5, sync_bn=True), hidden_dim=0,
-                                   num_classes=10)
-        model.compile(optimizer=keras.optimizers.SGD(1.0))
-    before = [v.numpy() for v in model.trainable_variables]
-    loss = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0, shuffle=False).history["loss"][0]
-    return loss, [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
-
-
-def test_two_replicas_match_one_device(two_cpu_strategy, digits):
-    # the rotations are made per replica and the probe sees each replica's unrotated block
-    x, y = digits.train.images[:8].astype(np.float32) / 255.0, digits.train.labels[:8]
-    loss1, g1 = _one_step(tf.distribute.get_strategy(), x, y)
-    loss2, g2 = _one_step(two_cpu_strategy, x, y)
-    np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
-    for a, b in zip(g1, g2):
-        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+# One device vs two replicas (rotations made per replica, the probe on each replica's unrotated
+# block) is test_distributed_methods.py's, which trains rotation with its online probe on digits.
