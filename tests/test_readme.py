@@ -2,9 +2,10 @@
 
 A fenced ```python block is one example. The HTML comment before it may name it
 (`<!-- example: NAME -->`), say it continues another (`after OTHER`: it runs in the
-same process, after OTHER's code) or that it is not run (`skip: why`; only an
-example that needs a running TF Serving may be skipped, and the client methods
-it calls are checked to exist). The examples run in one fresh process (TF's
+same process, after OTHER's code) or that it is not run with the others
+(`skip: why`; only the serving-client example, which needs TF Serving: it runs
+against stand-in REST and gRPC servers that accept only the signatures and
+inputs each model really declares, the last test here). The examples run in one fresh process (TF's
 start-up is most of a small example's cost), each with those continuing it in
 a namespace of its own and after `keras.backend.clear_session()` with the
 float32 policy, as separate scripts would; in an empty directory holding the
@@ -19,13 +20,14 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.helpers import write_chirp_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = re.compile(r"<!-- example: (\w+)(?: after (\w+))?(?: skip: (.*?))? -->")
-ALLOWED_SKIPS = {"serving_clients"}
+ALLOWED_SKIPS = {"serving_clients"}  # run here against stand-in servers instead (the last test)
 # Files the examples (with those continuing them) write, by the first example's name.
 WRITES = {"simclr_fit": ("encoder.keras", "simclr.keras", "saved_models/my_simclr/1"),
           "relative_position_fit": ("patches.png", "saved_models/relpos/1"),
@@ -108,16 +110,6 @@ def test_every_python_block_is_run_or_skipped_for_a_stated_reason():
         assert after is None or after in EXAMPLES, (name, after)
 
 
-def test_skipped_serving_example_calls_only_real_client_methods():
-    from keras_ssl.serving import GrpcClient, RestClient
-
-    code = EXAMPLES["serving_clients"][0]
-    called = set(re.findall(r"(?:rest|grpc|Client\([^)]*\))\.(\w+)\(", code))
-    assert called >= {"embed", "verify", "classify"}
-    for method in called:
-        assert hasattr(RestClient, method) and hasattr(GrpcClient, method), method
-
-
 # Runs each (root example + continuations) in its own namespace; a failure is recorded, not fatal.
 DRIVER = '''
 import json as _json, sys as _sys, traceback as _traceback
@@ -153,3 +145,112 @@ def test_readme_example_runs(name, workdir, example_results):
     assert example_results[name] is None, f"README example {name} failed:\n{example_results[name][-4000:]}"
     for path in WRITES.get(name, ()):  # what the example says it writes is there
         assert os.path.exists(workdir / path), (name, path)
+
+
+# The models the serving example asks TF Serving for, as the methods (and options) that make them.
+SERVED_BY_README = {"siamese": ("siamese", {}), "rotation": ("rotation", {}),
+                    "simclr": ("simclr", {"online_probe": True}), "cpc": ("cpc_audio", {})}
+
+
+def _declared_endpoints(root):
+    """{served model name: {signature: Endpoint}}, from untrained tiny models of each method."""
+    from keras_ssl.models import registry
+    from keras_ssl.training import TrainConfig, build_model, load_run_dataset
+    from tests.helpers import smoke_dataset
+
+    declared = {}
+    for served, (method, extra) in SERVED_BY_README.items():
+        spec = registry.get(method)
+        config = TrainConfig.from_dict({"method": method, "dataset": "digits", "width_multiplier": 0.25,
+                                        "model_dir": "unused", **spec.smoke_options,
+                                        **smoke_dataset(spec, str(root)), **extra})
+        dataset = load_run_dataset(config)
+        model = build_model(config, dataset)
+        shape = (dataset.train.waveforms.shape[1],) if spec.modality == "audio" else dataset.image_shape
+        endpoints = model.serving_endpoints(shape, model.threshold if model.supports_threshold else None)
+        declared[served] = {e.name: e for e in endpoints}
+    return declared
+
+
+def _stand_in_answer(declared, calls, model, signature, inputs):
+    """What TF Serving would answer in shape and type, after checking the request against the
+    signatures the model really declares; zeros as values (the numbers are test_serving.py's)."""
+    calls.append((model, signature))
+    if model not in declared or signature not in declared[model]:
+        raise ValueError(f"model {model} serves no signature {signature!r}")
+    endpoint = declared[model][signature]
+    if sorted(inputs) != sorted(i.name for i in endpoint.inputs):
+        raise ValueError(f"{model}/{signature} takes {[i.name for i in endpoint.inputs]}, got {sorted(inputs)}")
+    n = len(next(iter(inputs.values())))
+    return {o.name: np.zeros([n, *[d or 3 for d in o.shape]], o.dtype) for o in endpoint.outputs}
+
+
+def test_serving_clients_example_runs_against_stand_in_servers(workdir, tmp_path, monkeypatch):
+    """The README's client example, as written but for the two port numbers, against stand-in
+    REST and gRPC servers that accept only what each model really serves."""
+    import http.server
+    import threading
+    from concurrent import futures
+
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.helpers import chirp
+
+    declared, calls = _declared_endpoints(tmp_path), []
+
+    class Rest(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            model = re.match(r"/v1/models/(\w+)(?:/versions/\d+)?:predict$", self.path).group(1)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            try:
+                out = _stand_in_answer(declared, calls, model, body["signature_name"], body["inputs"])
+                status, reply = 200, {"outputs": {k: v.tolist() for k, v in out.items()}}
+            except ValueError as e:
+                status, reply = 400, {"error": str(e)}
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    class Grpc(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 (gRPC's name)
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            try:
+                out = _stand_in_answer(declared, calls, request.model_spec.name,
+                                       request.model_spec.signature_name, inputs)
+            except ValueError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            reply = predict_pb2.PredictResponse()
+            for k, v in out.items():
+                reply.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+            return reply
+
+    rest = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rest)
+    threading.Thread(target=rest.serve_forever, daemon=True).start()
+    rpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Grpc(), rpc)
+    grpc_port = rpc.add_insecure_port("127.0.0.1:0")
+    rpc.start()
+    code = EXAMPLES["serving_clients"][0]
+    assert code.count("8501") >= 1 and code.count("8500") >= 1
+    code = code.replace("8501", str(rest.server_address[1])).replace("8500", str(grpc_port))
+    from scipy.io import wavfile
+
+    monkeypatch.chdir(workdir)
+    wave = chirp(300.0, 16000, 16000, np.random.default_rng(0))
+    wavfile.write("seven.wav", 16000, np.round(wave * 32767).astype(np.int16))
+    png = open("shoe.png", "rb").read()
+    try:
+        exec(compile(code, "<README example serving_clients>", "exec"), {"png": png, "png_a": png, "png_b": png})
+    finally:
+        rest.shutdown()
+        rest.server_close()
+        rpc.stop(0)
+    assert {("siamese", "serving_default"), ("siamese", "verify"), ("rotation", "rotation"),
+            ("simclr", "classify"), ("cpc", "serving_default")} <= set(calls), calls
