@@ -2,8 +2,9 @@
 
 Every encoder is a functional `keras.Model` built from Keras's own layers and
 `keras_ssl.layers.FusedBatchNormalization` (Keras's BatchNormalization with
-TensorFlow's fused kernel in training, 1.3x faster steps on CPU); the
-`encoder.keras` a run writes holds Keras's own BatchNormalization instead
+TensorFlow's fused kernel in training, 1.3x faster steps on a 2-core
+AVX2-only AMD EPYC); the `encoder.keras` a run writes holds Keras's own
+BatchNormalization instead
 (`keras_ssl.layers.with_keras_batch_norm`), so it loads without keras_ssl.
 Conventions:
 
@@ -79,8 +80,9 @@ def small_cnn(input_shape=(28, 28, 1), width_multiplier=1.0, sync_bn=None, name=
     (all times `width_multiplier`); global average pooling:
     28x28 -> 14x14 -> 7x7 -> 128 features, about 45 MFLOPs per 28 px image.
     The widths are ours, sized so that SimCLR makes several passes over
-    Fashion-MNIST within the 10 minute demo on 2 CPU cores, where the
-    training step runs at the CPU's matmul rate (docs/BENCHMARKS.md).
+    Fashion-MNIST within the 10 minute demo on 2 CPU cores (measured on
+    AVX512-BF16 and AVX2-only AMD EPYCs), where the training step runs at
+    the CPU's matmul rate (docs/BENCHMARKS.md).
     """
     _check_input_shape(tuple(input_shape), 8)
     sync_bn = resolve_sync_bn(sync_bn)

@@ -8,7 +8,8 @@ half the images) from stateless ops
 keyed by `seed`, so the same seed gives the same views anywhere, in any
 `tf.data` worker or replica. Batch ops (crop_and_resize with per-image boxes,
 broadcast jitter, one depthwise conv for per-image blur kernels) were faster
-than a per-image `map` on a 2-core CPU (two views, batch 256 of 32x32x3:
+than a per-image `map` on a 2-core machine of this project, in one run (the
+CPU kind was not recorded; two views, batch 256 of 32x32x3:
 2.6-6.6k images/s against 2.2-3.1k for a per-image `tf.image` map and
 1.1-1.9k for Keras's preprocessing layers).
 
