@@ -44,6 +44,17 @@ def diverged_run(model_dir):
         return None
 
 
+def record_divergence(model_dir, epoch, why, message):
+    """Writes `diverged.json`, so evaluate/export of the directory name the cause."""
+    write_json(os.path.join(model_dir, DIVERGED_FILE), {"epoch": epoch, "why": why, "message": message})
+
+
+def clear_divergence(model_dir):
+    """Removes `diverged.json` (a rerun went through)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(model_dir, DIVERGED_FILE))
+
+
 def write_json(path, obj):
     from keras_ssl.evaluation import write_json_atomic
 

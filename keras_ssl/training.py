@@ -22,10 +22,11 @@ from keras_ssl.errors import UserError
 from keras_ssl.precision import dtype_policy_reason, gpu_compute_capability, resolve_dtype_policy
 from keras_ssl.progress import keras_verbosity, progress_callback, start_summary
 from keras_ssl.run_directory import (
-    DIVERGED_FILE,
     check_resume,
+    clear_divergence,
     epoch_checkpoint_callback,
     latest_checkpoint,
+    record_divergence,
     read_config,
     resume_epoch,
     run_directory_lock,
@@ -151,6 +152,7 @@ def train(config):
 
     callers_policy = keras.mixed_precision.global_policy()
     try:
+        keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
         with run_directory_lock(own_dir):
             return _train(config, strategy, chief, own_dir)
     finally:
@@ -163,7 +165,6 @@ def _train(config, strategy, chief, own_dir):
     from keras_ssl.distribute import shard_by_data
     from keras_ssl.optimizers import WarmupCosine, build_optimizer, scale_learning_rate
 
-    keras.mixed_precision.set_global_policy(resolve_dtype_policy(config.dtype_policy))
     keras.utils.set_random_seed(config.seed)
 
     dataset = load_run_dataset(config)
@@ -231,10 +232,10 @@ def _train(config, strategy, chief, own_dir):
         message = (f"training diverged in epoch {epoch} ({why}); that epoch was not saved, {kept}; "
                    "rerun with a lower --learning_rate (allowed on resume) or check the data")
         if chief:  # evaluate/export of this directory name the cause, not only a missing encoder
-            write_json(os.path.join(config.model_dir, DIVERGED_FILE), {"epoch": epoch, "why": why, "message": message})
+            record_divergence(config.model_dir, epoch, why, message)
         raise UserError(message)
-    if chief and os.path.exists(os.path.join(config.model_dir, DIVERGED_FILE)):
-        os.remove(os.path.join(config.model_dir, DIVERGED_FILE))  # this run went through
+    if chief:
+        clear_divergence(config.model_dir)
     epochs_run = config.epochs - initial_epoch
     encoder_path = os.path.join(config.model_dir, "encoder.keras")
     result = {

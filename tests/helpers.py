@@ -53,6 +53,18 @@ def write_chirp_folder(root, per_class=12, seconds=0.25, seed=0):
     return f"folder:{root}"
 
 
+def smoke_config(method_name, root, **extra):
+    """A `TrainConfig` for the registered method on its tiny settings (`smoke_options`,
+    the 8x8 digits or a chirp folder under `root`), plus `extra`."""
+    from keras_ssl.models import registry
+    from keras_ssl.training import TrainConfig
+
+    method = registry.get(method_name)
+    return TrainConfig.from_dict({"method": method_name, "dataset": "digits", "width_multiplier": 0.25,
+                                  "model_dir": "unused", **method.smoke_options, **smoke_dataset(method, root),
+                                  **extra})
+
+
 def smoke_dataset(method, root):
     """The run settings that give `method` its tiny dataset: nothing for image methods
     (the 8x8 digits of the tests' base settings), a chirp folder under `root` for audio."""

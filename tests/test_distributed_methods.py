@@ -9,23 +9,17 @@ import pytest
 import tensorflow as tf
 
 from keras_ssl.models import registry
-from keras_ssl.training import TrainConfig, build_model, load_run_dataset, method_data, train
-from tests.helpers import smoke_dataset
+from keras_ssl.training import build_model, load_run_dataset, method_data, train
+from tests.helpers import smoke_config
 
 # Every registered method, on its own tiny settings (8x8 digits, relative position upsampled;
-# chirps for the audio methods).
-METHODS = {m.name: m.smoke_options for m in registry.methods()}
+# chirps for the audio methods): tests.helpers.smoke_config.
+METHODS = registry.names()
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke_data")
-
-
-def _config(method, root, **extra):
-    return TrainConfig.from_dict({"method": method, "dataset": "digits", "width_multiplier": 0.25,
-                                  "model_dir": "unused", **METHODS[method],
-                                  **smoke_dataset(registry.get(method), root), **extra})
 
 
 def _data(config):
@@ -47,7 +41,7 @@ def _step(strategy, config, dataset, batch, weights=None):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
     keras.utils.set_random_seed(0)
-    config = _config(method, data_root)
+    config = smoke_config(method, data_root)
     dataset = _data(config)
     data, _, _ = method_data(config, dataset.train.take(400))
     batch = next(iter(data))
@@ -64,8 +58,9 @@ def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_trains_under_mixed_precision(method, policy, tmp_path, data_root):
-    config = _config(method, data_root, dtype_policy=policy, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path),
-                     optimizer="adam", learning_rate=1e-3, lr_scaling="none", warmup_epochs=0, verbose=0)
+    config = smoke_config(method, data_root, dtype_policy=policy, epochs=1, steps_per_epoch=3,
+                          model_dir=str(tmp_path), optimizer="adam", learning_rate=1e-3, lr_scaling="none",
+                          warmup_epochs=0, verbose=0)
     result = train(config)
     assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy is back
     assert result["dtype_policy"] == policy
@@ -73,12 +68,9 @@ def test_trains_under_mixed_precision(method, policy, tmp_path, data_root):
 
 
 def test_auto_dtype_policy_is_recorded_as_asked(tmp_path):
-    config = _config("rotation", tmp_path, epochs=1, steps_per_epoch=1, model_dir=str(tmp_path), verbose=0)
+    config = smoke_config("rotation", tmp_path, epochs=1, steps_per_epoch=1, model_dir=str(tmp_path), verbose=0)
     assert config.dtype_policy == "auto"
-    try:
-        result = train(config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    result = train(config)
     from keras_ssl.precision import resolve_dtype_policy
 
     assert result["dtype_policy"] == resolve_dtype_policy("auto") != "auto"

@@ -154,19 +154,15 @@ SERVED_BY_README = {"siamese": ("siamese", {}), "rotation": ("rotation", {}),
 
 def _declared_endpoints(root):
     """{served model name: {signature: Endpoint}}, from untrained tiny models of each method."""
-    from keras_ssl.models import registry
-    from keras_ssl.training import TrainConfig, build_model, load_run_dataset
-    from tests.helpers import smoke_dataset
+    from keras_ssl.training import build_model, load_run_dataset
+    from tests.helpers import smoke_config
 
     declared = {}
     for served, (method, extra) in SERVED_BY_README.items():
-        spec = registry.get(method)
-        config = TrainConfig.from_dict({"method": method, "dataset": "digits", "width_multiplier": 0.25,
-                                        "model_dir": "unused", **spec.smoke_options,
-                                        **smoke_dataset(spec, str(root)), **extra})
+        config = smoke_config(method, root, **extra)
         dataset = load_run_dataset(config)
         model = build_model(config, dataset)
-        shape = (dataset.train.waveforms.shape[1],) if spec.modality == "audio" else dataset.image_shape
+        shape = dataset.input_shape if config.method_spec.modality == "audio" else dataset.image_shape
         endpoints = model.serving_endpoints(shape, model.threshold if model.supports_threshold else None)
         declared[served] = {e.name: e for e in endpoints}
     return declared

@@ -10,8 +10,6 @@ from PIL import Image
 
 
 def test_unlabelled_run_is_evaluated_without_labels(tmp_path):
-    import keras
-
     from keras_ssl.data import load_source
     from keras_ssl.training import TrainConfig, train
 
@@ -21,12 +19,9 @@ def test_unlabelled_run_is_evaluated_without_labels(tmp_path):
     for i, image in enumerate(images):  # a flat folder: no class sub-folders, no labels
         Image.fromarray(image[:, :, 0]).resize((16, 16)).save(folder / f"{i:03d}.png")
     model_dir = str(tmp_path / "run")
-    try:
-        train(TrainConfig(method="rotation", dataset=f"folder:{folder}", augment="none", width_multiplier=0.25,
-                          batch_size=16, epochs=1, steps_per_epoch=3, dtype_policy="float32", verbose=0,
-                          model_dir=model_dir))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    train(TrainConfig(method="rotation", dataset=f"folder:{folder}", augment="none", width_multiplier=0.25,
+                      batch_size=16, epochs=1, steps_per_epoch=3, dtype_policy="float32", verbose=0,
+                      model_dir=model_dir))
     proc = subprocess.run([sys.executable, "-m", "keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=pca"],
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
