@@ -78,9 +78,3 @@ def mfcc(waveforms):
     log_mel = tf.math.log(tf.tensordot(spectrum, mel, 1) + 1e-6)
     return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[..., :MFCC_COEFFICIENTS]
 
-
-def pooled_mfcc(waveforms):
-    """Utterance vector of MFCCs: mean and standard deviation over frames, `[batch, 26]`."""
-    m = mfcc(waveforms)
-    mean, var = tf.nn.moments(m, axes=[1])
-    return tf.concat([mean, tf.sqrt(var)], axis=-1)

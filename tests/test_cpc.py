@@ -238,3 +238,34 @@ def test_clips_too_short_are_refused_before_the_run_directory_is_claimed(tmp_pat
     with pytest.raises(UserError, match="clips of 1600 samples give 10 frames, not more than prediction_steps=12"):
         train(config)
     assert not os.path.exists(tmp_path / "run" / "config.json")
+
+
+def test_audio_evaluation_pools_every_frame_point_and_the_mfccs_the_same_ways(tmp_path):
+    """Every frame point (and the MFCC baseline) is probed mean-pooled and mean+std-pooled; the
+    pooled vectors are the NumPy mean and standard deviation over frames; the MFCC speaker probe
+    separates the chirps' two "speakers" (start frequencies 300-600 Hz vs 1200-1500 Hz)."""
+    from tests.helpers import write_chirp_folder
+
+    from keras_ssl.audio_encoders import mfcc
+    from keras_ssl.data import load_source
+    from keras_ssl.evaluation.audio import clip_features, evaluate_audio_model, pooled_statistics
+
+    dataset = load_source(write_chirp_folder(str(tmp_path / "chirps")), audio_seconds=0.25)
+    keras.utils.set_random_seed(0)
+    model = CPC(cpc_conv(16), context_dim=8, prediction_steps=4, num_samples=4000)
+    untrained = CPC(cpc_conv(16), context_dim=8, prediction_steps=4, num_samples=4000)
+    frames = model.frames(dataset.test.waveforms[:5]).numpy().astype(np.float64)
+    np.testing.assert_allclose(
+        clip_features(lambda x: pooled_statistics(model.frames(x)), dataset.test.waveforms[:5]),
+        np.concatenate([frames.mean(axis=1), frames.std(axis=1)], axis=1), rtol=1e-4, atol=1e-5)
+    results = evaluate_audio_model(model, dataset, untrained, str(tmp_path / "eval"), plot=None, probe_max_iter=200)
+    expected = {"context": 8, "latent": 16, "mfcc": mfcc(dataset.test.waveforms[:1]).shape[-1]}
+    for name, width in expected.items():
+        for prefix in ("", "untrained_") if name != "mfcc" else ("",):
+            assert results["probes"][prefix + name]["feature_dim"] == width
+            assert results["probes"][prefix + name + "_mean_std"]["feature_dim"] == 2 * width
+            assert {"word", "speaker"} <= set(results["probes"][prefix + name + "_mean_std"])
+    assert results["representation_point"] == "context" and results["feature_dim"] == 8
+    assert results["linear_probe_accuracy"] == results["probes"]["context"]["word"]
+    assert results["probes"]["mfcc_mean_std"]["speaker"] >= 0.9
+    assert os.path.isfile(tmp_path / "eval" / "evaluation.json")

@@ -1,14 +1,22 @@
 """Frozen-feature evaluation of audio models: word and speaker probes against baselines.
 
-For every probe point the model declares (`probe_points()`: for CPC the
-pooled context `c` and the pooled latents `z`), utterance vectors of the
-train and test clips are fit by the linear probe (scikit-learn's logistic
+Every frame sequence the model declares (`frame_points()`: for CPC the
+context `c_t` and the latents `z_t`), the MFCCs of the clips (13
+coefficients per 10 ms, `keras_ssl.audio_encoders.mfcc`) and the same
+architecture untrained (freshly initialised, seed 0) are pooled over time in
+two ways, the same for every row:
+
+* `mean`: the mean over frames (`<point>`; for CPC's context this is the
+  served representation);
+* `mean+std`: the mean and the standard deviation over frames, concatenated
+  (`<point>_mean_std`; the "statistics pooling" of speaker embeddings, e.g.
+  x-vectors, Snyder et al. 2018, and the usual MFCC utterance vector).
+
+Each utterance vector is fit by the linear probe (scikit-learn's logistic
 regression on standardised features, `classification.linear_probe`) for the
-word label and, when the dataset has speakers, the speaker label. The same
-probe runs on two baselines: MFCCs (13 coefficients, mean and standard
-deviation over frames, `keras_ssl.audio_encoders.pooled_mfcc`) and the same
-architecture untrained (freshly initialised, seed 0). A learnt
-representation earns its keep when it beats both.
+word label and, when the dataset has speakers, the speaker label. A learnt
+representation earns its keep when it beats the MFCCs and the untrained
+network pooled the same way.
 """
 
 import os
@@ -19,6 +27,15 @@ import tensorflow as tf
 from keras_ssl.errors import UserError
 from keras_ssl.evaluation.classification import embedding_plot, knn_accuracy, linear_probe
 from keras_ssl.evaluation.report import write_json_atomic
+
+
+POOLINGS = ("mean", "mean_std")
+
+
+def pooled_statistics(frames):
+    """`[B, T, D]` -> `[B, 2D]`: the mean over time, then the standard deviation."""
+    mean, variance = tf.nn.moments(tf.cast(frames, tf.float32), axes=[1])
+    return tf.concat([mean, tf.sqrt(variance)], axis=-1)
 
 
 def clip_features(function, waveforms, batch_size=128):
@@ -41,31 +58,40 @@ def _probes(train_x, test_x, train, test, probe_max_iter):
 
 def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="tsne", probe_max_iter=1000,
                          train_limit=None, extra=None):
-    """Word/speaker probes of `model`'s probe points, MFCCs and `untrained`;
-    kNN on the representation; a t-SNE of the test clips; `evaluation.json`.
+    """Word/speaker probes of `model`'s frame points, MFCCs and `untrained`,
+    each mean-pooled and mean+std-pooled; kNN on the representation; a t-SNE
+    of the test clips; `evaluation.json`.
 
     Top-level keys (as for images): `linear_probe_accuracy` (word, on the
-    representation), `speaker_probe_accuracy`, `knn_accuracy`, `feature_dim`;
-    every figure under `probes[point][label]`.
+    representation: the first frame point, mean-pooled),
+    `speaker_probe_accuracy`, `knn_accuracy_k20`, `feature_dim`; every figure
+    under `probes[point][label]` with `point` as `context`, `context_mean_std`,
+    `mfcc`, `mfcc_mean_std`, `untrained_context`, ...
     """
     if not dataset.labelled:
         raise UserError(f"dataset {dataset.name} has no labels; the word probe needs one sub-folder per word")
     if len(dataset.test) == 0:
         raise UserError(f"dataset {dataset.name} has no test split to evaluate on")
-    from keras_ssl.audio_encoders import pooled_mfcc
+    from keras_ssl.audio_encoders import mfcc
 
     train, test = dataset.train.take(train_limit), dataset.test
     results = {"dataset": dataset.name, "train_clips": len(train), "test_clips": len(test), "probes": {}}
-    candidates = list(model.probe_points().items()) + [("mfcc", pooled_mfcc)]
+    candidates = list(model.frame_points().items()) + [("mfcc", mfcc)]
     if untrained is not None:
-        candidates += [(f"untrained_{name}", fn) for name, fn in untrained.probe_points().items()]
+        candidates += [(f"untrained_{name}", fn) for name, fn in untrained.frame_points().items()]
     representation = None
-    for name, fn in candidates:
-        train_x, test_x = clip_features(fn, train.waveforms), clip_features(fn, test.waveforms)
-        results["probes"][name] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
-                                       feature_dim=int(train_x.shape[1]))
-        if representation is None:  # the first probe point is the representation
-            representation = (name, train_x, test_x)
+    for name, frames_fn in candidates:
+        statistics = lambda x, frames_fn=frames_fn: pooled_statistics(frames_fn(x))  # noqa: E731
+        train_stats, test_stats = clip_features(statistics, train.waveforms), clip_features(statistics, test.waveforms)
+        width = train_stats.shape[1] // 2
+        for pooling in POOLINGS:  # the mean is the first half of the statistics
+            train_x, test_x = (train_stats[:, :width], test_stats[:, :width]) if pooling == "mean" else (
+                train_stats, test_stats)
+            point = name if pooling == "mean" else f"{name}_{pooling}"
+            results["probes"][point] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
+                                            feature_dim=int(train_x.shape[1]))
+            if representation is None:  # the first frame point, mean-pooled, is the representation
+                representation = (point, train_x, test_x)
     name, train_x, test_x = representation
     first = results["probes"][name]
     results.update(representation_point=name, linear_probe_accuracy=first["word"], feature_dim=first["feature_dim"],

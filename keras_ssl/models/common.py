@@ -175,12 +175,6 @@ class MethodModel(keras.Model):
         """`representation(images)`: what `predict` returns."""
         return self.representation(images, training=training)
 
-    def probe_points(self):
-        """`{name: function(inputs) -> [B, D]}`: what frozen-feature probes
-        read, the representation first (audio evaluation; see
-        `keras_ssl.evaluation.audio`)."""
-        return {"representation": self.representation}
-
     def representation_dim(self, image_shape):
         """D, the width of `representation` for images of `image_shape` (H, W, C)."""
         return int(self.representation(tf.zeros([1, *image_shape])).shape[-1])

@@ -184,10 +184,10 @@ class CPC(_PredictiveCoding):
         """The clip's representation: the mean over time of `c_t`, `[B, context_dim]`."""
         return tf.reduce_mean(self.frames(waveforms, training=training), axis=1)
 
-    def probe_points(self):
-        """The pooled context (the representation) and the pooled latents `z`."""
-        return {"context": self.representation,
-                "latent": lambda waveforms: tf.reduce_mean(self.latents(waveforms), axis=1)}
+    def frame_points(self):
+        """What frozen-feature probes pool over time (`keras_ssl.evaluation.audio`):
+        the context `c_t` (its mean is the representation) and the latents `z_t`."""
+        return {"context": self.frames, "latent": self.latents}
 
     def representation_dim(self, input_shape=None):
         return self.context_dim
