@@ -29,13 +29,14 @@ from keras_ssl.evaluation.classification import embedding_plot, knn_accuracy, li
 from keras_ssl.evaluation.report import write_json_atomic
 
 
-POOLINGS = ("mean", "mean_std")
-
-
 def pooled_statistics(frames):
     """`[B, T, D]` -> `[B, 2D]`: the mean over time, then the standard deviation."""
     mean, variance = tf.nn.moments(tf.cast(frames, tf.float32), axes=[1])
     return tf.concat([mean, tf.sqrt(variance)], axis=-1)
+
+
+def _statistics_of(frames_fn):
+    return lambda waveforms: pooled_statistics(frames_fn(waveforms))
 
 
 def clip_features(function, waveforms, batch_size=128):
@@ -81,13 +82,11 @@ def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="
         candidates += [(f"untrained_{name}", fn) for name, fn in untrained.frame_points().items()]
     representation = None
     for name, frames_fn in candidates:
-        statistics = lambda x, frames_fn=frames_fn: pooled_statistics(frames_fn(x))  # noqa: E731
-        train_stats, test_stats = clip_features(statistics, train.waveforms), clip_features(statistics, test.waveforms)
+        train_stats, test_stats = (clip_features(_statistics_of(frames_fn), split.waveforms) for split in (train, test))
         width = train_stats.shape[1] // 2
-        for pooling in POOLINGS:  # the mean is the first half of the statistics
-            train_x, test_x = (train_stats[:, :width], test_stats[:, :width]) if pooling == "mean" else (
-                train_stats, test_stats)
-            point = name if pooling == "mean" else f"{name}_{pooling}"
+        for suffix, columns in (("", slice(0, width)), ("_mean_std", slice(None))):  # the mean is the first half
+            train_x, test_x = train_stats[:, columns], test_stats[:, columns]
+            point = name + suffix
             results["probes"][point] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
                                             feature_dim=int(train_x.shape[1]))
             if representation is None:  # the first frame point, mean-pooled, is the representation
