@@ -1,7 +1,8 @@
 """Frozen-feature evaluation of audio models: word and speaker probes against baselines.
 
-Every frame sequence the model declares (`frame_points()`: for CPC the
-context `c_t` and the latents `z_t`), the MFCCs of the clips (13
+Every frame sequence the model declares (`probe_frames(waveforms)`, one
+forward pass for all of them: for CPC the context `c_t` and the latents
+`z_t`), the MFCCs of the clips (13
 coefficients per 10 ms, `keras_ssl.audio_encoders.mfcc`) and the same
 architecture untrained (freshly initialised, seed 0) are pooled over time in
 two ways, the same for every row:
@@ -35,19 +36,21 @@ def pooled_statistics(frames):
     return tf.concat([mean, tf.sqrt(variance)], axis=-1)
 
 
-def _statistics_of(frames_fn):
-    return lambda waveforms: pooled_statistics(frames_fn(waveforms))
+def _pooled_frames(frames_fn):
+    """`frames_fn(waveforms) -> {point: [B, T, D]}` -> a function giving `{point: [B, 2D]}`."""
+    return lambda waveforms: {point: pooled_statistics(f) for point, f in frames_fn(waveforms).items()}
 
 
 def clip_features(function, waveforms, batch_size=128):
-    """`function(waveforms) -> [B, D]` over numpy clips `[N, samples]`, float32 `[N, D]`."""
-    fn = tf.function(lambda x: tf.cast(function(x), tf.float32))
+    """`function(waveforms)` over numpy clips `[N, samples]`, in batches: float32 `[N, D]`
+    for a function giving `[B, D]`, or `{name: [N, D]}` for one giving `{name: [B, D]}`."""
+    fn = tf.function(lambda x: tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), function(x)))
     chunks = []
     for i in range(0, len(waveforms), batch_size):
         chunk = waveforms[i:i + batch_size]
         padded = np.pad(chunk, [(0, batch_size - len(chunk)), (0, 0)])  # one shape: one trace
-        chunks.append(fn(tf.constant(padded)).numpy()[:len(chunk)])
-    return np.concatenate(chunks, axis=0)
+        chunks.append(tf.nest.map_structure(lambda t: t.numpy()[:len(chunk)], fn(tf.constant(padded))))
+    return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *chunks)
 
 
 def _probes(train_x, test_x, train, test, probe_max_iter):
@@ -77,20 +80,21 @@ def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="
 
     train, test = dataset.train.take(train_limit), dataset.test
     results = {"dataset": dataset.name, "train_clips": len(train), "test_clips": len(test), "probes": {}}
-    candidates = list(model.frame_points().items()) + [("mfcc", mfcc)]
+    sources = [("", model.probe_frames), ("", lambda waveforms: {"mfcc": mfcc(waveforms)})]
     if untrained is not None:
-        candidates += [(f"untrained_{name}", fn) for name, fn in untrained.frame_points().items()]
+        sources.append(("untrained_", untrained.probe_frames))
     representation = None
-    for name, frames_fn in candidates:
-        train_stats, test_stats = (clip_features(_statistics_of(frames_fn), split.waveforms) for split in (train, test))
-        width = train_stats.shape[1] // 2
-        for suffix, columns in (("", slice(0, width)), ("_mean_std", slice(None))):  # the mean is the first half
-            train_x, test_x = train_stats[:, columns], test_stats[:, columns]
-            point = name + suffix
-            results["probes"][point] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
-                                            feature_dim=int(train_x.shape[1]))
-            if representation is None:  # the first frame point, mean-pooled, is the representation
-                representation = (point, train_x, test_x)
+    for prefix, frames_fn in sources:  # one forward pass per model and split for all its points
+        train_stats, test_stats = (clip_features(_pooled_frames(frames_fn), split.waveforms) for split in (train, test))
+        for name in train_stats:
+            width = train_stats[name].shape[1] // 2
+            for suffix, columns in (("", slice(0, width)), ("_mean_std", slice(None))):  # the mean: first half
+                train_x, test_x = train_stats[name][:, columns], test_stats[name][:, columns]
+                point = prefix + name + suffix
+                results["probes"][point] = dict(_probes(train_x, test_x, train, test, probe_max_iter),
+                                                feature_dim=int(train_x.shape[1]))
+                if representation is None:  # the model's first frame point, mean-pooled, is the representation
+                    representation = (point, train_x, test_x)
     name, train_x, test_x = representation
     first = results["probes"][name]
     results.update(representation_point=name, linear_probe_accuracy=first["word"], feature_dim=first["feature_dim"],

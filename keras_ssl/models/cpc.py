@@ -184,10 +184,12 @@ class CPC(_PredictiveCoding):
         """The clip's representation: the mean over time of `c_t`, `[B, context_dim]`."""
         return tf.reduce_mean(self.frames(waveforms, training=training), axis=1)
 
-    def frame_points(self):
-        """What frozen-feature probes pool over time (`keras_ssl.evaluation.audio`):
-        the context `c_t` (its mean is the representation) and the latents `z_t`."""
-        return {"context": self.frames, "latent": self.latents}
+    def probe_frames(self, waveforms):
+        """What frozen-feature probes pool over time (`keras_ssl.evaluation.audio`),
+        from one pass of the encoder: `{"context": c_t (its mean is the
+        representation), "latent": z_t}`, each `[B, frames, D]`."""
+        z = self.latents(waveforms)
+        return {"context": self.context(z, training=False), "latent": z}
 
     def representation_dim(self, input_shape=None):
         return self.context_dim
