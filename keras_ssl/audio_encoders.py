@@ -3,7 +3,10 @@
 * `cpc_conv`: CPC's strided 1-D convolutional encoder (van den Oord et al.
   2018, section 3.1): five layers with strides 5, 4, 2, 2, 2 and kernels
   10, 8, 4, 4, 4, so one latent `z_t` per 160 samples (10 ms at 16 kHz);
-  512 channels in the paper (`width`).
+  512 channels in the paper (`width`), with a per-frame LayerNormalization
+  after each convolution (Facebook's CPC_audio).
+* `cpc_conv_plain`: the same without the LayerNormalizations: Conv1D + ReLU,
+  as the paper published it.
 * `mfcc`: the classic hand-made features, the baseline the learnt ones must beat.
 
 Like the image encoders, `cpc_conv` is a functional `keras.Model` of Keras's
@@ -34,6 +37,7 @@ def cpc_conv(width=512, normalize=True, name="cpc_conv"):
     (Riviere et al. 2020), which trains more stably; unlike batch norm it
     lets no information pass between the sequences of a batch, which would
     help the contrastive task without helping the representation.
+    `normalize=False` drops it (`cpc_conv_plain`, the paper's blocks).
     """
     inputs = keras.Input(shape=(None,), name="waveform")
     x = keras.layers.Reshape((-1, 1), name="to_channels")(inputs)
@@ -49,12 +53,18 @@ def cpc_conv(width=512, normalize=True, name="cpc_conv"):
 
 
 def build_audio_encoder(name, width_multiplier=1.0):
-    """An audio encoder by name (`cpc_conv`: 512 x `width_multiplier` channels)."""
+    """An audio encoder by name, 512 x `width_multiplier` channels: `cpc_conv`
+    (per-frame LayerNormalization, CPC_audio) or `cpc_conv_plain` (none, the
+    paper's encoder; on the synthetic spoken digits it kept more of the
+    speaker, see docs/BENCHMARKS.md)."""
+    width = max(1, int(round(512 * width_multiplier)))
     if name == "cpc_conv":
-        return cpc_conv(max(1, int(round(512 * width_multiplier))))
+        return cpc_conv(width)
+    if name == "cpc_conv_plain":
+        return cpc_conv(width, normalize=False, name="cpc_conv_plain")
     from keras_ssl.errors import UserError
 
-    raise UserError(f"unknown audio encoder {name!r}; choose cpc_conv")
+    raise UserError(f"unknown audio encoder {name!r}; choose cpc_conv or cpc_conv_plain")
 
 
 def num_frames(num_samples):

@@ -112,6 +112,22 @@ def test_cpc_encoder_makes_one_frame_per_10_ms():
     assert encoder(np.zeros((1, 16001), np.float32)).shape[1] == num_frames(16001) == 101
 
 
+def test_audio_encoders_by_name_differ_only_in_the_frame_normalisation():
+    from keras_ssl.audio_encoders import build_audio_encoder
+    from keras_ssl.errors import UserError
+
+    def norms(encoder):
+        return [layer.name for layer in encoder.layers if isinstance(layer, keras.layers.LayerNormalization)]
+
+    normed, plain = build_audio_encoder("cpc_conv", 1 / 32), build_audio_encoder("cpc_conv_plain", 1 / 32)
+    assert norms(normed) == ["standardize"] + [f"norm{i}" for i in range(1, 6)]
+    assert norms(plain) == ["standardize"]  # the clip is still standardised; no per-frame norm
+    assert plain(np.zeros((2, 3200), np.float32)).shape == (2, 20, 16)
+    assert [w.shape for w in plain.weights] == [w.shape for w in normed.weights if "norm" not in w.path]
+    with pytest.raises(UserError, match="cpc_conv or cpc_conv_plain"):
+        build_audio_encoder("wav2vec", 1.0)
+
+
 def test_cpc_fit_learns_and_round_trips(tmp_path):
     keras.utils.set_random_seed(0)
     x = _chirps(64)
