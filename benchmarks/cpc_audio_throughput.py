@@ -42,8 +42,8 @@ def main(argv):
     steps = {}
     for name in FLAGS.encoders:
         keras.utils.set_random_seed(0)
-        model = CPC(build_audio_encoder(name, FLAGS.width_multiplier), context_dim=256, prediction_steps=12,
-                    num_negatives=128, num_samples=samples)
+        # CPC's own defaults (GRU 256, K = 12, 128 negatives) are the flagfile's.
+        model = CPC(build_audio_encoder(name, FLAGS.width_multiplier), num_samples=samples)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         model.make_train_function()
         for _ in range(FLAGS.warmup):
