@@ -1,0 +1,111 @@
+"""How much speaker (and word) information a trained audio model's features hold, probe by probe.
+
+    python benchmarks/audio_probe_sweep.py --model_dir=runs/cpc_spoken_digits
+
+`keras-ssl-evaluate` fits one probe per feature (logistic regression, C = 1,
+on standardised features). This asks whether that choice decides the
+comparison with the MFCC baseline. For the run's frame points (CPC: the
+context `c_t` and the latents `z_t`) and the MFCCs, pooled over each clip
+by the mean, the mean and standard deviation, the maximum and the last
+frame, it fits on the train split and scores on the test split:
+
+* a logistic regression for each `--logistic_c` (L2 strength 1/C; the
+  SimCLR paper, Appendix B.5, picks the regularisation per feature set: a
+  sweep shows whether one C favours one feature set);
+* an RBF-kernel SVM for each `--svm_c` (scikit-learn's `SVC`, gamma
+  "scale"): a non-linear classifier, so an upper view of the information
+  the pooled features hold that a linear probe cannot read.
+
+Prints one table per label (rows: feature and pooling; columns: classifier),
+test accuracy in %. No training: it reads `model.keras` and the run's
+dataset (`config.json`), so it can run on any finished audio run.
+"""
+
+import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "a finished audio run (model.keras, config.json)")
+flags.DEFINE_list("logistic_c", ["0.1", "1", "10"], "inverse L2 strengths of the logistic regressions")
+flags.DEFINE_list("svm_c", ["10"], "C of the RBF-kernel SVMs (empty: none)")
+flags.DEFINE_list("poolings", ["mean", "mean_std", "max", "last"], "poolings over each clip's frames")
+flags.DEFINE_list("labels", ["speaker", "word"], "labels to probe")
+flags.mark_flag_as_required("model_dir")
+FLAGS = flags.FLAGS
+
+POOLINGS = {
+    "mean": lambda f, tf: tf.reduce_mean(f, axis=1),
+    "mean_std": lambda f, tf: tf.concat([tf.reduce_mean(f, axis=1), tf.math.reduce_std(f, axis=1)], axis=-1),
+    "max": lambda f, tf: tf.reduce_max(f, axis=1),
+    "last": lambda f, tf: f[:, -1],
+}
+
+
+def pooled_features(frames_fn, waveforms, poolings):
+    """`{point_pooling: [N, D]}` for every frame point of `frames_fn(waveforms)`."""
+    import tensorflow as tf
+
+    from keras_ssl.evaluation.audio import clip_features
+
+    def pooled(batch):
+        return {f"{point}_{name}": POOLINGS[name](tf.cast(frames, tf.float32), tf)
+                for point, frames in frames_fn(batch).items() for name in poolings}
+
+    return clip_features(pooled, waveforms)
+
+
+def classifiers():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    for c in FLAGS.logistic_c:
+        yield f"logistic C={c}", lambda c=float(c): LogisticRegression(max_iter=1000, C=c)
+    for c in FLAGS.svm_c:
+        yield f"RBF-SVM C={c}", lambda c=float(c): SVC(C=c)
+
+
+def main(argv):
+    del argv
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.preprocessing import StandardScaler
+
+    from keras_ssl.audio_encoders import mfcc
+    from keras_ssl.bin.common import load_run
+    from keras_ssl.saving import load_model
+    from keras_ssl.training import load_run_dataset
+
+    config, _ = load_run(FLAGS.model_dir)
+    model = load_model(f"{FLAGS.model_dir}/model.keras")
+    dataset = load_run_dataset(config)
+    sources = (model.probe_frames, lambda waveforms: {"mfcc": mfcc(waveforms)})
+    train, test = {}, {}
+    for frames_fn in sources:
+        train.update(pooled_features(frames_fn, dataset.train.waveforms, FLAGS.poolings))
+        test.update(pooled_features(frames_fn, dataset.test.waveforms, FLAGS.poolings))
+    targets = {"word": (dataset.train.labels, dataset.test.labels),
+               "speaker": (dataset.train.speakers, dataset.test.speakers)}
+    names = [name for name, _ in classifiers()]
+    print(f"{FLAGS.model_dir}: {len(dataset.train)} train / {len(dataset.test)} test clips; test accuracy %")
+    for label in FLAGS.labels:
+        train_y, test_y = targets[label]
+        if train_y is None:
+            print(f"{label}: the dataset has no such label")
+            continue
+        print(f"\n| {label}: feature | dim | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for feature in train:
+            scaler = StandardScaler().fit(train[feature])
+            train_x, test_x = scaler.transform(train[feature]), scaler.transform(test[feature])
+            scores = []
+            for _, build in classifiers():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    predictions = build().fit(train_x, train_y).predict(test_x)
+                scores.append(f"{100 * np.mean(predictions == test_y):.1f}")
+            print(f"| {feature} | {train_x.shape[1]} | " + " | ".join(scores) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
