@@ -4,8 +4,8 @@
 
 `keras-ssl-evaluate` fits one probe per feature (logistic regression, C = 1,
 on standardised features). This asks whether that choice decides the
-comparison with the MFCC baseline. For the run's frame points (CPC: the
-context `c_t` and the latents `z_t`) and the MFCCs, pooled over each clip
+comparison with the MFCC baseline. For the run's frame points (CPC:
+`context`, c_t, and `latent`, z_t) and the MFCCs, pooled over each clip
 by the mean, the mean and standard deviation, the maximum and the last
 frame, it fits on the train split and scores on the test split:
 
@@ -13,8 +13,9 @@ frame, it fits on the train split and scores on the test split:
   SimCLR paper, Appendix B.5, picks the regularisation per feature set: a
   sweep shows whether one C favours one feature set);
 * an RBF-kernel SVM for each `--svm_c` (scikit-learn's `SVC`, gamma
-  "scale"): a non-linear classifier, so an upper view of the information
-  the pooled features hold that a linear probe cannot read.
+  "scale"): a non-linear view, which can read information the pooled
+  features hold that a linear probe cannot (its one kernel width is not
+  tuned, so it may suit wide features badly).
 
 Prints one table per label (rows: feature and pooling; columns: classifier),
 test accuracy in %. No training: it reads `model.keras` and the run's
@@ -77,6 +78,9 @@ def main(argv):
     from keras_ssl.training import load_run_dataset
 
     config, _ = load_run(FLAGS.model_dir)
+    if config.method_spec.modality != "audio":
+        raise SystemExit(f"error: {FLAGS.model_dir} is a {config.method} run; this sweep needs an audio run "
+                         f"(--method=cpc_audio)")
     model = load_model(f"{FLAGS.model_dir}/model.keras")
     dataset = load_run_dataset(config)
     sources = (model.probe_frames, lambda waveforms: {"mfcc": mfcc(waveforms)})
@@ -90,7 +94,7 @@ def main(argv):
     print(f"{FLAGS.model_dir}: {len(dataset.train)} train / {len(dataset.test)} test clips; test accuracy %")
     for label in FLAGS.labels:
         train_y, test_y = targets[label]
-        if train_y is None:
+        if train_y is None or test_y is None:
             print(f"{label}: the dataset has no such label")
             continue
         print(f"\n| {label}: feature | dim | " + " | ".join(names) + " |")
