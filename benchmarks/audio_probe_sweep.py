@@ -77,7 +77,12 @@ def main(argv):
     from keras_ssl.saving import load_model
     from keras_ssl.training import load_run_dataset
 
-    config, _ = load_run(FLAGS.model_dir)
+    from keras_ssl.errors import UserError
+
+    try:
+        config, _ = load_run(FLAGS.model_dir)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     if config.method_spec.modality != "audio":
         raise SystemExit(f"error: {FLAGS.model_dir} is a {config.method} run; this sweep needs an audio run "
                          f"(--method=cpc_audio)")
