@@ -9,9 +9,10 @@ comparison with the MFCC baseline. For the run's frame points (CPC:
 by the mean, the mean and standard deviation, the maximum and the last
 frame, it fits on the train split and scores on the test split:
 
-* a logistic regression for each `--logistic_c` (L2 strength 1/C; the
-  SimCLR paper, Appendix B.5, picks the regularisation per feature set: a
-  sweep shows whether one C favours one feature set);
+* the evaluator's probe (`keras_ssl.evaluation.classification.linear_probe`)
+  at each `--logistic_c` (L2 strength 1/C; the SimCLR paper, Appendix B.5,
+  picks the regularisation per feature set: a sweep shows whether one C
+  favours one feature set);
 * an RBF-kernel SVM for each `--svm_c` (scikit-learn's `SVC`, gamma
   "scale"): a non-linear view, which can read information the pooled
   features hold that a linear probe cannot (its one kernel width is not
@@ -33,51 +34,50 @@ flags.DEFINE_list("labels", ["speaker", "word"], "labels to probe")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
-POOLINGS = {
-    "mean": lambda f, tf: tf.reduce_mean(f, axis=1),
-    "mean_std": lambda f, tf: tf.concat([tf.reduce_mean(f, axis=1), tf.math.reduce_std(f, axis=1)], axis=-1),
-    "max": lambda f, tf: tf.reduce_max(f, axis=1),
-    "last": lambda f, tf: f[:, -1],
-}
 
 
 def pooled_features(frames_fn, waveforms, poolings):
     """`{point_pooling: [N, D]}` for every frame point of `frames_fn(waveforms)`."""
     import tensorflow as tf
 
-    from keras_ssl.evaluation.audio import clip_features
+    from keras_ssl.evaluation.audio import clip_features, pooled_statistics
+
+    pool = {"mean": lambda f: tf.reduce_mean(f, axis=1), "mean_std": pooled_statistics,
+            "max": lambda f: tf.reduce_max(f, axis=1), "last": lambda f: f[:, -1]}
 
     def pooled(batch):
-        return {f"{point}_{name}": POOLINGS[name](tf.cast(frames, tf.float32), tf)
+        return {f"{point}_{name}": pool[name](tf.cast(frames, tf.float32))
                 for point, frames in frames_fn(batch).items() for name in poolings}
 
     return clip_features(pooled, waveforms)
 
 
-def classifiers():
-    from sklearn.linear_model import LogisticRegression
+def svm_accuracy(train_x, train_y, test_x, test_y, c):
+    """Test accuracy of an RBF-kernel SVM on standardised features (scaler fit on train)."""
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    for c in FLAGS.logistic_c:
-        yield f"logistic C={c}", lambda c=float(c): LogisticRegression(max_iter=1000, C=c)
-    for c in FLAGS.svm_c:
-        yield f"RBF-SVM C={c}", lambda c=float(c): SVC(C=c)
+    scaler = StandardScaler().fit(train_x)
+    predictions = SVC(C=c).fit(scaler.transform(train_x), train_y).predict(scaler.transform(test_x))
+    return float(np.mean(predictions == test_y))
+
+
+def classifiers():
+    """`(column name, accuracy(train_x, train_y, test_x, test_y))` for every classifier asked for."""
+    from keras_ssl.evaluation.classification import linear_probe
+
+    columns = [(f"logistic C={c}", lambda *data, c=float(c): linear_probe(*data, C=c)) for c in FLAGS.logistic_c]
+    return columns + [(f"RBF-SVM C={c}", lambda *data, c=float(c): svm_accuracy(*data, c)) for c in FLAGS.svm_c]
 
 
 def main(argv):
     del argv
-    import warnings
-
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.preprocessing import StandardScaler
-
     from keras_ssl.audio_encoders import mfcc
     from keras_ssl.bin.common import load_run
+    from keras_ssl.errors import UserError
     from keras_ssl.saving import load_model
     from keras_ssl.training import load_run_dataset
-
-    from keras_ssl.errors import UserError
 
     try:
         config, _ = load_run(FLAGS.model_dir)
@@ -95,25 +95,19 @@ def main(argv):
         test.update(pooled_features(frames_fn, dataset.test.waveforms, FLAGS.poolings))
     targets = {"word": (dataset.train.labels, dataset.test.labels),
                "speaker": (dataset.train.speakers, dataset.test.speakers)}
-    names = [name for name, _ in classifiers()]
+    columns = classifiers()
     print(f"{FLAGS.model_dir}: {len(dataset.train)} train / {len(dataset.test)} test clips; test accuracy %")
     for label in FLAGS.labels:
         train_y, test_y = targets[label]
         if train_y is None or test_y is None:
             print(f"{label}: the dataset has no such label")
             continue
-        print(f"\n| {label}: feature | dim | " + " | ".join(names) + " |")
-        print("|---|---|" + "---|" * len(names))
+        print(f"\n| {label}: feature | dim | " + " | ".join(name for name, _ in columns) + " |")
+        print("|---|---|" + "---|" * len(columns))
         for feature in train:
-            scaler = StandardScaler().fit(train[feature])
-            train_x, test_x = scaler.transform(train[feature]), scaler.transform(test[feature])
-            scores = []
-            for _, build in classifiers():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    predictions = build().fit(train_x, train_y).predict(test_x)
-                scores.append(f"{100 * np.mean(predictions == test_y):.1f}")
-            print(f"| {feature} | {train_x.shape[1]} | " + " | ".join(scores) + " |", flush=True)
+            data = (train[feature], train_y, test[feature], test_y)
+            scores = [f"{100 * accuracy(*data):.1f}" for _, accuracy in columns]
+            print(f"| {feature} | {train[feature].shape[1]} | " + " | ".join(scores) + " |", flush=True)
 
 
 if __name__ == "__main__":
