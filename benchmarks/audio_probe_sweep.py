@@ -18,6 +18,14 @@ frame, it fits on the train split and scores on the test split:
   features hold that a linear probe cannot (its one kernel width is not
   tuned, so it may suit wide features badly).
 
+Labels: `word` and `speaker` (the dataset's), and for the synthetic spoken
+digits (`keras-ssl-make-spoken-digits`, files named
+`<speaker>_s<speed>_p<pitch>.wav`) the rendering settings each speaker is
+spoken with: `pitch`, `speed` (3 classes each) and `speaker_pitch` (the
+voice as heard: speaker x pitch, 120 classes). A speaker probe must ignore
+the pitch each voice is rendered at; these show which of the two a
+feature holds.
+
 Prints one table per label (rows: feature and pooling; columns: classifier),
 test accuracy in %. No training: it reads `model.keras` and the run's
 dataset (`config.json`), so it can run on any finished audio run.
@@ -30,7 +38,8 @@ flags.DEFINE_string("model_dir", None, "a finished audio run (model.keras, confi
 flags.DEFINE_list("logistic_c", ["0.1", "1", "10"], "inverse L2 strengths of the logistic regressions")
 flags.DEFINE_list("svm_c", ["10"], "C of the RBF-kernel SVMs (empty: none)")
 flags.DEFINE_list("poolings", ["mean", "mean_std", "max", "last"], "poolings over each clip's frames")
-flags.DEFINE_list("labels", ["speaker", "word"], "labels to probe")
+flags.DEFINE_list("labels", ["speaker", "word"], "labels to probe: speaker, word, and for the synthetic "
+                  "spoken digits pitch, speed, speaker_pitch")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
@@ -50,6 +59,32 @@ def pooled_features(frames_fn, waveforms, poolings):
                 for point, frames in frames_fn(batch).items() for name in poolings}
 
     return clip_features(pooled, waveforms)
+
+
+def rendering_labels(split):
+    """`{"pitch", "speed": int [N]}` from spoken-digits file names (`..._s<speed>_p<pitch>.wav`),
+    or None when the split's files are not named so."""
+    import re
+
+    import numpy as np
+
+    found = [re.search(r"_s(\d+)_p(\d+)\.wav$", str(path)) for path in (() if split.paths is None else split.paths)]
+    if not found or not all(found):
+        return None
+    return {"speed": np.asarray([int(m.group(1)) for m in found]), "pitch": np.asarray([int(m.group(2)) for m in found])}
+
+
+def targets(dataset):
+    """`{label: (train labels or None, test labels or None)}` for every label the sweep knows."""
+    splits = (dataset.train, dataset.test)
+    rendering = [rendering_labels(split) for split in splits]
+    result = {"word": tuple(split.labels for split in splits), "speaker": tuple(split.speakers for split in splits)}
+    for name in ("pitch", "speed"):
+        result[name] = tuple(None if r is None else r[name] for r in rendering)
+    result["speaker_pitch"] = tuple(
+        None if r is None or split.speakers is None else split.speakers * 1000 + r["pitch"]
+        for r, split in zip(rendering, splits))
+    return result
 
 
 def svm_accuracy(train_x, train_y, test_x, test_y, c):
@@ -79,6 +114,10 @@ def main(argv):
     from keras_ssl.saving import load_model
     from keras_ssl.training import load_run_dataset
 
+    unknown = sorted(set(FLAGS.labels) - {"speaker", "word", "pitch", "speed", "speaker_pitch"})
+    if unknown:
+        raise SystemExit(f"error: unknown --labels {','.join(unknown)}; choose from speaker, word, pitch, speed, "
+                         "speaker_pitch")
     try:
         config, _ = load_run(FLAGS.model_dir)
     except UserError as error:
@@ -93,12 +132,11 @@ def main(argv):
     for frames_fn in sources:
         train.update(pooled_features(frames_fn, dataset.train.waveforms, FLAGS.poolings))
         test.update(pooled_features(frames_fn, dataset.test.waveforms, FLAGS.poolings))
-    targets = {"word": (dataset.train.labels, dataset.test.labels),
-               "speaker": (dataset.train.speakers, dataset.test.speakers)}
+    labels = targets(dataset)
     columns = classifiers()
     print(f"{FLAGS.model_dir}: {len(dataset.train)} train / {len(dataset.test)} test clips; test accuracy %")
     for label in FLAGS.labels:
-        train_y, test_y = targets[label]
+        train_y, test_y = labels[label]
         if train_y is None or test_y is None:
             print(f"{label}: the dataset has no such label")
             continue

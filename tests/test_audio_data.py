@@ -51,6 +51,11 @@ def test_folder_with_classes_speakers_and_a_damaged_file(tmp_path):
     assert ds.train.waveforms.shape == (4, 8000) and ds.test.waveforms.shape == (4, 8000)
     assert ds.class_names == ("no", "yes") and ds.speaker_names == ("ann", "bob")
     assert ds.train.labels.tolist() == [0, 0, 1, 1] and ds.train.speakers.tolist() == [0, 1, 0, 1]
+    # the damaged file is skipped from paths too, so each path names its own waveform
+    assert [os.path.relpath(p, tmp_path) for p in ds.train.paths] == [
+        "train/no/ann.wav", "train/no/bob.wav", "train/yes/ann.wav", "train/yes/bob.wav"]
+    assert ds.test.select(ds.test.speakers == 1).paths.tolist() == [
+        str(tmp_path / "test/no/bob.wav"), str(tmp_path / "test/yes/bob.wav")]
     with pytest.raises(UserError, match="1 unreadable WAV file.*zz_broken.wav"):
         load_audio_folder(f"folder:{tmp_path}", on_corrupt="error")
     os.remove(tmp_path / "train" / "no" / "zz_broken.wav")

@@ -4,6 +4,7 @@
     dataset.train.waveforms   # float32 [N, 16000] in [-1, 1]
     dataset.train.labels      # int32 [N] (one sub-folder per class), or None
     dataset.train.speakers    # int32 [N] from speakers.csv, or None
+    dataset.train.paths       # str [N]: the file each waveform was read from
 
 Layout of `folder:PATH`: WAV files in one sub-folder per class (or flat =
 unlabelled); `train/` and `test/` sub-folders are the splits when present,
@@ -38,11 +39,13 @@ DEFAULT_SECONDS = 1.0
 
 @dataclasses.dataclass
 class AudioSplit(IndexedExamples):
-    """One split: `waveforms` float32 `[N, T]`, `labels` and `speakers` int32 `[N]` or None."""
+    """One split: `waveforms` float32 `[N, T]`, `labels` and `speakers` int32 `[N]` or None,
+    `paths` str `[N]` (the file each waveform came from; None for TFDS sets)."""
 
     waveforms: np.ndarray
     labels: np.ndarray | None
     speakers: np.ndarray | None = None
+    paths: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -208,7 +211,7 @@ def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fra
     for paths, labels, _ in parts:
         if not paths:
             splits.append(AudioSplit(np.zeros((0, num_samples), np.float32), None if labels is None else labels[:0],
-                                     None if speaker_of is None else np.zeros(0, np.int32)))
+                                     None if speaker_of is None else np.zeros(0, np.int32), np.zeros(0, str)))
             continue
         waves, kept = _decode(paths, num_samples, on_corrupt)
         speakers = None
@@ -219,7 +222,8 @@ def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fra
                                 f"({len(missing)} files missing); add them or remove speakers.csv")
             index = {s: i for i, s in enumerate(speaker_names)}
             speakers = np.asarray([index[speaker_of[os.path.normpath(paths[i])]] for i in kept], np.int32)
-        splits.append(AudioSplit(waves, None if labels is None else labels[kept], speakers))
+        splits.append(AudioSplit(waves, None if labels is None else labels[kept], speakers,
+                                 np.asarray([paths[i] for i in kept])))
     return AudioDataset(f"folder:{path}", splits[0], splits[1], parts[0][2], speaker_names)
 
 
