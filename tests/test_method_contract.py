@@ -215,6 +215,22 @@ def test_config_round_trips(method_run):
     assert isinstance(config.options, method_run["method"].options)
 
 
+def test_option_defaults_are_the_model_constructor_defaults(method_run):
+    """`keras-ssl-train` (the options) and `fit()` in user code (the model's constructor) start
+    from the same hyper-parameters: every option that is also a constructor argument of the
+    method's model class has one default."""
+    import dataclasses
+    import inspect
+
+    from keras_ssl.saving import load_model
+
+    model_class = type(load_model(os.path.join(method_run["model_dir"], "model.keras")))
+    parameters = inspect.signature(model_class.__init__).parameters
+    shared = [f for f in dataclasses.fields(method_run["method"].options) if f.name in parameters
+              and parameters[f.name].default is not inspect.Parameter.empty]
+    assert [(f.name, f.default) for f in shared] == [(f.name, parameters[f.name].default) for f in shared]
+
+
 def test_trains_resumes_and_saves(method_run):
     first, resumed, model_dir = method_run["first"], method_run["resumed"], method_run["model_dir"]
     assert first["epochs_run"] == 1 and resumed["epochs_run"] == 1  # the rerun continued from epoch 1
