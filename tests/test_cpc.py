@@ -157,6 +157,28 @@ def test_cpc_refuses_clips_too_short_for_its_steps():
         model.fit(np.zeros((4, 1600), np.float32), batch_size=4, verbose=0)
 
 
+def test_wrong_inputs_are_one_clear_error_and_leave_the_model_working():
+    """Images, [N, T, 1], integer PCM and targets y are refused in one line each, and a refused
+    predict() does not break the next, right one (a relaxed retrace once lost the input's rank)."""
+    from keras_ssl.errors import UserError
+
+    x = _chirps(8)
+    model = CPC(cpc_conv(8), context_dim=8, prediction_steps=4, num_samples=3200)
+    model.compile(optimizer="adam")
+    for bad, message in ((x[:4, :, None], r"waveform batches \[batch, samples\].*got shape \(4, 3200, 1\)"),
+                         (np.zeros((2, 8, 8, 1), np.uint8), r"got shape \(2, 8, 8, 1\)"),
+                         ((x[:4] * 32767).astype(np.int16), "got int16; scale int16 PCM by 1/32768")):
+        with pytest.raises(UserError, match=message) as error:
+            model.predict(bad, verbose=0)
+        assert "\n" not in str(error.value)
+        assert model.predict(x[:2], verbose=0).shape == (2, 8)
+    with pytest.raises(UserError, match="no use for targets y"):
+        model.fit(x, np.zeros(8, np.int32), batch_size=4, verbose=0)
+    with pytest.raises(UserError, match="got int16"):
+        model.fit((x * 32767).astype(np.int16), batch_size=4, verbose=0)
+    model.fit(x, batch_size=4, verbose=0)
+
+
 def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     """The SavedModel's audio inputs: WAV bytes and waveforms agree with the model; stereo is
     mixed down, short clips padded; wrong rate, empty, too long, not-WAV and NaN refused."""

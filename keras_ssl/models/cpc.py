@@ -128,9 +128,33 @@ class CPC(_PredictiveCoding):
         self._track()
 
     def _waveforms(self, data):
+        x, y = split_data(data)
+        if y is not None:
+            raise UserError("CPC learns from the waveforms alone and has no use for targets y (word or speaker "
+                            "labels are for keras-ssl-evaluate's probes); fit on x only, e.g. "
+                            "fit(waveform_batches(split, 32), ...)")
+        return self.checked_waveforms(x)
+
+    def predict_step(self, data):
+        """`representation(x)`, the input checked first (Keras's own step would wrap the
+        error in its "Exception encountered when calling" block)."""
         x, _ = split_data(data)
-        if isinstance(x, (tuple, list)) or x.shape.rank != 2:
-            raise UserError(f"CPC expects waveform batches [batch, samples], got {getattr(x, 'shape', type(x))}")
+        return self(self.checked_waveforms(x), training=False)
+
+    @staticmethod
+    def checked_waveforms(x):
+        """`x` as float32 `[batch, samples]`, or one `UserError` saying what it is instead:
+        checked before the encoder sees it, so a wrong call leaves `predict` working."""
+        if isinstance(x, (tuple, list, dict)):
+            raise UserError(f"CPC expects one waveform batch [batch, samples], got a {type(x).__name__}")
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank is None:  # a retraced tf.function may relax the rank; the run-time check stays
+            x = tf.ensure_shape(x, [None, None])
+        if x.shape.rank != 2:
+            raise UserError(f"CPC expects waveform batches [batch, samples] (16 kHz mono), got shape {x.shape}")
+        if not x.dtype.is_floating:
+            raise UserError(f"CPC expects float waveforms in [-1, 1], got {x.dtype.name}; scale int16 PCM by "
+                            "1/32768 (keras_ssl.data.audio.read_wav does)")
         return tf.cast(x, tf.float32)
 
     def _terms(self, waveforms, training):
@@ -174,11 +198,11 @@ class CPC(_PredictiveCoding):
 
     def frames(self, waveforms, training=False):
         """`c_t` for every 10 ms frame: `[B, frames, context_dim]`."""
-        return self.context(self.encoder(tf.cast(waveforms, tf.float32), training=training), training=training)
+        return self.context(self.latents(waveforms, training=training), training=training)
 
     def latents(self, waveforms, training=False):
         """`z_t`: `[B, frames, latent_dim]`."""
-        return self.encoder(tf.cast(waveforms, tf.float32), training=training)
+        return self.encoder(self.checked_waveforms(waveforms), training=training)
 
     def representation(self, waveforms, training=False):
         """The clip's representation: the mean over time of `c_t`, `[B, context_dim]`."""
