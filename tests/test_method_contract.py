@@ -231,6 +231,20 @@ def test_option_defaults_are_the_model_constructor_defaults(method_run):
     assert [(f.name, f.default) for f in shared] == [(f.name, parameters[f.name].default) for f in shared]
 
 
+def test_predict_refuses_a_wrong_batch_in_one_line_and_keeps_working(method_run):
+    from keras_ssl.errors import UserError
+    from keras_ssl.saving import load_model
+
+    model = load_model(os.path.join(method_run["model_dir"], "model.keras"))
+    right = method_run["images"]
+    wrong = right[..., None] if method_run["method"].modality == "audio" else right[..., 0]  # one axis off
+    expected = model.predict(right, verbose=0)
+    with pytest.raises(UserError, match=r"expects .* batches \[batch, .*got shape") as error:
+        model.predict(wrong, verbose=0)
+    assert "\n" not in str(error.value)
+    np.testing.assert_allclose(model.predict(right, verbose=0), expected, atol=1e-5)
+
+
 def test_trains_resumes_and_saves(method_run):
     first, resumed, model_dir = method_run["first"], method_run["resumed"], method_run["model_dir"]
     assert first["epochs_run"] == 1 and resumed["epochs_run"] == 1  # the rerun continued from epoch 1

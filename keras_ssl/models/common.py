@@ -49,6 +49,52 @@ class MethodModel(keras.Model):
                 model.build((None,) + tuple(model.input_shape[1:]))
         self.built = True
 
+    INPUT_RANK = 4  # image batches [batch, H, W, C]
+
+    def predict(self, x, *args, **kwargs):
+        """Keras's `predict`; an array, tensor or `tf.data` batch the model does not take
+        is refused first, in one `UserError` (see `check_batch`), before Keras traces
+        its step: Keras wraps such an error in its "Exception encountered when
+        calling" block, and a step retraced for a wrong rank forgets the input's rank,
+        breaking every later `predict`, right inputs included."""
+        spec = x.element_spec if isinstance(x, tf.data.Dataset) else x
+        if isinstance(spec, tuple) and spec:
+            spec = spec[0]
+        try:
+            shape, dtype = tf.TensorShape(spec.shape), tf.as_dtype(spec.dtype)
+        except (AttributeError, TypeError, ValueError):  # generators, PyDatasets: checked in the step
+            shape = dtype = None
+        if shape is not None:
+            self.check_batch(shape, dtype)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_step(self, data):
+        x, _ = split_data(data)
+        return self(self.checked_inputs(x), training=False)
+
+    def checked_inputs(self, x):
+        """`x` as a tensor if `check_batch` accepts it (a batch whose rank a retraced
+        step forgot gets it back, checked when the step runs)."""
+        if isinstance(x, (tuple, list, dict)):
+            raise UserError(f"{type(self).__name__} takes one batch of inputs, got a {type(x).__name__}")
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank is None:
+            x = tf.ensure_shape(x, [None] * self.INPUT_RANK)
+        self.check_batch(x.shape, x.dtype)
+        return x
+
+    def check_batch(self, shape, dtype):
+        """One `UserError` unless `shape`/`dtype` is an image batch `[batch, H, W, C]`
+        (uint8, or float in [0, 1]) with the encoder's channels."""
+        name = type(self).__name__
+        if shape.rank != 4:
+            hint = "; grayscale images need a channel axis: images[..., None]" if shape.rank == 3 else ""
+            raise UserError(f"{name} expects image batches [batch, H, W, C], got shape {shape}{hint}")
+        channels = getattr(self.encoder, "input_shape", (None,))[-1]
+        if channels is not None and shape[-1] is not None and shape[-1] != channels:
+            raise UserError(f"{name}'s encoder takes {channels}-channel images, got {shape[-1]} channels "
+                            f"(shape {shape})")
+
     def fit(self, x=None, y=None, *args, sample_weight=None, class_weight=None, **kwargs):
         """Keras's `fit`; `sample_weight`/`class_weight` are refused (Keras drops a
         sample weight silently when `y` is None; see `split_data`)."""

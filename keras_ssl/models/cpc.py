@@ -95,8 +95,10 @@ class CPC(_PredictiveCoding):
     The representation of a clip (`predict`, `embedding` when served) is the
     mean over time of `c_t`; `frames(waveforms)` gives `c_t` itself.
 
-    `fit()` takes waveform batches `x` (float32 `[B, samples]` in [-1, 1], 16
-    kHz) or `(x, labels)` (labels unused). Metrics: `loss`, `accuracy` (the
+    `fit()` and `predict()` take waveform batches `x` (float `[B, samples]` in
+    [-1, 1], 16 kHz); other inputs, integer PCM and targets `y` are refused
+    with one `UserError` (word and speaker labels are for the evaluator's
+    probes). Metrics: `loss`, `accuracy` (the
     positive scored highest, mean over k) and `mi_bound`, the InfoNCE lower
     bound on I(z_{t+k}; c_t) in nats, `log(N) - loss` with `N` candidates
     (mean over k). `step_metrics` gives them per k.
@@ -133,29 +135,19 @@ class CPC(_PredictiveCoding):
             raise UserError("CPC learns from the waveforms alone and has no use for targets y (word or speaker "
                             "labels are for keras-ssl-evaluate's probes); fit on x only, e.g. "
                             "fit(waveform_batches(split, 32), ...)")
-        return self.checked_waveforms(x)
+        return self.checked_inputs(x)
 
-    def predict_step(self, data):
-        """`representation(x)`, the input checked first (Keras's own step would wrap the
-        error in its "Exception encountered when calling" block)."""
-        x, _ = split_data(data)
-        return self(self.checked_waveforms(x), training=False)
+    def checked_inputs(self, x):
+        """`x` as float32 `[batch, samples]` if `check_batch` accepts it."""
+        return tf.cast(super().checked_inputs(x), tf.float32)
 
-    @staticmethod
-    def checked_waveforms(x):
-        """`x` as float32 `[batch, samples]`, or one `UserError` saying what it is instead:
-        checked before the encoder sees it, so a wrong call leaves `predict` working."""
-        if isinstance(x, (tuple, list, dict)):
-            raise UserError(f"CPC expects one waveform batch [batch, samples], got a {type(x).__name__}")
-        x = tf.convert_to_tensor(x)
-        if x.shape.rank is None:  # a retraced tf.function may relax the rank; the run-time check stays
-            x = tf.ensure_shape(x, [None, None])
-        if x.shape.rank != 2:
-            raise UserError(f"CPC expects waveform batches [batch, samples] (16 kHz mono), got shape {x.shape}")
-        if not x.dtype.is_floating:
-            raise UserError(f"CPC expects float waveforms in [-1, 1], got {x.dtype.name}; scale int16 PCM by "
+    def check_batch(self, shape, dtype):
+        """One `UserError` unless `shape`/`dtype` is a batch of float waveforms `[batch, samples]`."""
+        if shape.rank != 2:
+            raise UserError(f"CPC expects waveform batches [batch, samples] (16 kHz mono), got shape {shape}")
+        if not dtype.is_floating:
+            raise UserError(f"CPC expects float waveforms in [-1, 1], got {dtype.name}; scale int16 PCM by "
                             "1/32768 (keras_ssl.data.audio.read_wav does)")
-        return tf.cast(x, tf.float32)
 
     def _terms(self, waveforms, training):
         """Per k: `(losses [B, T-k], correct [B, T-k], N)`."""
@@ -202,7 +194,7 @@ class CPC(_PredictiveCoding):
 
     def latents(self, waveforms, training=False):
         """`z_t`: `[B, frames, latent_dim]`."""
-        return self.encoder(self.checked_waveforms(waveforms), training=training)
+        return self.encoder(self.checked_inputs(waveforms), training=training)
 
     def representation(self, waveforms, training=False):
         """The clip's representation: the mean over time of `c_t`, `[B, context_dim]`."""
