@@ -66,6 +66,25 @@ def test_folder_with_classes_speakers_and_a_damaged_file(tmp_path):
         load_audio_folder(f"folder:{tmp_path}", seconds=0)
 
 
+def test_clips_with_nan_or_inf_are_skipped_by_path_and_an_empty_folder_says_what_it_lacks(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        _write(str(tmp_path / "sounds" / f"{name}.wav"), 16000, (rng.normal(size=8000) * 0.1).astype(np.float32))
+    bad = (rng.normal(size=8000) * 0.1).astype(np.float32)
+    bad[100], bad[200] = np.nan, np.inf
+    _write(str(tmp_path / "sounds" / "b.wav"), 16000, bad)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable WAV file.*b\.wav \(ValueError: NaN or Inf samples\)"):
+        ds = load_audio_folder(f"folder:{tmp_path / 'sounds'}", seconds=0.5, test_fraction=0.0)
+    assert len(ds.train) == 2 and np.all(np.isfinite(ds.train.waveforms))
+    with pytest.raises(UserError, match="b.wav.*NaN or Inf"):
+        load_audio_folder(f"folder:{tmp_path / 'sounds'}", on_corrupt="error")
+    from keras_ssl.data import load_source
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"no .*images \(nor \.wav audio\) in .*empty"):
+        load_source(f"folder:{tmp_path / 'empty'}")
+
+
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_spoken_digits_subset_is_made_and_loads(tmp_path):
     from keras_ssl.data.spoken_digits import make_spoken_digits

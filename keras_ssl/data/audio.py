@@ -18,7 +18,8 @@ polyphase filter (`scipy.signal.resample_poly`) and cut or zero-padded at the
 end to `seconds`. 16 kHz mono is what CPC (van den Oord et al. 2018),
 wav2vec 2.0 and HuBERT train on. An unreadable file is reported by path:
 skipped with one warning naming every such file, or an error with
-`on_corrupt="error"`.
+`on_corrupt="error"`; so is a file with NaN or Inf samples (float WAVs can
+hold them, and one such clip makes the training loss NaN).
 """
 
 import csv
@@ -150,7 +151,10 @@ def _decode(paths, num_samples, on_corrupt):
     waves, kept, bad = [], [], []
     for i, path in enumerate(paths):
         try:
-            waves.append(read_wav(path, num_samples))
+            wave = read_wav(path, num_samples)
+            if not np.all(np.isfinite(wave)):  # float WAVs can hold them; one would make the loss NaN
+                raise ValueError("NaN or Inf samples")
+            waves.append(wave)
             kept.append(i)
         except Exception as e:  # scipy raises ValueError, struct.error, EOFError... on damaged files
             bad.append(f"{path} ({type(e).__name__}: {e})")

@@ -273,7 +273,7 @@ def _folder_split(directory, image_size, channels, on_corrupt):
     else:
         paths, labels = _list_images(directory), None
     if not paths:
-        raise UserError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {directory} or its sub-folders")
+        raise UserError(f"no {'/'.join(IMAGE_EXTENSIONS)} images (nor .wav audio) in {directory} or its sub-folders")
     if image_size is None or channels is None:
         height, width, mode = _first_readable(paths)
         if image_size is None and max(height, width) > MAX_DEFAULT_SIDE:
