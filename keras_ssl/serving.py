@@ -68,12 +68,27 @@ def _decode_outputs(outputs, names):
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
+def _encoded_files(files, what):
+    """`files` as a list of bytes, or one `UserError` saying what they are instead
+    (a single file, a path, or text would otherwise be sent and refused, or
+    worse, by the server)."""
+    if isinstance(files, (bytes, bytearray, str)):
+        got = "a path or text (str)" if isinstance(files, str) else "one bytes object"
+        raise UserError(f"{what} takes a list of encoded files (bytes), got {got}; pass [open(path, 'rb').read()]")
+    files = list(files)
+    for index, item in enumerate(files):
+        if not isinstance(item, (bytes, bytearray)):
+            hint = ": read the file, open(path, 'rb').read()" if isinstance(item, str) else ""
+            raise UserError(f"{what}: item {index} is a {type(item).__name__}, not the file's bytes{hint}")
+    return [bytes(item) for item in files]
+
+
 class _SignatureCalls:
     """The documented signatures as methods, over a subclass's `predict`."""
 
     def embed(self, images):
         """Encoded images (bytes) -> L2-normalised embeddings `[n, D]`."""
-        return self.predict("serving_default", images=list(images))["embedding"]
+        return self.predict("serving_default", images=_encoded_files(images, "embed"))["embedding"]
 
     def embed_pixels(self, pixels):
         """uint8 `[n, H, W, C]` -> embeddings."""
@@ -81,25 +96,27 @@ class _SignatureCalls:
 
     def verify(self, images_a, images_b):
         """Two lists of encoded images -> `{"distance" or "score": [n], "same": [n]}`."""
-        return self.predict("verify", images_a=list(images_a), images_b=list(images_b))
+        return self.predict("verify", images_a=_encoded_files(images_a, "verify"),
+                            images_b=_encoded_files(images_b, "verify"))
 
     def classify(self, images):
         """Models with an online probe: encoded images -> the dataset's classes,
         `{"probabilities": [n, K], "class": [n]}`."""
-        return self.predict("classify", images=list(images))
+        return self.predict("classify", images=_encoded_files(images, "classify"))
 
     def position(self, centres, neighbours):
         """Relative position: encoded patch pairs -> `{"probabilities": [n, 8], "class": [n]}`."""
-        return self.predict("position", centre=list(centres), neighbour=list(neighbours))
+        return self.predict("position", centre=_encoded_files(centres, "position"),
+                            neighbour=_encoded_files(neighbours, "position"))
 
     def rotation(self, images):
         """RotNet: encoded images -> `{"probabilities": [n, 4], "class": [n]}` over 0/90/180/270 degrees."""
-        return self.predict("rotation", images=list(images))
+        return self.predict("rotation", images=_encoded_files(images, "rotation"))
 
     def embed_audio(self, wavs):
         """Audio models: WAV files (bytes, 16-bit PCM at 16 kHz) ->
         `{"embedding": [n, D], "context": [n, frames, D]}`."""
-        return self.predict("serving_default", audio=list(wavs))
+        return self.predict("serving_default", audio=_encoded_files(wavs, "embed_audio"))
 
     def embed_waveforms(self, waveforms):
         """Audio models: float32 `[n, samples]` 16 kHz mono -> `{"embedding", "context"}`."""

@@ -261,3 +261,24 @@ def test_requests_need_inputs():
         serving.rest_request("serving_default")
     with pytest.raises(UserError, match="at least one input"):
         serving.grpc_request("m", "serving_default")
+
+
+def test_client_calls_refuse_what_is_not_a_list_of_encoded_files():
+    """A single file, a path or a list of paths is one clear error before any request is sent."""
+    class Recorder(serving._SignatureCalls):
+        def predict(self, signature, **inputs):
+            self.sent = (signature, inputs)
+            return {"embedding": np.zeros((1, 2))}
+
+    client = Recorder()
+    for call in (client.embed, client.embed_audio, client.classify, client.rotation):
+        with pytest.raises(UserError, match="takes a list of encoded files .*got one bytes object"):
+            call(b"RIFF....WAVE")
+        with pytest.raises(UserError, match=r"got a path or text \(str\)"):
+            call("seven.wav")
+        with pytest.raises(UserError, match=r"item 1 is a str, not the file's bytes: read the file"):
+            call([b"RIFF", "/data/seven.wav"])
+    with pytest.raises(UserError, match="verify: item 0 is a int"):
+        client.verify([3], [b"x"])
+    client.embed_audio([b"RIFF", bytearray(b"RIFF")])
+    assert client.sent == ("serving_default", {"audio": [b"RIFF", b"RIFF"]})
