@@ -176,11 +176,22 @@ def _check_waveform_length(n, name):
 def _decode_wavs(wavs, name, num_samples):
     """string [B] WAV files -> float32 [B, num_samples] 16 kHz mono, after checking
     each is a RIFF/WAVE file at 16 kHz, not empty and not too long."""
-    padded = tf.strings.join([wavs, tf.fill(tf.shape(wavs), b"\0" * 12)])
+    padded = tf.strings.join([wavs, tf.fill(tf.shape(wavs), b"\0" * 36)])
     valid = tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(padded, 8, 4), b"WAVE")
+    # Where the "fmt " chunk comes first (the usual layout), its format code (1 = PCM) and
+    # bits per sample are read here, so 8/24/32-bit and float WAVs get a message that says
+    # what to do rather than the decoder's own (which names neither the item nor a fix).
+    fmt_first = tf.equal(tf.strings.substr(padded, 12, 4), b"fmt ")
+    pcm16 = tf.equal(tf.strings.substr(padded, 20, 2), b"\x01\x00") & tf.equal(tf.strings.substr(padded, 34, 2),
+                                                                               b"\x10\x00")
+    other_format = valid & fmt_first & tf.logical_not(pcm16)
     check = tf.debugging.Assert(tf.reduce_all(valid), [
         f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE) (indices):",
         tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
+    check_format = tf.debugging.Assert(tf.logical_not(tf.reduce_any(other_format)), [
+        f"{name}: these WAV files are not 16-bit PCM (8/24/32-bit or float samples); the model is served "
+        "16-bit PCM, e.g. sox in.wav -b 16 -e signed-integer out.wav (indices):",
+        tf.reshape(tf.where(other_format), [-1])])
 
     def decode(data):
         audio, rate = tf.audio.decode_wav(data)  # float32 [n, channels] in [-1, 1]
@@ -189,7 +200,7 @@ def _decode_wavs(wavs, name, num_samples):
         with tf.control_dependencies([right_rate, *_check_waveform_length(tf.shape(audio)[0], name)]):
             return _fit_length(tf.reduce_mean(audio, axis=1), num_samples)
 
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([check, check_format]):
         return tf.map_fn(decode, wavs, fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
 
 

@@ -213,9 +213,15 @@ def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
         "longer than 60 s": dict(audio=tf.constant([wav(np.zeros(16000 * 61))])),
         "not WAV files": dict(audio=tf.constant([wav(x[0]), b"RIFF....AVI LIST"])),
     }
+
     for message, args in bad.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             served.signatures["serving_default"](**args)
+    for samples in (np.zeros(100, np.uint8), np.zeros(100, np.int32), np.zeros(100, np.float32)):
+        buf = io.BytesIO()
+        wavfile.write(buf, 16000, samples)  # 8-bit, 32-bit, float: what training reads, serving refuses by name
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"not 16-bit PCM .*-b 16 .*indices.*\[1\]"):
+            served.signatures["serving_default"](audio=tf.constant([wav(x[0]), buf.getvalue()]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
         served.signatures["embed_waveforms"](waveforms=tf.constant([[0.1, np.nan, 0.2]], tf.float32))
     empty = served.signatures["serving_default"](audio=tf.constant([], tf.string))
