@@ -91,13 +91,21 @@ def _evaluate_images(config, model, encoder_path, extra):
 
 
 def _evaluate_audio(config, model, extra):
-    """Word/speaker probes of the model's probe points against MFCCs and the untrained model."""
+    """Word/speaker probes of the model's probe points against MFCCs and the untrained model
+    (without word labels: the method's metrics, k-means clusters, the plot)."""
     import keras
 
     from keras_ssl.evaluation.audio import evaluate_audio_model, format_audio_table
     from keras_ssl.training import build_model, load_run_dataset
 
     dataset = load_run_dataset(config, FLAGS.dataset, FLAGS.data_dir)
+    if not dataset.labelled:  # no probes: the method's own metrics and the clusters of the clips
+        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
+
+        _method_evaluations(config, model, dataset, extra, labelled=False)
+        results = evaluate_unlabelled(model, None, dataset, config, FLAGS.model_dir,
+                                      plot=None if FLAGS.plot == "none" else FLAGS.plot, extra=extra)
+        return results, format_unlabelled_table(results)
     _method_evaluations(config, model, dataset, extra)
     keras.utils.set_random_seed(0)
     untrained = build_model(config, dataset)

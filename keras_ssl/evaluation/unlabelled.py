@@ -1,5 +1,5 @@
 """Evaluation without labels: what can be said of a representation trained on
-unlabelled images (the main use of self-supervised learning).
+unlabelled images or audio clips (the main use of self-supervised learning).
 
 * the method's own metrics on the test split (its loss and task accuracy, e.g.
   SimCLR's contrastive accuracy or the rotation accuracy), from the method's own
@@ -7,8 +7,9 @@ unlabelled images (the main use of self-supervised learning).
 * k-means clusters of the test representations (k = 10 by default, scikit-learn,
   on standardised features) and their silhouette score (-1..1, higher = better
   separated; a collapsed representation scores near 0 or cannot be clustered);
-* `embedding.png`, the t-SNE/PCA map coloured by cluster, and `neighbours.png`,
-  query images with their nearest test neighbours (cosine), to look at;
+* `embedding.png`, the t-SNE/PCA map coloured by cluster, and for images
+  `neighbours.png`, query images with their nearest test neighbours (cosine), to
+  look at (audio: the representation is the model's, e.g. CPC's pooled context);
 * `evaluation.json` with all of it.
 """
 
@@ -52,18 +53,26 @@ def cluster_features(features, clusters=10, seed=0, max_points=5000):
 
 
 def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="tsne", clusters=10, extra=None):
-    """The label-free report of a trained image model; see the module docstring."""
+    """The label-free report of a trained image or audio model (`encoder` is the kept
+    image encoder; None for audio); see the module docstring."""
     from keras_ssl.evaluation.classification import embedding_plot, extract_features
     from keras_ssl.evaluation.report import write_json_atomic
     from keras_ssl.evaluation.retrieval import retrieval_grid
 
+    audio = getattr(dataset, "modality", "image") == "audio"
+    unit = "clips" if audio else "images"
     test = dataset.test
     if len(test) == 0:
         raise UserError(f"dataset {dataset.name} has no test split to evaluate on")
-    results = {"dataset": dataset.name, "labelled": False, "train_images": len(dataset.train),
-               "test_images": len(test)}
+    results = {"dataset": dataset.name, "labelled": False, f"train_{unit}": len(dataset.train),
+               f"test_{unit}": len(test)}
     results["method_metrics"] = method_test_metrics(model, config, test)
-    features = extract_features(encoder, test)
+    if audio:
+        from keras_ssl.evaluation.audio import clip_features
+
+        features = clip_features(model.representation, test.waveforms)
+    else:
+        features = extract_features(encoder, test)
     assignments, silhouette = cluster_features(features, clusters)
     results.update(feature_dim=int(features.shape[1]), kmeans_clusters=int(len(np.unique(assignments))),
                    kmeans_silhouette=silhouette)
@@ -76,9 +85,10 @@ def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="
             results["embedding_plot"] = embedding_plot(
                 features, assignments, os.path.join(output_dir, "embedding.png"), names, method=plot,
                 title=f"{plot.upper()} of the test representations, coloured by k-means cluster (no labels)")
-        normalised = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
-        results["neighbours_plot"] = retrieval_grid(test.images, normalised, None,
-                                                    os.path.join(output_dir, "neighbours.png"))
+        if not audio:
+            normalised = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
+            results["neighbours_plot"] = retrieval_grid(test.images, normalised, None,
+                                                        os.path.join(output_dir, "neighbours.png"))
         write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
     return results
 
@@ -88,6 +98,10 @@ def format_unlabelled_table(results):
     rows = [(f"test {k}", f"{v:.4f}") for k, v in results["method_metrics"].items()]
     if "pretext_accuracy" in results:
         rows.append(("pretext_accuracy", f"{100 * results['pretext_accuracy']:.2f}%"))
+    per_step = results.get("info_nce")
+    if per_step:  # CPC: the first and the last step ahead
+        for k in sorted({0, len(per_step["accuracy"]) - 1}):
+            rows.append((f"info_nce accuracy k={k + 1}", f"{100 * per_step['accuracy'][k]:.2f}%"))
     rows += [("kmeans_clusters", str(results["kmeans_clusters"])),
              ("kmeans_silhouette", f"{results['kmeans_silhouette']:.3f}")]
     if "representation_spread" in results:
