@@ -97,9 +97,13 @@ class MethodModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, sample_weight=None, class_weight=None, **kwargs):
         """Keras's `fit`; `sample_weight`/`class_weight` are refused (Keras drops a
-        sample weight silently when `y` is None; see `split_data`)."""
+        sample weight silently when `y` is None; see `split_data`). A `tf.data`
+        pipeline (the batch builders' output) shuffles itself: Keras ignores `shuffle`
+        for it, so it is not passed (Keras 3 warns about its own default otherwise)."""
         if sample_weight is not None or class_weight is not None:
             raise UserError(_NO_SAMPLE_WEIGHT)
+        if isinstance(x, tf.data.Dataset) and not args:
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
