@@ -148,3 +148,16 @@ def test_tfds_audio_rates_and_speakers_are_converted():
     assert ds.train.speakers.tolist() == [0, 1, 0] and ds.speaker_names == ("ann", "bob")
     np.testing.assert_allclose(np.abs(ds.train.waveforms[0, 1000:7000]).max(), 0.5, atol=0.02)  # 16384 / 32768
     assert len(ds.test) == 0
+
+
+def test_clips_much_shorter_than_the_clip_length_are_padded_with_a_warning(tmp_path):
+    for i in range(3):
+        _write(str(tmp_path / "short" / f"{i}.wav"), 16000, np.full(800, 1000, np.int16))  # 0.05 s
+    with pytest.warns(UserWarning, match=r"clip length of 1 s \(median 0.05 s\).*set --audio_seconds"):
+        ds = load_audio_folder(f"folder:{tmp_path / 'short'}", seconds=1.0, test_fraction=0.0)
+    assert ds.train.waveforms.shape == (3, 16000) and not ds.train.waveforms[:, 800:].any()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_audio_folder(f"folder:{tmp_path / 'short'}", seconds=0.06, test_fraction=0.0)

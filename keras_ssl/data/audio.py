@@ -148,13 +148,14 @@ def _read_speakers(root):
 
 
 def _decode(paths, num_samples, on_corrupt):
-    waves, kept, bad = [], [], []
+    waves, kept, bad, lengths = [], [], [], []
     for i, path in enumerate(paths):
         try:
-            wave = read_wav(path, num_samples)
+            wave = read_wav(path)
             if not np.all(np.isfinite(wave)):  # float WAVs can hold them; one would make the loss NaN
                 raise ValueError("NaN or Inf samples")
-            waves.append(wave)
+            waves.append(fit_length(wave, num_samples))
+            lengths.append(len(wave))
             kept.append(i)
         except Exception as e:  # scipy raises ValueError, struct.error, EOFError... on damaged files
             bad.append(f"{path} ({type(e).__name__}: {e})")
@@ -167,6 +168,13 @@ def _decode(paths, num_samples, on_corrupt):
         warnings.warn(f"skipped {len(bad)} unreadable WAV file(s): " + "; ".join(bad[:20]))
     if not waves:
         raise UserError(f"none of the {len(paths)} WAV files can be read, e.g. {paths[0]}")
+    median = float(np.median(lengths))
+    if median < num_samples / 2:  # mostly padding: the clips' own sound is a small part of each example
+        import warnings
+
+        warnings.warn(f"most clips are much shorter than the clip length of {num_samples / SAMPLE_RATE:g} s "
+                      f"(median {median / SAMPLE_RATE:.2f} s) and are zero-padded to it; set --audio_seconds "
+                      "(or seconds=) near their length")
     return np.stack(waves).astype(np.float32), kept
 
 
