@@ -68,7 +68,7 @@ def rendering_labels(split):
 
     import numpy as np
 
-    found = [re.search(r"_s(\d+)_p(\d+)\.wav$", str(path)) for path in (() if split.paths is None else split.paths)]
+    found = [re.search(r"_s(\d+)_p(\d+)\.wav$", str(path), re.IGNORECASE) for path in (() if split.paths is None else split.paths)]
     if not found or not all(found):
         return None
     return {"speed": np.asarray([int(m.group(1)) for m in found]), "pitch": np.asarray([int(m.group(2)) for m in found])}

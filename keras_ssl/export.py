@@ -184,7 +184,8 @@ def _decode_wavs(wavs, name, num_samples):
     fmt_first = tf.equal(tf.strings.substr(padded, 12, 4), b"fmt ")
     pcm16 = tf.equal(tf.strings.substr(padded, 20, 2), b"\x01\x00") & tf.equal(tf.strings.substr(padded, 34, 2),
                                                                                b"\x10\x00")
-    other_format = valid & fmt_first & tf.logical_not(pcm16)
+    extensible = valid & fmt_first & tf.equal(tf.strings.substr(padded, 20, 2), b"\xfe\xff")
+    other_format = valid & fmt_first & tf.logical_not(pcm16) & tf.logical_not(extensible)
     check = tf.debugging.Assert(tf.reduce_all(valid), [
         f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE) (indices):",
         tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
@@ -192,6 +193,10 @@ def _decode_wavs(wavs, name, num_samples):
         f"{name}: these WAV files are not 16-bit PCM (8/24/32-bit or float samples); the model is served "
         "16-bit PCM, e.g. sox in.wav -b 16 -e signed-integer out.wav (indices):",
         tf.reshape(tf.where(other_format), [-1])])
+    check_header = tf.debugging.Assert(tf.logical_not(tf.reduce_any(extensible)), [
+        f"{name}: these WAV files have a WAVE_FORMAT_EXTENSIBLE header, which the decoder does not read; "
+        "rewrite them as plain 16-bit PCM, mono or stereo, e.g. sox in.wav -b 16 -c 1 out.wav (indices):",
+        tf.reshape(tf.where(extensible), [-1])])
 
     def decode(data):
         audio, rate = tf.audio.decode_wav(data)  # float32 [n, channels] in [-1, 1]
@@ -200,7 +205,7 @@ def _decode_wavs(wavs, name, num_samples):
         with tf.control_dependencies([right_rate, *_check_waveform_length(tf.shape(audio)[0], name)]):
             return _fit_length(tf.reduce_mean(audio, axis=1), num_samples)
 
-    with tf.control_dependencies([check, check_format]):
+    with tf.control_dependencies([check, check_format, check_header]):
         return tf.map_fn(decode, wavs, fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
 
 

@@ -96,8 +96,8 @@ class _SignatureCalls:
 
     def verify(self, images_a, images_b):
         """Two lists of encoded images -> `{"distance" or "score": [n], "same": [n]}`."""
-        return self.predict("verify", images_a=_encoded_files(images_a, "verify"),
-                            images_b=_encoded_files(images_b, "verify"))
+        return self.predict("verify", images_a=_encoded_files(images_a, "verify images_a"),
+                            images_b=_encoded_files(images_b, "verify images_b"))
 
     def classify(self, images):
         """Models with an online probe: encoded images -> the dataset's classes,
@@ -106,8 +106,8 @@ class _SignatureCalls:
 
     def position(self, centres, neighbours):
         """Relative position: encoded patch pairs -> `{"probabilities": [n, 8], "class": [n]}`."""
-        return self.predict("position", centre=_encoded_files(centres, "position"),
-                            neighbour=_encoded_files(neighbours, "position"))
+        return self.predict("position", centre=_encoded_files(centres, "position centres"),
+                            neighbour=_encoded_files(neighbours, "position neighbours"))
 
     def rotation(self, images):
         """RotNet: encoded images -> `{"probabilities": [n, 4], "class": [n]}` over 0/90/180/270 degrees."""

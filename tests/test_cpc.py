@@ -172,6 +172,10 @@ def test_wrong_inputs_are_one_clear_error_and_leave_the_model_working():
             model.predict(bad, verbose=0)
         assert "\n" not in str(error.value)
         assert model.predict(x[:2], verbose=0).shape == (2, 8)
+    # a pipeline of unknown rank is checked when the step runs, as float [batch, samples]
+    unknown = tf.data.Dataset.from_generator(lambda: iter([x[:2], x[2:4]]),
+                                             output_signature=tf.TensorSpec(None, tf.float32))
+    assert model.predict(unknown, verbose=0).shape == (4, 8)
     with pytest.raises(UserError, match="no use for targets y"):
         model.fit(x, np.zeros(8, np.int32), batch_size=4, verbose=0)
     with pytest.raises(UserError, match="got int16"):
@@ -217,6 +221,10 @@ def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     for message, args in bad.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             served.signatures["serving_default"](**args)
+    extensible = bytearray(wav(x[0]))
+    extensible[20:22] = b"\xfe\xff"  # WAVE_FORMAT_EXTENSIBLE's tag (multi-channel tools write it)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"WAVE_FORMAT_EXTENSIBLE .*indices.*\[0\]"):
+        served.signatures["serving_default"](audio=tf.constant([bytes(extensible)]))
     for samples in (np.zeros(100, np.uint8), np.zeros(100, np.int32), np.zeros(100, np.float32)):
         buf = io.BytesIO()
         wavfile.write(buf, 16000, samples)  # 8-bit, 32-bit, float: what training reads, serving refuses by name

@@ -215,6 +215,11 @@ def test_config_round_trips(method_run):
     assert isinstance(config.options, method_run["method"].options)
 
 
+# Options named otherwise than the constructor argument they set (the flag names say more).
+OPTION_ARGUMENTS = {"head_hidden_dim": "hidden_dim", "patch_stride": "stride", "soft_margin": "soft",
+                    "normalize_embeddings": "normalize", "patch_preset": "preset"}
+
+
 def test_option_defaults_are_the_model_constructor_defaults(method_run):
     """`keras-ssl-train` (the options) and `fit()` in user code (the model's constructor) start
     from the same hyper-parameters: every option that is also a constructor argument of the
@@ -226,9 +231,11 @@ def test_option_defaults_are_the_model_constructor_defaults(method_run):
 
     model_class = type(load_model(os.path.join(method_run["model_dir"], "model.keras")))
     parameters = inspect.signature(model_class.__init__).parameters
-    shared = [f for f in dataclasses.fields(method_run["method"].options) if f.name in parameters
-              and parameters[f.name].default is not inspect.Parameter.empty]
-    assert [(f.name, f.default) for f in shared] == [(f.name, parameters[f.name].default) for f in shared]
+    argument = {f.name: OPTION_ARGUMENTS.get(f.name, f.name) for f in dataclasses.fields(method_run["method"].options)}
+    shared = [f for f in dataclasses.fields(method_run["method"].options) if argument[f.name] in parameters
+              and parameters[argument[f.name]].default is not inspect.Parameter.empty]
+    assert [(f.name, f.default) for f in shared] == [(f.name, parameters[argument[f.name]].default) for f in shared]
+    assert shared or not dataclasses.fields(method_run["method"].options), "no option matched a constructor argument"
 
 
 def test_predict_refuses_a_wrong_batch_in_one_line_and_keeps_working(method_run):
@@ -242,6 +249,8 @@ def test_predict_refuses_a_wrong_batch_in_one_line_and_keeps_working(method_run)
     with pytest.raises(UserError, match=r"expects .* batches \[batch, .*got shape") as error:
         model.predict(wrong, verbose=0)
     assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="got int32"):  # integers other than uint8 pixels
+        model.predict(right.astype(np.int32), verbose=0)
     np.testing.assert_allclose(model.predict(right, verbose=0), expected, atol=1e-5)
 
 

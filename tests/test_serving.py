@@ -278,7 +278,7 @@ def test_client_calls_refuse_what_is_not_a_list_of_encoded_files():
             call("seven.wav")
         with pytest.raises(UserError, match=r"item 1 is a str, not the file's bytes: read the file"):
             call([b"RIFF", "/data/seven.wav"])
-    with pytest.raises(UserError, match="verify: item 0 is a int"):
+    with pytest.raises(UserError, match="verify images_a: item 0 is a int"):
         client.verify([3], [b"x"])
     client.embed_audio([b"RIFF", bytearray(b"RIFF")])
     assert client.sent == ("serving_default", {"audio": [b"RIFF", b"RIFF"]})

@@ -8,7 +8,8 @@ method's own metrics on the test split, k-means clusters and their silhouette, t
 embedding coloured by cluster and a nearest-neighbour grid (`neighbours.png`;
 `keras_ssl.evaluation.unlabelled`).
 Audio runs get word and speaker probes of every probe point against MFCCs and
-the untrained model (`keras_ssl.evaluation.audio`).
+the untrained model (`keras_ssl.evaluation.audio`); an unlabelled audio folder
+gets the label-free report (no neighbour grid).
 """
 
 import os

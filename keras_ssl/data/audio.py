@@ -152,9 +152,10 @@ def _decode(paths, num_samples, on_corrupt):
     for i, path in enumerate(paths):
         try:
             wave = read_wav(path)
-            if not np.all(np.isfinite(wave)):  # float WAVs can hold them; one would make the loss NaN
+            kept_part = fit_length(wave, num_samples)
+            if not np.all(np.isfinite(kept_part)):  # float WAVs can hold them; one would make the loss NaN
                 raise ValueError("NaN or Inf samples")
-            waves.append(fit_length(wave, num_samples))
+            waves.append(kept_part)
             lengths.append(len(wave))
             kept.append(i)
         except Exception as e:  # scipy raises ValueError, struct.error, EOFError... on damaged files

@@ -64,7 +64,7 @@ class MethodModel(keras.Model):
             shape, dtype = tf.TensorShape(spec.shape), tf.as_dtype(spec.dtype)
         except (AttributeError, TypeError, ValueError):  # generators, PyDatasets: checked in the step
             shape = dtype = None
-        if shape is not None:
+        if shape is not None and shape.rank is not None:  # an unknown rank is checked in the step
             self.check_batch(shape, dtype)
         return super().predict(x, *args, **kwargs)
 
@@ -90,6 +90,9 @@ class MethodModel(keras.Model):
         if shape.rank != 4:
             hint = "; grayscale images need a channel axis: images[..., None]" if shape.rank == 3 else ""
             raise UserError(f"{name} expects image batches [batch, H, W, C], got shape {shape}{hint}")
+        if not (dtype == tf.uint8 or dtype.is_floating):  # other integers would be read as [0, 1] floats
+            raise UserError(f"{name} takes uint8 images (0-255) or floats in [0, 1], got {dtype.name}; "
+                            "cast 0-255 pixels with images.astype('uint8')")
         channels = getattr(self.encoder, "input_shape", (None,))[-1]
         if channels is not None and shape[-1] is not None and shape[-1] != channels:
             raise UserError(f"{name}'s encoder takes {channels}-channel images, got {shape[-1]} channels "

@@ -95,10 +95,11 @@ class CPC(_PredictiveCoding):
     The representation of a clip (`predict`, `embedding` when served) is the
     mean over time of `c_t`; `frames(waveforms)` gives `c_t` itself.
 
-    `fit()` and `predict()` take waveform batches `x` (float `[B, samples]` in
-    [-1, 1], 16 kHz); other inputs, integer PCM and targets `y` are refused
-    with one `UserError` (word and speaker labels are for the evaluator's
-    probes). Metrics: `loss`, `accuracy` (the
+    `fit()`, `evaluate()` and `predict()` take waveform batches `x` (float
+    `[B, samples]` in [-1, 1], 16 kHz); other shapes and integer PCM are
+    refused with one `UserError`, and so are targets `y` in `fit()` and
+    `evaluate()` (word and speaker labels are for the evaluator's probes).
+    Metrics: `loss`, `accuracy` (the
     positive scored highest, mean over k) and `mi_bound`, the InfoNCE lower
     bound on I(z_{t+k}; c_t) in nats, `log(N) - loss` with `N` candidates
     (mean over k). `step_metrics` gives them per k.
@@ -109,6 +110,8 @@ class CPC(_PredictiveCoding):
     (CPC_audio, Riviere et al. 2020).
     `num_samples`: the clip length the model is trained and served at.
     """
+
+    INPUT_RANK = 2  # waveform batches [batch, samples]
 
     def __init__(self, encoder, context=None, predictor=None, context_dim=256, prediction_steps=12,
                  num_negatives=128, num_samples=16000, seed=0, **kwargs):
