@@ -182,9 +182,9 @@ def _decode_wavs(wavs, name, num_samples):
     # bits per sample are read here, so 8/24/32-bit and float WAVs get a message that says
     # what to do rather than the decoder's own (which names neither the item nor a fix).
     fmt_first = tf.equal(tf.strings.substr(padded, 12, 4), b"fmt ")
-    pcm16 = tf.equal(tf.strings.substr(padded, 20, 2), b"\x01\x00") & tf.equal(tf.strings.substr(padded, 34, 2),
-                                                                               b"\x10\x00")
-    extensible = valid & fmt_first & tf.equal(tf.strings.substr(padded, 20, 2), b"\xfe\xff")
+    format_code = tf.strings.substr(padded, 20, 2)
+    pcm16 = tf.equal(format_code, b"\x01\x00") & tf.equal(tf.strings.substr(padded, 34, 2), b"\x10\x00")
+    extensible = valid & fmt_first & tf.equal(format_code, b"\xfe\xff")
     other_format = valid & fmt_first & tf.logical_not(pcm16) & tf.logical_not(extensible)
     check = tf.debugging.Assert(tf.reduce_all(valid), [
         f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE) (indices):",

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -104,8 +105,6 @@ def read_wav(path, num_samples=None):
     """A WAV file as 16 kHz mono float32 `[T]` (fit to `num_samples` when given)."""
     from scipy.io import wavfile
 
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on chunks it skips (LIST, fact)
         rate, samples = wavfile.read(path)
@@ -164,15 +163,11 @@ def _decode(paths, num_samples, on_corrupt):
         if on_corrupt == "error":
             raise UserError(f"{len(bad)} unreadable WAV file(s), first: {bad[0]}; remove or replace them, "
                             "or load with on_corrupt='skip'")
-        import warnings
-
         warnings.warn(f"skipped {len(bad)} unreadable WAV file(s): " + "; ".join(bad[:20]))
     if not waves:
         raise UserError(f"none of the {len(paths)} WAV files can be read, e.g. {paths[0]}")
     median = float(np.median(lengths))
     if median < num_samples / 2:  # mostly padding: the clips' own sound is a small part of each example
-        import warnings
-
         warnings.warn(f"most clips are much shorter than the clip length of {num_samples / SAMPLE_RATE:g} s "
                       f"(median {median / SAMPLE_RATE:.2f} s) and are zero-padded to it; set --audio_seconds "
                       "(or seconds=) near their length")

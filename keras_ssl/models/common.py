@@ -36,6 +36,8 @@ class MethodModel(keras.Model):
     """
 
     SUB_MODELS = ("encoder",)
+    # The rank of the input batches `check_batch` accepts: images [batch, H, W, C].
+    INPUT_RANK = 4
     # True for models with a pair decision (`verify`) whose threshold the
     # evaluator calibrates and the exporter stores.
     supports_threshold = False
@@ -48,8 +50,6 @@ class MethodModel(keras.Model):
             if model is not None and not model.built:
                 model.build((None,) + tuple(model.input_shape[1:]))
         self.built = True
-
-    INPUT_RANK = 4  # image batches [batch, H, W, C]
 
     def predict(self, x, *args, **kwargs):
         """Keras's `predict`; an array, tensor or `tf.data` batch the model does not take

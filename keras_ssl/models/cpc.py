@@ -368,8 +368,7 @@ class ImageCPC(_PredictiveCoding):
 
     def method_loss(self, data, training):
         x, _ = split_data(data)
-        if isinstance(x, (tuple, list)) or x.shape.rank != 4:
-            raise UserError(f"ImageCPC expects image batches [batch, H, W, C], got {getattr(x, 'shape', type(x))}")
+        x = self.checked_inputs(x)  # [batch, H, W, C] with the encoder's channels, or one UserError
         rows = x.shape[1] and grid_size(x.shape[1], self.patch_size, self.stride)
         if rows is not None and rows <= self.prediction_steps:
             raise UserError(f"{x.shape[1]} px images give {rows} rows of {self.patch_size} px patches every "
