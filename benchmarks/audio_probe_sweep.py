@@ -44,7 +44,6 @@ flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
 
-
 def pooled_features(frames_fn, waveforms, poolings):
     """`{point_pooling: [N, D]}` for every frame point of `frames_fn(waveforms)`."""
     import tensorflow as tf
@@ -64,14 +63,15 @@ def pooled_features(frames_fn, waveforms, poolings):
 def rendering_labels(split):
     """`{"pitch", "speed": int [N]}` from spoken-digits file names (`..._s<speed>_p<pitch>.wav`),
     or None when the split's files are not named so."""
-    import re
-
     import numpy as np
 
-    found = [re.search(r"_s(\d+)_p(\d+)\.wav$", str(path), re.IGNORECASE) for path in (() if split.paths is None else split.paths)]
-    if not found or not all(found):
+    from keras_ssl.data.spoken_digits import clip_rendering
+
+    found = [clip_rendering(path) for path in (() if split.paths is None else split.paths)]
+    if not found or None in found:
         return None
-    return {"speed": np.asarray([int(m.group(1)) for m in found]), "pitch": np.asarray([int(m.group(2)) for m in found])}
+    speed, pitch = np.asarray(found).T
+    return {"speed": speed, "pitch": pitch}
 
 
 def targets(dataset):

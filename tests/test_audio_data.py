@@ -97,6 +97,11 @@ def test_spoken_digits_subset_is_made_and_loads(tmp_path):
     ds = load_audio_folder(f"folder:{out}")
     assert ds.class_names == ("one", "three", "two") and len(ds.speaker_names) == 3
     assert len(ds.train) + len(ds.test) == counts["clips"]
+    from keras_ssl.data.spoken_digits import clip_rendering  # each clip's (speed, pitch), read back from its name
+
+    renderings = [clip_rendering(p) for p in np.concatenate([ds.train.paths, ds.test.paths])]
+    assert sorted(set(renderings)) == [(0, 0), (0, 1), (1, 0), (1, 1)] and renderings.count((0, 0)) == 9
+    assert clip_rendering("noise.wav") is None
     energy = np.sqrt(np.mean(ds.train.waveforms ** 2, axis=1))
     assert np.all(energy > 0.01)  # every clip holds sound
     again = make_spoken_digits(str(tmp_path / "sd2"), max_speakers=3, words=("one", "two", "three"), styles=2)

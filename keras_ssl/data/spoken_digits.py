@@ -25,6 +25,7 @@ synthesisers' versions (recorded in README.txt).
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,18 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc")
 ESPEAK_VARIANTS = ("m1", "m3", "m7", "f2", "f4", "klatt")
 FLITE_VOICES = ("awb", "rms", "slt", "kal16")
+_CLIP_NAME = re.compile(r"_s(\d+)_p(\d+)\.wav$", re.IGNORECASE)
+
+
+def clip_name(speaker, speed, pitch):
+    """The file name of one clip: `<speaker>_s<speed>_p<pitch>.wav`."""
+    return f"{speaker}_s{speed}_p{pitch}.wav"
+
+
+def clip_rendering(path):
+    """`(speed, pitch)` style indices from a clip's file name, or None when it is not named so."""
+    found = _CLIP_NAME.search(str(path))
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
 # espeak-ng words per minute and pitch (0-99); flite duration stretch and pitch mean (Hz).
 ESPEAK_SPEEDS = (130, 165, 200)
 ESPEAK_PITCHES = (35, 50, 65)
@@ -119,7 +132,7 @@ def make_spoken_digits(output_dir, max_speakers=None, words=WORDS, styles=3, see
                         _synthesise(word, synthesiser, voice, (speed, pitch), scratch)
                         x = _add_lead_and_noise(read_wav(scratch), rng)
                         split = "test" if rng.uniform() < TEST_FRACTION else "train"
-                        relative = os.path.join(split, word, f"{name}_s{speed}_p{pitch}.wav")
+                        relative = os.path.join(split, word, clip_name(name, speed, pitch))
                         os.makedirs(os.path.join(tmp, split, word), exist_ok=True)
                         from scipy.io import wavfile
 
