@@ -1,14 +1,16 @@
 """CPC audio training throughput (clips/s) of each audio encoder, back to back in one process.
 
     python benchmarks/cpc_audio_throughput.py --encoders=cpc_conv,cpc_conv_plain --rounds=3
+    python benchmarks/cpc_audio_throughput.py --encoders=cpc_conv --dtype_policies=float32,mixed_bfloat16
 
 Random one-second clips (the step's cost does not depend on what they hold),
 the model of `flags/cpc_spoken_digits.cfg` (512 x 0.25 channels, GRU 256,
-K = 12, 128 negatives, batch 32, Adam). For each encoder: `warmup` untimed
+K = 12, 128 negatives, batch 32, Adam). For each encoder and dtype policy
+(`auto` resolves as the binaries do): `warmup` untimed
 steps, then `rounds` rounds of `steps` timed steps; the rounds alternate
-between the encoders, so a machine whose speed drifts affects both alike.
-Prints one line per encoder (median clips/s over the rounds) and the ratio
-to the first encoder. Compare encoders only within one run: this project's
+between the models, so a machine whose speed drifts affects all alike.
+Prints one line per model (median clips/s over the rounds) and the ratio
+to the first one. Compare encoders only within one run: this project's
 CPUs differ from session to session.
 """
 
@@ -18,6 +20,7 @@ import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
 from absl import app, flags
 
 flags.DEFINE_list("encoders", ["cpc_conv", "cpc_conv_plain"], "audio encoders to compare")
+flags.DEFINE_list("dtype_policies", ["float32"], "dtype policies to compare (float32, mixed_bfloat16, auto, ...)")
 flags.DEFINE_float("width_multiplier", 0.25, "encoder width: 512 x this")
 flags.DEFINE_integer("batch", 32, "clips per step")
 flags.DEFINE_float("seconds", 1.0, "clip length")
@@ -35,21 +38,25 @@ def main(argv):
 
     from keras_ssl.audio_encoders import build_audio_encoder
     from keras_ssl.models import CPC
+    from keras_ssl.precision import cpu_summary, resolve_dtype_policy
 
     samples = int(16000 * FLAGS.seconds)
     clips = np.random.default_rng(0).uniform(-0.5, 0.5, (FLAGS.batch, samples)).astype(np.float32)
     batch = tf.constant(clips)
     steps = {}
-    for name in FLAGS.encoders:
-        keras.utils.set_random_seed(0)
-        # CPC's own defaults (GRU 256, K = 12, 128 negatives) are the flagfile's.
-        model = CPC(build_audio_encoder(name, FLAGS.width_multiplier), num_samples=samples)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        model.make_train_function()
-        for _ in range(FLAGS.warmup):
-            model.train_function(iter([(batch,)]))
-        steps[name] = model
-    rates = {name: [] for name in FLAGS.encoders}
+    for encoder in FLAGS.encoders:
+        for policy in FLAGS.dtype_policies:
+            policy = resolve_dtype_policy(policy)
+            keras.mixed_precision.set_global_policy(policy)
+            keras.utils.set_random_seed(0)
+            # CPC's own defaults (GRU 256, K = 12, 128 negatives) are the flagfile's.
+            model = CPC(build_audio_encoder(encoder, FLAGS.width_multiplier), num_samples=samples)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3))
+            model.make_train_function()
+            for _ in range(FLAGS.warmup):
+                model.train_function(iter([(batch,)]))
+            steps[encoder if len(FLAGS.dtype_policies) == 1 else f"{encoder} {policy}"] = model
+    rates = {name: [] for name in steps}
     for _ in range(FLAGS.rounds):
         for name, model in steps.items():
             start = time.perf_counter()
@@ -57,10 +64,11 @@ def main(argv):
                 logs = model.train_function(iter([(batch,)]))
             float(logs["loss"])  # wait for the last step
             rates[name].append(FLAGS.steps * FLAGS.batch / (time.perf_counter() - start))
-    first = float(np.median(rates[FLAGS.encoders[0]]))
-    for name in FLAGS.encoders:
+    first = float(np.median(next(iter(rates.values()))))
+    print(f"CPU: {cpu_summary()}; width {512 * FLAGS.width_multiplier:g} channels, batch {FLAGS.batch}")
+    for name in steps:
         median = float(np.median(rates[name]))
-        print(f"{name:16s} {median:7.1f} clips/s  (rounds: {', '.join(f'{r:.1f}' for r in rates[name])})  "
+        print(f"{name:31s} {median:7.1f} clips/s  (rounds: {', '.join(f'{r:.1f}' for r in rates[name])})  "
               f"x{median / first:.2f}")
 
 
