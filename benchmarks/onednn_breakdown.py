@@ -7,11 +7,20 @@ Runs `benchmarks/simclr_throughput.py --nopipeline` twice with the same settings
 once as it is (the step time), once with `ONEDNN_VERBOSE=1`, which makes oneDNN
 print one line per primitive it executes, with its kind, implementation,
 shapes and milliseconds. It sums those per (kind, propagation) and per
-implementation, divides by the number of steps run (warm-up included, so
-one-time weight reorders are spread over them), and prints both beside the
+implementation over the timed steps (the log of the warm-up steps, which
+holds one-time weight reorders, is skipped: it ends where the forward
+convolutions of the first timed step begin), and prints them beside the
 step time measured without logging. What the primitives do not cover is
 TensorFlow's own work between them: casts, element-wise ops that oneDNN
-does not run, the optimizer's updates, and the executor's scheduling.
+does not run, the optimizer's updates, and the executor's scheduling. Two
+primitives may run at once (TensorFlow's inter-op threads), so their sum can
+exceed the step.
+
+With `--lightly_python` (the python of a virtualenv holding PyTorch and
+lightly, e.g. `build/lightly-venv/bin/python` made by compare_lightly.py) it
+does the same for lightly's step (`lightly_reference/simclr_step.py`), whose
+convolutions PyTorch also runs with oneDNN; `--channels_last` gives that
+step the NHWC memory format.
 
 Encoders and batch sizes as in `benchmarks/compare_lightly.py`: `small_cnn`
 at 28x28x1, batch 256; `resnet18` (CIFAR stem) at 32x32x3, batch 64.
@@ -30,62 +39,51 @@ SHAPES = {"small_cnn": (28, 1, 256), "resnet18": (32, 3, 64)}  # image size, cha
 _STEP_MS = re.compile(r"step_ms=([0-9.]+)")
 
 
-def throughput(args, env):
+def throughput(args, env, lightly=False):
     size, channels, batch = SHAPES[args.encoder]
-    cmd = [sys.executable, os.path.join(HERE, "simclr_throughput.py"), f"--encoder={args.encoder}",
-           f"--image_size={size}", f"--channels={channels}", f"--batch={batch}", f"--steps={args.steps}",
-           f"--warmup={args.warmup}", "--nopipeline", f"--dtype_policy={args.dtype_policy}",
-           f"--optimizer={args.optimizer}"]
+    common = [f"--encoder={args.encoder}", f"--image_size={size}", f"--channels={channels}", f"--batch={batch}",
+              f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    if lightly:
+        dtype = "float32" if args.dtype_policy == "float32" else "bfloat16"
+        cmd = [args.lightly_python, os.path.join(HERE, "lightly_reference", "simclr_step.py"), *common,
+               f"--dtype={dtype}"] + (["--channels_last"] if args.channels_last else [])
+    else:
+        cmd = [sys.executable, os.path.join(HERE, "simclr_throughput.py"), *common, "--nopipeline",
+               f"--dtype_policy={args.dtype_policy}", f"--optimizer={args.optimizer}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if out.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return out.stdout
 
 
-def primitive_times(log):
-    """{(kind, propagation, implementation): [calls, ms]} from oneDNN's `exec` lines."""
-    totals = collections.defaultdict(lambda: [0, 0.0])
+def primitive_times(log, warmup, steps):
+    """{(kind, propagation, implementation): [calls, ms]} from the timed steps' oneDNN `exec` lines."""
+    calls = []
     for line in log.splitlines():
         if not line.startswith("onednn_verbose") or ",exec," not in line:
             continue
         fields = line.split(",")
         at = fields.index("exec")  # oneDNN 3.x: onednn_verbose,[timestamp,]primitive,exec,cpu,KIND,IMPL,PROP,...,MS
-        kind, implementation, propagation = fields[at + 2], fields[at + 3], fields[at + 4]
         try:
-            ms = float(fields[-1])
-        except ValueError:
+            calls.append((fields[at + 2], fields[at + 4], fields[at + 3], float(fields[-1])))
+        except (IndexError, ValueError):
             continue
+    forward = [i for i, (kind, propagation, _, _) in enumerate(calls)
+               if kind == "convolution" and propagation == "forward_training"]
+    per_step = len(forward) // (warmup + steps)
+    start = forward[warmup * per_step] if per_step else 0
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    for kind, propagation, implementation, ms in calls[start:]:
         entry = totals[(kind, propagation, implementation)]
         entry[0] += 1
         entry[1] += ms
     return totals
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--encoder", default="small_cnn", choices=sorted(SHAPES))
-    p.add_argument("--dtype_policy", default="auto")
-    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--top", type=int, default=12, help="implementations listed")
-    args = p.parse_args()
-
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    plain = throughput(args, env)
-    step_ms = float(_STEP_MS.search(plain).group(1))
-    verbose = throughput(args, dict(env, ONEDNN_VERBOSE="1"))
-    totals = primitive_times(verbose)
-    if not totals:
-        sys.exit("error: oneDNN printed no `exec` lines: is oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)?")
-    steps = args.steps + args.warmup
+def report(label, step_ms, totals, steps, top):
     per_step = sum(ms for _, ms in totals.values()) / steps
-
-    print(plain.strip().splitlines()[0])  # cpu=... line
-    print(f"encoder={args.encoder} dtype_policy={args.dtype_policy} optimizer={args.optimizer}")
-    print(f"step (no logging): {step_ms:.1f} ms; oneDNN primitives: {per_step:.1f} ms per step "
-          f"({100 * per_step / step_ms:.0f}% of the step); the rest, TensorFlow's own ops and "
-          f"scheduling: {step_ms - per_step:.1f} ms")
+    print(f"\n{label}: step (no logging) {step_ms:.1f} ms; oneDNN primitives {per_step:.1f} ms per step "
+          f"({100 * per_step / step_ms:.0f}% of the step); outside them: {step_ms - per_step:.1f} ms")
     by_kind = collections.defaultdict(float)
     for (kind, propagation, _), (_, ms) in totals.items():
         by_kind[f"{kind} {propagation}"] += ms
@@ -93,9 +91,40 @@ def main():
     for name, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms / steps:.1f} | {100 * ms / steps / per_step:.0f}% |")
     print("\n| primitive | implementation | propagation | calls per step | ms per step |\n|---|---|---|---|---|")
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])[:args.top]
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]
     for (kind, propagation, implementation), (calls, ms) in ranked:
         print(f"| {kind} | {implementation} | {propagation} | {calls / steps:.1f} | {ms / steps:.1f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--encoder", default="small_cnn", choices=sorted(SHAPES))
+    p.add_argument("--dtype_policy", default="auto", help="auto, float32 or mixed_bfloat16")
+    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--top", type=int, default=12, help="implementations listed")
+    p.add_argument("--lightly_python", default="", help="also profile lightly's step with this python")
+    p.add_argument("--channels_last", action="store_true", help="lightly's step in the NHWC memory format")
+    args = p.parse_args()
+    if args.steps < 1 or args.warmup < 1:
+        p.error("--steps and --warmup must be >= 1")
+    sys.path.insert(0, REPO)
+    from keras_ssl.precision import cpu_summary, resolve_dtype_policy
+
+    args.dtype_policy = resolve_dtype_policy(args.dtype_policy)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    print(f"CPU: {cpu_summary()}; encoder={args.encoder} dtype_policy={args.dtype_policy}")
+    sides = [("keras_ssl (" + args.optimizer.upper() + ")", False)]
+    if args.lightly_python:
+        sides.append(("lightly (SGD" + (", channels_last)" if args.channels_last else ")"), True))
+    for label, lightly in sides:
+        plain = throughput(args, env, lightly)
+        step_ms = float(_STEP_MS.search(plain).group(1))
+        totals = primitive_times(throughput(args, dict(env, ONEDNN_VERBOSE="1"), lightly), args.warmup, args.steps)
+        if not totals:
+            sys.exit(f"error: {label}: oneDNN printed no `exec` lines (is oneDNN on? TF_ENABLE_ONEDNN_OPTS=1)")
+        report(label, step_ms, totals, args.steps, args.top)
 
 
 if __name__ == "__main__":
