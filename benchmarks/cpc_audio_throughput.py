@@ -6,7 +6,8 @@
 Random one-second clips (the step's cost does not depend on what they hold),
 the model of `flags/cpc_spoken_digits.cfg` (512 x 0.25 channels, GRU 256,
 K = 12, 128 negatives, batch 32, Adam). For each encoder and dtype policy
-(`auto` resolves as the binaries do): `warmup` untimed
+(`auto` picks one for this CPU as the binaries do; an emulated 16-bit policy
+gets the binaries' warning): `warmup` untimed
 steps, then `rounds` rounds of `steps` timed steps; the rounds alternate
 between the models, so a machine whose speed drifts affects all alike.
 Prints one line per model (median clips/s over the rounds) and the ratio
@@ -38,15 +39,23 @@ def main(argv):
 
     from keras_ssl.audio_encoders import build_audio_encoder
     from keras_ssl.models import CPC
-    from keras_ssl.precision import cpu_summary, resolve_dtype_policy
+    from keras_ssl.precision import cpu_summary, resolve_dtype_policy, slow_policy_warning
 
     samples = int(16000 * FLAGS.seconds)
     clips = np.random.default_rng(0).uniform(-0.5, 0.5, (FLAGS.batch, samples)).astype(np.float32)
     batch = tf.constant(clips)
+    policies = {}  # as given -> resolved
+    for given in FLAGS.dtype_policies:
+        policies[given] = resolve_dtype_policy(given)
+        warning = slow_policy_warning(policies[given])
+        if warning:
+            print(warning)
+    if len(set(policies.values())) < len(FLAGS.dtype_policies):
+        raise app.UsageError(f"--dtype_policies={','.join(FLAGS.dtype_policies)} names one policy twice on this CPU "
+                             f"({', '.join(f'{g} -> {r}' for g, r in policies.items())})")
     steps = {}
     for encoder in FLAGS.encoders:
-        for policy in FLAGS.dtype_policies:
-            policy = resolve_dtype_policy(policy)
+        for given, policy in policies.items():
             keras.mixed_precision.set_global_policy(policy)
             keras.utils.set_random_seed(0)
             # CPC's own defaults (GRU 256, K = 12, 128 negatives) are the flagfile's.
@@ -55,7 +64,7 @@ def main(argv):
             model.make_train_function()
             for _ in range(FLAGS.warmup):
                 model.train_function(iter([(batch,)]))
-            steps[encoder if len(FLAGS.dtype_policies) == 1 else f"{encoder} {policy}"] = model
+            steps[f"{encoder} {given}" + (f" ({policy})" if given != policy else "")] = model
     rates = {name: [] for name in steps}
     for _ in range(FLAGS.rounds):
         for name, model in steps.items():
@@ -65,10 +74,11 @@ def main(argv):
             float(logs["loss"])  # wait for the last step
             rates[name].append(FLAGS.steps * FLAGS.batch / (time.perf_counter() - start))
     first = float(np.median(next(iter(rates.values()))))
-    print(f"CPU: {cpu_summary()}; width {512 * FLAGS.width_multiplier:g} channels, batch {FLAGS.batch}")
+    print(f"CPU: {cpu_summary()}; width {512 * FLAGS.width_multiplier:g} channels, batch {FLAGS.batch}, "
+          f"{FLAGS.seconds:g} s clips")
     for name in steps:
         median = float(np.median(rates[name]))
-        print(f"{name:31s} {median:7.1f} clips/s  (rounds: {', '.join(f'{r:.1f}' for r in rates[name])})  "
+        print(f"{name:36s} {median:7.1f} clips/s  (rounds: {', '.join(f'{r:.1f}' for r in rates[name])})  "
               f"x{median / first:.2f}")
 
 

@@ -7,14 +7,16 @@ Runs `benchmarks/simclr_throughput.py --nopipeline` twice with the same settings
 once as it is (the step time), once with `ONEDNN_VERBOSE=1`, which makes oneDNN
 print one line per primitive it executes, with its kind, implementation,
 shapes and milliseconds. It sums those per (kind, propagation) and per
-implementation over the timed steps (the log of the warm-up steps, which
-holds one-time weight reorders, is skipped: it ends where the forward
-convolutions of the first timed step begin), and prints them beside the
-step time measured without logging. What the primitives do not cover is
+implementation over the timed steps and prints them beside the step time
+measured without logging. The log is cut into steps at the first forward
+convolution of each step; the warm-up steps (one-time weight reorders) and
+the last step (which has no next step to end it) are left out, so each of
+the `steps - 1` cycles counted holds one step's primitives. What the primitives do not cover is
 TensorFlow's own work between them: casts, element-wise ops that oneDNN
 does not run, the optimizer's updates, and the executor's scheduling. Two
 primitives may run at once (TensorFlow's inter-op threads), so their sum can
-exceed the step.
+exceed the step; `TF_NUM_INTEROP_THREADS=1` in the environment prevents that
+(the header line says which was used).
 
 With `--lightly_python` (the python of a virtualenv holding PyTorch and
 lightly, e.g. `build/lightly-venv/bin/python` made by compare_lightly.py) it
@@ -44,7 +46,7 @@ def throughput(args, env, lightly=False):
     common = [f"--encoder={args.encoder}", f"--image_size={size}", f"--channels={channels}", f"--batch={batch}",
               f"--steps={args.steps}", f"--warmup={args.warmup}"]
     if lightly:
-        dtype = "float32" if args.dtype_policy == "float32" else "bfloat16"
+        dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16"}[args.dtype_policy]
         cmd = [args.lightly_python, os.path.join(HERE, "lightly_reference", "simclr_step.py"), *common,
                f"--dtype={dtype}"] + (["--channels_last"] if args.channels_last else [])
     else:
@@ -56,24 +58,34 @@ def throughput(args, env, lightly=False):
     return out.stdout
 
 
-def primitive_times(log, warmup, steps):
-    """{(kind, propagation, implementation): [calls, ms]} from the timed steps' oneDNN `exec` lines."""
+def primitive_times(label, log, warmup, steps):
+    """{(kind, propagation, implementation): [calls, ms]} over `steps - 1` timed steps' oneDNN `exec` lines."""
     calls = []
     for line in log.splitlines():
         if not line.startswith("onednn_verbose") or ",exec," not in line:
             continue
+        # oneDNN 3.x: onednn_verbose,v1,[timestamp,]primitive,exec,cpu,KIND,IMPL,PROP,...,MS
         fields = line.split(",")
-        at = fields.index("exec")  # oneDNN 3.x: onednn_verbose,[timestamp,]primitive,exec,cpu,KIND,IMPL,PROP,...,MS
+        at = fields.index("exec")
+        if fields[at - 1] != "primitive":  # e.g. graph-API lines
+            continue
         try:
             calls.append((fields[at + 2], fields[at + 4], fields[at + 3], float(fields[-1])))
         except (IndexError, ValueError):
             continue
+    if not calls:
+        sys.exit(f"error: {label}: oneDNN printed no `exec` lines (is its oneDNN on? for TensorFlow: "
+                 "TF_ENABLE_ONEDNN_OPTS=1)")
     forward = [i for i, (kind, propagation, _, _) in enumerate(calls)
                if kind == "convolution" and propagation == "forward_training"]
-    per_step = len(forward) // (warmup + steps)
-    start = forward[warmup * per_step] if per_step else 0
+    runs = warmup + steps
+    if not forward or len(forward) % runs:
+        sys.exit(f"error: {label}: {len(forward)} forward convolutions in the log of {runs} steps; "
+                 "cannot cut it into steps")
+    per_step = len(forward) // runs
+    start, stop = forward[warmup * per_step], forward[(runs - 1) * per_step]
     totals = collections.defaultdict(lambda: [0, 0.0])
-    for kind, propagation, implementation, ms in calls[start:]:
+    for kind, propagation, implementation, ms in calls[start:stop]:
         entry = totals[(kind, propagation, implementation)]
         entry[0] += 1
         entry[1] += ms
@@ -82,6 +94,8 @@ def primitive_times(log, warmup, steps):
 
 def report(label, step_ms, totals, steps, top):
     per_step = sum(ms for _, ms in totals.values()) / steps
+    if per_step <= 0:
+        sys.exit(f"error: {label}: oneDNN's log gives no time")
     print(f"\n{label}: step (no logging) {step_ms:.1f} ms; oneDNN primitives {per_step:.1f} ms per step "
           f"({100 * per_step / step_ms:.0f}% of the step); outside them: {step_ms - per_step:.1f} ms")
     by_kind = collections.defaultdict(float)
@@ -99,7 +113,7 @@ def report(label, step_ms, totals, steps, top):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--encoder", default="small_cnn", choices=sorted(SHAPES))
-    p.add_argument("--dtype_policy", default="auto", help="auto, float32 or mixed_bfloat16")
+    p.add_argument("--dtype_policy", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
@@ -107,24 +121,29 @@ def main():
     p.add_argument("--lightly_python", default="", help="also profile lightly's step with this python")
     p.add_argument("--channels_last", action="store_true", help="lightly's step in the NHWC memory format")
     args = p.parse_args()
-    if args.steps < 1 or args.warmup < 1:
-        p.error("--steps and --warmup must be >= 1")
+    if args.steps < 2 or args.warmup < 1:
+        p.error("--steps must be >= 2 and --warmup >= 1")
+    if args.channels_last and not args.lightly_python:
+        p.error("--channels_last applies to lightly's step: give --lightly_python too")
+    if args.lightly_python:
+        args.lightly_python = os.path.abspath(args.lightly_python)
     sys.path.insert(0, REPO)
     from keras_ssl.precision import cpu_summary, resolve_dtype_policy
 
     args.dtype_policy = resolve_dtype_policy(args.dtype_policy)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    print(f"CPU: {cpu_summary()}; encoder={args.encoder} dtype_policy={args.dtype_policy}")
+    print(f"CPU: {cpu_summary()}; encoder={args.encoder} dtype_policy={args.dtype_policy} "
+          f"TF_NUM_INTEROP_THREADS={os.environ.get('TF_NUM_INTEROP_THREADS', 'default')}")
     sides = [("keras_ssl (" + args.optimizer.upper() + ")", False)]
     if args.lightly_python:
         sides.append(("lightly (SGD" + (", channels_last)" if args.channels_last else ")"), True))
     for label, lightly in sides:
-        plain = throughput(args, env, lightly)
-        step_ms = float(_STEP_MS.search(plain).group(1))
-        totals = primitive_times(throughput(args, dict(env, ONEDNN_VERBOSE="1"), lightly), args.warmup, args.steps)
-        if not totals:
-            sys.exit(f"error: {label}: oneDNN printed no `exec` lines (is oneDNN on? TF_ENABLE_ONEDNN_OPTS=1)")
-        report(label, step_ms, totals, args.steps, args.top)
+        found = _STEP_MS.search(throughput(args, env, lightly))
+        if not found:
+            sys.exit(f"error: {label}: the step printed no step_ms=")
+        log = throughput(args, dict(env, ONEDNN_VERBOSE="1"), lightly)
+        report(label, float(found.group(1)), primitive_times(label, log, args.warmup, args.steps), args.steps - 1,
+               args.top)
 
 
 if __name__ == "__main__":
