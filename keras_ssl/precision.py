@@ -10,20 +10,34 @@ the SimCLR training step of the small CNN (28 px, batch 256, LARS) on a
     mixed_float16    140 images/s   (4.3x slower)
     mixed_bfloat16    45 images/s   (13x slower)
 
-while on an AVX512-BF16/AMX CPU mixed_bfloat16 was 1.3-1.4x faster than
-float32. So nothing in keras_ssl names a precision: `auto` decides per
-machine, and `slow_policy_warning` explains a forced choice that will be slow.
+Native bfloat16 is not enough to be faster. With AMX (Intel Xeon 4th gen
+and later) mixed_bfloat16 was 1.3x (small CNN) and 1.8x (ResNet-18) faster
+than float32; on a Xeon with AVX512-BF16 but no AMX it was slower, back to
+back in one run (docs/BENCHMARKS.md, "Xeon-BF16"):
+
+                  float32   mixed_bfloat16
+    small CNN     1171      834 images/s   (0.71x)
+    ResNet-18     52.1      35.2 images/s  (0.68x)
+
+and the CPU's matrix-multiply rate was 158 GFLOP/s in float32 against 106 in
+bfloat16 there (AVX512-BF16 has a bfloat16 dot product, but oneDNN's
+convolutions gain little from it; AMX's tile unit is several times float32's
+rate). So nothing in keras_ssl names a precision: `auto` decides per machine,
+and `slow_policy_warning` explains a forced choice that will be slow.
 """
 
 import functools
 
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-CPU_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
+CPU_FP16_FLAGS = ("avx512_fp16", "amx_fp16")  # native float16 arithmetic
+# native and faster than float32 for training (see the module docstring)
+CPU_FAST_BF16_FLAGS = ("amx_bf16",)
+CPU_FAST_FP16_FLAGS = ("amx_fp16",)
 # flags worth printing next to a speed figure
 CPU_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                    "amx_fp16")
-_SLOWDOWN = {"mixed_bfloat16": "about 13x", "mixed_float16": "about 4x"}
+_SLOWDOWN = {"mixed_bfloat16": "about 13x", "mixed_float16": "about 4x"}  # emulated, AVX2-only EPYC
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,14 +99,29 @@ def native_16bit(policy, flags=None, gpu_capability=None):
     return any(f in flags for f in wanted)
 
 
+def faster_than_float32(policy, flags=None, gpu_capability=None):
+    """True when `policy` is expected to train faster than float32 on the device
+    that will train: a GPU where its 16-bit type is native (see `native_16bit`),
+    a CPU with AMX for it (AMX-BF16, AMX-FP16). A CPU with only AVX512-BF16 runs
+    bfloat16 natively but more slowly than float32 (0.7x, module docstring)."""
+    if policy not in ("mixed_bfloat16", "mixed_float16"):
+        return True
+    if gpu_capability is not None:
+        return native_16bit(policy, flags, gpu_capability)
+    flags = cpu_flags() if flags is None else flags
+    wanted = CPU_FAST_BF16_FLAGS if policy == "mixed_bfloat16" else CPU_FAST_FP16_FLAGS
+    return any(f in flags for f in wanted)
+
+
 def resolve_dtype_policy(name, flags=None, gpu_capability="detect"):
     """`auto` -> the fastest policy for this machine; any other name unchanged.
 
     auto: `mixed_bfloat16` on GPUs of compute capability 8.0+ (A100, H100) and
-    on CPUs with AVX512-BF16 or AMX-BF16 (1.3-1.4x faster there,
-    docs/BENCHMARKS.md); `mixed_float16` on GPUs of capability 7.x (V100, T4:
-    fast float16, no bfloat16); `float32` elsewhere (16-bit types are
-    emulated there, 4-13x slower).
+    on CPUs with AMX-BF16 (1.3-1.8x faster there, docs/BENCHMARKS.md);
+    `mixed_float16` on GPUs of capability 7.x (V100, T4: fast float16, no
+    bfloat16); `float32` elsewhere: CPUs without AMX, where bfloat16 is
+    emulated (AVX2 only: 13x slower) or native but slower than float32
+    (AVX512-BF16 without AMX: 0.7x).
     """
     if name not in POLICIES:
         raise ValueError(f"dtype policy must be one of {POLICIES}, got {name!r}")
@@ -103,7 +132,7 @@ def resolve_dtype_policy(name, flags=None, gpu_capability="detect"):
         if capability >= (8, 0):
             return "mixed_bfloat16"
         return "mixed_float16" if capability >= (7, 0) else "float32"
-    return "mixed_bfloat16" if native_16bit("mixed_bfloat16", flags) else "float32"
+    return "mixed_bfloat16" if faster_than_float32("mixed_bfloat16", flags) else "float32"
 
 
 def dtype_policy_reason(name, flags=None, gpu_capability="detect"):
@@ -116,6 +145,8 @@ def dtype_policy_reason(name, flags=None, gpu_capability="detect"):
         native = native_16bit(chosen, flags, capability)
         return f"as asked ({device}{'' if native else '; emulated here, slow'})"
     if chosen == "float32":
+        if capability is None and native_16bit("mixed_bfloat16", flags):
+            return f"auto: bfloat16 is native here but slower than float32 without AMX ({device})"
         return f"auto: no native 16-bit type ({device})"
     return f"auto: native {'bfloat16' if chosen == 'mixed_bfloat16' else 'float16'} ({device})"
 
@@ -125,14 +156,19 @@ def slow_policy_warning(name, flags=None, gpu_capability="detect"):
     if name in ("auto", "float32"):
         return None
     capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
-    if native_16bit(name, flags, capability):
+    if faster_than_float32(name, flags, capability):
         return None
     kind = "bfloat16" if name == "mixed_bfloat16" else "float16"
     device = (f"this GPU (compute capability {capability[0]}.{capability[1]})" if capability is not None
               else f"this CPU ({cpu_summary(flags)})")
+    switch = f"use --dtype_policy=auto (picks {resolve_dtype_policy('auto', flags, capability)}) or float32"
+    if native_16bit(name, flags, capability):  # a CPU with the AVX-512 16-bit instructions, no AMX
+        measured = ("about 0.7x the speed of float32 on such a CPU" if name == "mixed_bfloat16"
+                    else "not measured against float32 here, likely slower")
+        return (f"warning: --dtype_policy={name}: {kind} is native on {device} but it has no AMX, "
+                f"so {kind} training is {measured}; {switch}")
     return (f"warning: --dtype_policy={name} has no native {kind} on {device}; it is emulated and "
-            f"{_SLOWDOWN[name]} slower than float32 here; use --dtype_policy=auto (picks "
-            f"{resolve_dtype_policy('auto', flags, capability)}) or float32")
+            f"{_SLOWDOWN[name]} slower than float32 here; {switch}")
 
 
 def onednn_enabled():

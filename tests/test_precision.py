@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from keras_ssl.precision import cpu_flags, native_16bit, resolve_dtype_policy, slow_policy_warning
+from keras_ssl.precision import (cpu_flags, dtype_policy_reason, faster_than_float32, native_16bit,
+                                  resolve_dtype_policy, slow_policy_warning)
 
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
 SAPPHIRE_RAPIDS = AVX2_ONLY | {"avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"}
@@ -17,7 +18,7 @@ COOPER_LAKE = AVX2_ONLY | {"avx512f", "avx512_bf16"}
 
 @pytest.mark.parametrize("flags,gpu,expected", [
     (AVX2_ONLY, None, "float32"),
-    (COOPER_LAKE, None, "mixed_bfloat16"),
+    (COOPER_LAKE, None, "float32"),  # native bfloat16 without AMX: slower than float32
     (SAPPHIRE_RAPIDS, None, "mixed_bfloat16"),
     (frozenset(), None, "float32"),
     (AVX2_ONLY, (8, 0), "mixed_bfloat16"),
@@ -35,18 +36,35 @@ def test_unknown_policy_is_refused():
         resolve_dtype_policy("bfloat16", AVX2_ONLY, None)
 
 
-def test_warning_only_where_the_16_bit_type_is_emulated():
+def test_warning_only_where_the_16_bit_type_is_slow():
     line = slow_policy_warning("mixed_bfloat16", AVX2_ONLY, None)
     assert line.startswith("warning: --dtype_policy=mixed_bfloat16 has no native bfloat16 on this CPU")
     assert "13x slower" in line and "--dtype_policy=auto (picks float32)" in line and "\n" not in line
-    assert "float16" in slow_policy_warning("mixed_float16", COOPER_LAKE, None)  # bf16 but no fp16 there
-    assert slow_policy_warning("mixed_float16", SAPPHIRE_RAPIDS, None) is None
-    assert slow_policy_warning("mixed_bfloat16", COOPER_LAKE, None) is None
+    assert "no native float16" in slow_policy_warning("mixed_float16", COOPER_LAKE, None)  # bf16, no fp16
+    # native bfloat16 without AMX: its own line, with the measured slow-down
+    line = slow_policy_warning("mixed_bfloat16", COOPER_LAKE, None)
+    assert line.startswith("warning: --dtype_policy=mixed_bfloat16: bfloat16 is native on this CPU")
+    assert "no AMX" in line and "0.7x" in line and "(picks float32)" in line and "\n" not in line
+    assert "no AMX" in slow_policy_warning("mixed_float16", SAPPHIRE_RAPIDS, None)  # avx512_fp16, no amx_fp16
+    assert slow_policy_warning("mixed_bfloat16", SAPPHIRE_RAPIDS, None) is None
+    assert slow_policy_warning("mixed_float16", SAPPHIRE_RAPIDS | {"amx_fp16"}, None) is None
     assert slow_policy_warning("mixed_bfloat16", AVX2_ONLY, (8, 0)) is None
     assert "compute capability 7.5" in slow_policy_warning("mixed_bfloat16", AVX2_ONLY, (7, 5))
     for name in ("auto", "float32"):
         assert slow_policy_warning(name, AVX2_ONLY, None) is None
     assert not native_16bit("mixed_bfloat16", AVX2_ONLY) and native_16bit("float32", frozenset())
+    assert native_16bit("mixed_bfloat16", COOPER_LAKE) and not faster_than_float32("mixed_bfloat16", COOPER_LAKE)
+    assert faster_than_float32("mixed_bfloat16", SAPPHIRE_RAPIDS) and faster_than_float32("float32", AVX2_ONLY)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (AVX2_ONLY, "auto: no native 16-bit type"),
+    (COOPER_LAKE, "auto: bfloat16 is native here but slower than float32 without AMX"),
+    (SAPPHIRE_RAPIDS, "auto: native bfloat16"),
+])
+def test_the_reason_printed_at_start(flags, expected):
+    assert dtype_policy_reason("auto", flags, None).startswith(expected)
+    assert dtype_policy_reason("float32", flags, None).startswith("as asked")
 
 
 def _train(tmp_path, policy):
