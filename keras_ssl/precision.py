@@ -22,7 +22,10 @@ back in one run (docs/BENCHMARKS.md, "Xeon-BF16"):
 and the CPU's matrix-multiply rate was 158 GFLOP/s in float32 against 106 in
 bfloat16 there (AVX512-BF16 has a bfloat16 dot product, but oneDNN's
 convolutions gain little from it; AMX's tile unit is several times float32's
-rate). So nothing in keras_ssl names a precision: `auto` decides per machine,
+rate). float16 is worse still on a CPU: on a Xeon with AMX-BF16 and
+AVX512-FP16 (no AMX-FP16), back to back in one run, float32 1,550 images/s,
+mixed_bfloat16 2,117 (1.37x), mixed_float16 6.2 (about 250x slower), so a
+CPU is never given float16 by `auto`. So nothing in keras_ssl names a precision: `auto` decides per machine,
 and `slow_policy_warning` explains a forced choice that will be slow.
 """
 
@@ -33,7 +36,10 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
 CPU_FP16_FLAGS = ("avx512_fp16", "amx_fp16")  # native float16 arithmetic
 # native and faster than float32 for training (see the module docstring)
 CPU_FAST_BF16_FLAGS = ("amx_bf16",)
-CPU_FAST_FP16_FLAGS = ("amx_fp16",)
+# none for float16: TensorFlow 2.21's float16 training step on a CPU with AVX512-FP16 ran
+# about 250x slower than float32 (Xeon-AMX: 6.2 against 1,550 images/s, small CNN); AMX-FP16
+# (Granite Rapids) was never measured, so it is not trusted either.
+CPU_FAST_FP16_FLAGS = ()
 # flags worth printing next to a speed figure
 CPU_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                    "amx_fp16")
@@ -102,8 +108,9 @@ def native_16bit(policy, flags=None, gpu_capability=None):
 def faster_than_float32(policy, flags=None, gpu_capability=None):
     """True when `policy` is expected to train faster than float32 on the device
     that will train: a GPU where its 16-bit type is native (see `native_16bit`),
-    a CPU with AMX for it (AMX-BF16, AMX-FP16). A CPU with only AVX512-BF16 runs
-    bfloat16 natively but more slowly than float32 (0.7x, module docstring)."""
+    a CPU with AMX-BF16 for bfloat16. A CPU with only AVX512-BF16 runs bfloat16
+    natively but more slowly than float32 (0.7x), and float16 was far slower than
+    float32 on every CPU measured (module docstring)."""
     if policy not in ("mixed_bfloat16", "mixed_float16"):
         return True
     if gpu_capability is not None:
@@ -162,11 +169,12 @@ def slow_policy_warning(name, flags=None, gpu_capability="detect"):
     device = (f"this GPU (compute capability {capability[0]}.{capability[1]})" if capability is not None
               else f"this CPU ({cpu_summary(flags)})")
     switch = f"use --dtype_policy=auto (picks {resolve_dtype_policy('auto', flags, capability)}) or float32"
-    if native_16bit(name, flags, capability):  # a CPU with the AVX-512 16-bit instructions, no AMX
-        measured = ("about 0.7x the speed of float32 on such a CPU" if name == "mixed_bfloat16"
-                    else "not measured against float32 here, likely slower")
-        return (f"warning: --dtype_policy={name}: {kind} is native on {device} but it has no AMX, "
-                f"so {kind} training is {measured}; {switch}")
+    if native_16bit(name, flags, capability) and name == "mixed_bfloat16":  # AVX512-BF16, no AMX
+        return (f"warning: --dtype_policy={name}: bfloat16 is native on {device} but it has no AMX, "
+                f"so bfloat16 training is about 0.7x the speed of float32 on such a CPU; {switch}")
+    if native_16bit(name, flags, capability):  # a CPU with AVX512-FP16
+        return (f"warning: --dtype_policy={name}: float16 is native on {device}, but TensorFlow's "
+                f"float16 training step ran about 250x slower than float32 on such a CPU; {switch}")
     return (f"warning: --dtype_policy={name} has no native {kind} on {device}; it is emulated and "
             f"{_SLOWDOWN[name]} slower than float32 here; {switch}")
 

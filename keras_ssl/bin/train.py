@@ -54,8 +54,9 @@ flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker"
 flags.DEFINE_integer("cpu_replicas", None, "mirrored without GPUs: split the CPU into N devices")
 flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy; auto: mixed_bfloat16 on CPUs with AMX-BF16 and GPUs (8.0+), "
-                  "mixed_float16 on 7.x GPUs, else float32 (16-bit types are slower on other CPUs: "
-                  "0.7x with AVX512-BF16 and no AMX, 4-13x slower where emulated; a forced one gets a warning)")
+                  "mixed_float16 on 7.x GPUs, else float32 (bfloat16 is slower on other CPUs: 0.7x with "
+                  "AVX512-BF16 and no AMX, 13x slower where emulated; float16 was 4-250x slower on every CPU "
+                  "measured; a forced slow one gets a warning)")
 flags.DEFINE_alias("mixed_precision", "dtype_policy")
 flags.DEFINE_boolean("jit_compile", d.jit_compile,
                      "XLA-compile the train step (off by default: 1.4-1.8x slower on CPU, fails under "
