@@ -25,8 +25,10 @@ convolutions gain little from it; AMX's tile unit is several times float32's
 rate). float16 is worse still on a CPU: on a Xeon with AMX-BF16 and
 AVX512-FP16 (no AMX-FP16), back to back in one run, float32 1,550 images/s,
 mixed_bfloat16 2,117 (1.37x), mixed_float16 6.2 (about 250x slower), so a
-CPU is never given float16 by `auto`. So nothing in keras_ssl names a precision: `auto` decides per machine,
-and `slow_policy_warning` explains a forced choice that will be slow.
+CPU is never given float16 by `auto`.
+
+So nothing in keras_ssl names a precision: `auto` decides per machine, and
+`slow_policy_warning` explains a forced choice that will be slow.
 """
 
 import functools
@@ -44,6 +46,12 @@ CPU_FAST_FP16_FLAGS = ()
 CPU_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                    "amx_fp16")
 _SLOWDOWN = {"mixed_bfloat16": "about 13x", "mixed_float16": "about 4x"}  # emulated, AVX2-only EPYC
+# why a CPU with the native 16-bit instructions is still slow (module docstring)
+_NATIVE_BUT_SLOW = {
+    "mixed_bfloat16": " but it has no AMX, so bfloat16 training is about 0.7x the speed of float32 on such a CPU",
+    "mixed_float16": (", but TensorFlow's float16 training step ran about 250x slower than float32 on such a "
+                      "CPU"),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,12 +177,8 @@ def slow_policy_warning(name, flags=None, gpu_capability="detect"):
     device = (f"this GPU (compute capability {capability[0]}.{capability[1]})" if capability is not None
               else f"this CPU ({cpu_summary(flags)})")
     switch = f"use --dtype_policy=auto (picks {resolve_dtype_policy('auto', flags, capability)}) or float32"
-    if native_16bit(name, flags, capability) and name == "mixed_bfloat16":  # AVX512-BF16, no AMX
-        return (f"warning: --dtype_policy={name}: bfloat16 is native on {device} but it has no AMX, "
-                f"so bfloat16 training is about 0.7x the speed of float32 on such a CPU; {switch}")
-    if native_16bit(name, flags, capability):  # a CPU with AVX512-FP16
-        return (f"warning: --dtype_policy={name}: float16 is native on {device}, but TensorFlow's "
-                f"float16 training step ran about 250x slower than float32 on such a CPU; {switch}")
+    if native_16bit(name, flags, capability):  # only on a CPU: a GPU's native type is fast
+        return f"warning: --dtype_policy={name}: {kind} is native on {device}{_NATIVE_BUT_SLOW[name]}; {switch}"
     return (f"warning: --dtype_policy={name} has no native {kind} on {device}; it is emulated and "
             f"{_SLOWDOWN[name]} slower than float32 here; {switch}")
 
