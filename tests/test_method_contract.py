@@ -365,20 +365,3 @@ def test_an_unknown_method_is_refused_not_run_as_another():
         TrainConfig(method="byol")
     with pytest.raises(UserError, match="unknown setting 'temprature'"):
         TrainConfig.from_dict({"method": "simclr", "temprature": 0.1})
-
-
-def test_fit_refuses_a_compiled_loss_or_metrics_it_would_ignore():
-    from keras_ssl.encoders import small_cnn
-    from keras_ssl.errors import UserError
-    from keras_ssl.models import RotationPrediction
-
-    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
-    for wrong, message in (({"loss": "mse"}, "not loss="), ({"metrics": ["accuracy"]}, "not metrics=")):
-        model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.25))
-        model.compile(optimizer="adam", **wrong)
-        with pytest.raises(UserError, match=r"computes its own loss and metrics \(loss, rotation_accuracy\); .*"
-                                            + message):
-            model.fit(images, batch_size=8, epochs=1, verbose=0)
-    model = RotationPrediction(small_cnn((8, 8, 1), width_multiplier=0.25))
-    model.compile(optimizer="adam")  # what the README shows
-    assert np.isfinite(model.fit(images, batch_size=8, epochs=1, verbose=0).history["loss"][0])

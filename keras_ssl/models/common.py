@@ -118,22 +118,28 @@ class MethodModel(keras.Model):
         returning rank-1 logs); our models know their shapes from
         their children, so nothing needs a batch.
         """
-        self._refuse_compiled_loss()
         if not self.built:
             self.build()
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
-    def _refuse_compiled_loss(self):
-        """`fit`/`evaluate` refuse a `compile(loss=..., metrics=...)`: the method computes
-        its own loss and metrics, and ignoring the compiled ones silently would mislead."""
-        given = [name for name, attr in (("loss", "_compile_loss"), ("metrics", "_compile_metrics"))
-                 if getattr(self, attr, None) is not None]
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
+                **kwargs):
+        """Keras's `compile` with an optimizer only: a `loss`, `loss_weights`, `metrics`
+        or `weighted_metrics` is refused here, in one `UserError`, since the method
+        computes its own loss and metrics and ignoring the compiled ones would mislead.
+        Nothing is kept from a refused call, so a later `compile(optimizer=...)` works
+        (Keras 3.15's `compile` keeps an earlier call's loss and metrics when they are
+        not given again, so a refusal at `fit` could not be recovered from)."""
+        given = [name for name, value in (("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
+                                          ("weighted_metrics", weighted_metrics)) if value is not None]
         if given:
             raise UserError(f"{type(self).__name__} computes its own loss and metrics "
                             f"({', '.join(m.name for m in self.metrics)}); compile it with an optimizer only, "
-                            f"not {', '.join(f'{g}=' for g in given)}")
+                            f"e.g. model.compile(optimizer=\"adam\"), not {', '.join(f'{g}=' for g in given)}")
+        super().compile(optimizer=optimizer, **kwargs)
+        self._compile_loss = self._compile_metrics = None
 
     def _logs(self):
         """Metric results; rank 1 under multi-worker, where Keras's
