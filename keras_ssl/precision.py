@@ -166,8 +166,9 @@ def dtype_policy_reason(name, flags=None, gpu_capability="detect"):
     return f"auto: native {'bfloat16' if chosen == 'mixed_bfloat16' else 'float16'} ({device})"
 
 
-def slow_policy_warning(name, flags=None, gpu_capability="detect"):
-    """One line warning that `name` is emulated (slow) on this machine, or None."""
+def slow_policy_warning(name, flags=None, gpu_capability="detect", inputs_per_step=None):
+    """One line warning that `name` is slow on this machine, or None; with
+    `inputs_per_step`, also how long a step is expected to take (`expected_step_note`)."""
     if name in ("auto", "float32"):
         return None
     capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
@@ -177,10 +178,43 @@ def slow_policy_warning(name, flags=None, gpu_capability="detect"):
     device = (f"this GPU (compute capability {capability[0]}.{capability[1]})" if capability is not None
               else f"this CPU ({cpu_summary(flags)})")
     switch = f"use --dtype_policy=auto (picks {resolve_dtype_policy('auto', flags, capability)}) or float32"
+    step = expected_step_note(name, inputs_per_step, flags) if inputs_per_step and capability is None else ""
     if native_16bit(name, flags, capability):  # only on a CPU: a GPU's native type is fast
-        return f"warning: --dtype_policy={name}: {kind} is native on {device}{_NATIVE_BUT_SLOW[name]}; {switch}"
+        return f"warning: --dtype_policy={name}: {kind} is native on {device}{_NATIVE_BUT_SLOW[name]}{step}; {switch}"
     return (f"warning: --dtype_policy={name} has no native {kind} on {device}; it is emulated and "
-            f"{_SLOWDOWN[name]} slower than float32 here; {switch}")
+            f"{_SLOWDOWN[name]} slower than float32 here{step}; {switch}")
+
+
+# Training rates of the small CNN's SimCLR step (inputs/s) measured under each slow
+# policy (module docstring), for the step time `slow_policy_warning` announces.
+_MEASURED_RATE = {("mixed_float16", True): 6.2, ("mixed_float16", False): 140.0,
+                  ("mixed_bfloat16", True): 834.0, ("mixed_bfloat16", False): 45.0}
+
+
+def expected_step_note(name, inputs_per_step, flags=None):
+    """`; expect a step of 1024 inputs to take about 2 min 45 s or more (...)`, from the
+    rate measured for the small CNN under `name` on a CPU like this one (bigger
+    encoders are slower still); "" for a fast policy."""
+    if name in ("auto", "float32") or faster_than_float32(name, flags):
+        return ""
+    rate = _MEASURED_RATE[name, native_16bit(name, flags)]
+    from keras_ssl.progress import format_duration
+
+    return (f"; expect a step of {inputs_per_step} inputs to take about {format_duration(inputs_per_step / rate)} "
+            f"or more (the small CNN trained at {rate:g} inputs/s under it on such a CPU)")
+
+
+def refuse_cpu_float16(name, allowed, gpu_capability="detect"):
+    """A `UserError` for mixed_float16 on a CPU unless `allowed`: it trained about 250x
+    slower than float32 with native float16 instructions and 4x without (module
+    docstring), so a run that would take minutes takes hours."""
+    from keras_ssl.errors import UserError
+
+    capability = gpu_compute_capability() if gpu_capability == "detect" else gpu_capability
+    if name == "mixed_float16" and capability is None and not allowed:
+        raise UserError("--dtype_policy=mixed_float16 on a CPU trains 4x (emulated) to 250x (AVX512-FP16) slower "
+                        "than float32; use --dtype_policy=auto or float32, or add --allow_slow_precision to run "
+                        "it anyway")
 
 
 def onednn_enabled():

@@ -9,6 +9,7 @@
      (what the flagfiles use: readable in a log and on a terminal alike).
 """
 
+import functools
 import sys
 import time
 
@@ -77,30 +78,102 @@ def start_summary(config, dataset, train_size, model, *, steps, batch_size, peak
     return "\n".join(lines)
 
 
-def progress_callback(*, epochs, steps, examples_per_step, unit, interval=PROGRESS_SECONDS, stream=None):
-    """A Keras callback printing `epoch 2/10 step 120/234: 640 images/s, loss 4.12, ETA 6 min 10 s`
-    every `interval` seconds, and one line when the first step (tracing, compiling) is done."""
+class _Heartbeat:
+    """A daemon thread printing `first step still running: 1 min 00 s so far (...)` every
+    `interval` seconds until `stop()`: the first step traces and compiles the model,
+    and under a slow precision it can take minutes, with nothing else printed."""
+
+    def __init__(self, interval, stream):
+        import threading
+
+        self.interval, self.stream = interval, stream
+        self.start_time = time.time()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="first-step-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self):
+        while not self.stopped.wait(self.interval):
+            print(f"first step still running: {format_duration(time.time() - self.start_time)} so far (building and "
+                  "compiling the step, then running it)", file=self.stream, flush=True)
+
+    def stop(self):
+        self.stopped.set()
+        return time.time() - self.start_time
+
+
+@functools.lru_cache(maxsize=None)
+def _first_step_class():
+    """The `FirstStep` callback class (made on first use: keras is imported only then)."""
     import keras
 
+    class FirstStep(keras.callbacks.Callback):
+        """Prints a heartbeat every `interval` seconds until the first training step is
+        done, then `first step done in 41 s (...)` + `after_first_step()`."""
+
+        heartbeat = None
+        first_done = None  # time the first step finished: rates exclude compilation
+
+        def __init__(self, interval, stream):
+            super().__init__()
+            self.interval, self.out = interval, stream
+
+        def on_train_begin(self, logs=None):
+            self.heartbeat = _Heartbeat(self.interval, self.out)
+            self.first_done = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            """True for the first step (this call printed its line)."""
+            if self.first_done is not None:
+                return False
+            self.first_done = time.time()
+            took = self.heartbeat.stop()
+            print(f"first step done in {format_duration(took)} (building and compiling the step)"
+                  + self.after_first_step(), file=self.out, flush=True)
+            return True
+
+        def on_train_end(self, logs=None):
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+
+        def after_first_step(self):
+            return ""
+
+    return FirstStep
+
+
+def first_step_callback(*, interval=PROGRESS_SECONDS, stream=None):
+    """A Keras callback that prints a heartbeat line every `interval` seconds until the
+    first training step is done, then `first step done in 41 s (...)`: what a run
+    shows under Keras's own per-step bar, which stays blank until that step ends."""
+    return _first_step_class()(interval, stream or sys.stdout)
+
+
+def progress_callback(*, epochs, steps, examples_per_step, unit, interval=PROGRESS_SECONDS, stream=None,
+                      heartbeat=PROGRESS_SECONDS):
+    """A Keras callback printing `epoch 2/10 step 120/234: 640 images/s, loss 4.12, ETA 6 min 10 s`
+    every `interval` seconds; before that, a heartbeat every `heartbeat` seconds while the
+    first step (tracing, compiling) runs, and one line when it is done."""
     out = stream or sys.stdout
 
-    class ProgressLines(keras.callbacks.Callback):
+    class ProgressLines(_first_step_class()):
         def on_train_begin(self, logs=None):
-            self.start = self.last = time.time()
-            self.first_done = None  # time the first step finished: the rate excludes compilation
+            super().on_train_begin(logs)
+            self.last = time.time()
             self.steps_since_first = 0
             self.epoch = 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
+        def after_first_step(self):
+            return f"; progress every {interval:g} s"
+
         def on_train_batch_end(self, batch, logs=None):
-            now = time.time()
-            if self.first_done is None:
-                self.first_done = self.last = now
-                print(f"first step done in {format_duration(now - self.start)} (building and compiling the step); "
-                      f"progress every {interval:g} s", file=out, flush=True)
+            if super().on_train_batch_end(batch, logs):
+                self.last = self.first_done
                 return
+            now = time.time()
             self.steps_since_first += 1
             if now - self.last < interval:
                 return
@@ -113,4 +186,4 @@ def progress_callback(*, epochs, steps, examples_per_step, unit, interval=PROGRE
                   f"{rate * examples_per_step:.0f} {unit}/s{loss_text}, ETA {format_duration(left / rate)}",
                   file=out, flush=True)
 
-    return ProgressLines()
+    return ProgressLines(heartbeat, out)

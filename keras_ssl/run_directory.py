@@ -144,7 +144,7 @@ def epoch_checkpoint_callback(model_dir, keep):
             try:
                 self.model.save_weights(tmp, overwrite=True)
                 os.replace(tmp, path)
-            except OSError:
+            except BaseException:  # a full disk, Ctrl-C or SIGTERM mid-write: no half-written file is left
                 if os.path.exists(tmp):
                     os.remove(tmp)
                 raise

@@ -20,7 +20,7 @@ import numpy as np
 from keras_ssl.config import DEFAULT_ENCODERS, DTYPE_POLICIES, TrainConfig, parse_classes
 from keras_ssl.errors import UserError
 from keras_ssl.precision import dtype_policy_reason, gpu_compute_capability, resolve_dtype_policy
-from keras_ssl.progress import keras_verbosity, progress_callback, start_summary
+from keras_ssl.progress import first_step_callback, keras_verbosity, progress_callback, start_summary
 from keras_ssl.run_directory import (
     check_resume,
     clear_divergence,
@@ -215,6 +215,8 @@ def _train(config, strategy, chief, own_dir):
         unit = "clips" if method.modality == "audio" else "images"
         callbacks.append(progress_callback(epochs=config.epochs, steps=steps, unit=unit,
                                            examples_per_step=batch_size * method.images_per_example))
+    elif fit_verbose == 1:  # Keras's bar stays blank until the first step is done: a heartbeat until then
+        callbacks.append(first_step_callback())
     start = time.time()
     history = {}
     if initial_epoch < config.epochs:
@@ -252,6 +254,8 @@ def _train(config, strategy, chief, own_dir):
         "example_unit": "clips" if method.modality == "audio" else "images",
         "images_per_second": None,
         "final_metrics": {k: v[-1] for k, v in history.items()},
+        # the epoch a rerun of a finished run found it at (nothing was trained), else None
+        "already_finished_at": (latest_checkpoint(own_dir)[0] or initial_epoch) if not epochs_run else None,
         "class_names": list(dataset.class_names),
         "chief": chief,
     }

@@ -73,7 +73,7 @@ def test_clips_with_nan_or_inf_are_skipped_by_path_and_an_empty_folder_says_what
     bad = (rng.normal(size=8000) * 0.1).astype(np.float32)
     bad[100], bad[200] = np.nan, np.inf
     _write(str(tmp_path / "sounds" / "b.wav"), 16000, bad)
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable WAV file.*b\.wav \(ValueError: NaN or Inf samples\)"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable WAV file.*b\.wav \(NaN or Inf samples\)"):
         ds = load_audio_folder(f"folder:{tmp_path / 'sounds'}", seconds=0.5, test_fraction=0.0)
     assert len(ds.train) == 2 and np.all(np.isfinite(ds.train.waveforms))
     with pytest.raises(UserError, match="b.wav.*NaN or Inf"):

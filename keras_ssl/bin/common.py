@@ -66,6 +66,33 @@ EXIT_USER_ERROR = 2
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+# absl's help flags; absl exits 1 after printing the help they ask for.
+_HELP_FLAGS = ("-?", "-h", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised in the main thread
+    like Ctrl-C, so the same clean-up runs: a checkpoint being written is removed,
+    the completed epochs' checkpoints are kept."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """keras_ssl's own warnings as one `warning: ...` line (Python's default adds
+    the file, line number, category and the echoed `warnings.warn(...)` source line);
+    other packages' warnings as Python shows them."""
+    if issubclass(category, UserWarning) and f"{os.sep}keras_ssl{os.sep}" in filename:
+        print(f"warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = None
 
 
 def _parse_flags(argv):
@@ -78,6 +105,10 @@ def _parse_flags(argv):
     except flags.Error as e:
         print(f"error: {e}; see --help", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except SystemExit as e:  # absl printed the help that was asked for, then exits 1
+        if e.code == 1 and any(arg.split("=", 1)[0] in _HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 _OS_HINTS = {
@@ -132,10 +163,19 @@ def _help_as_the_binary(module_name):
         wrapper.__doc__ = binary.__doc__
 
 
-def run_main(main):
+def run_main(main, resumable=False):
     """`absl.app.run(main)`: a `UserError` or a bad flag prints `error: <message>`
-    (exit 2); Ctrl-C prints one line (exit 130) instead of a traceback."""
+    (exit 2); Ctrl-C and SIGTERM print one line (exit 130, 143) instead of a
+    traceback (`resumable`: the binary checkpoints, and says so); `--help` exits 0;
+    keras_ssl's warnings print as `warning: ...`."""
+    import signal
+    import warnings
+
+    global _python_show_warning
     _help_as_the_binary(main.__module__)
+    if _python_show_warning is None:
+        _python_show_warning = warnings.showwarning
+        warnings.showwarning = _show_warning
 
     def guarded(argv):
         import logging
@@ -148,6 +188,7 @@ def run_main(main):
 
         if not absl_flags.FLAGS["verbosity"].present:
             absl_logging.set_verbosity(absl_logging.WARNING)
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return main(argv)
         except UserError as e:
@@ -156,10 +197,12 @@ def run_main(main):
         except OSError as e:  # the environment: permissions, a full disk, a file in the way
             print(f"error: {describe_os_error(e)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            print("interrupted; completed epochs are checkpointed: rerun the same command to resume",
-                  file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            kept = ("completed epochs are checkpointed: rerun the same command to resume"
+                    if resumable else "nothing half-written is left: rerun the same command")
+            print(f"{what}; {kept}", file=sys.stderr)
+            sys.exit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED)
 
     app.run(guarded, flags_parser=_parse_flags)
 

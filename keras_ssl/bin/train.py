@@ -58,6 +58,9 @@ flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfl
                   "AVX512-BF16 and no AMX, 13x slower where emulated; float16 was 4-250x slower on every CPU "
                   "measured; a forced slow one gets a warning)")
 flags.DEFINE_alias("mixed_precision", "dtype_policy")
+flags.DEFINE_boolean("allow_slow_precision", False,
+                     "run a forced --dtype_policy=mixed_float16 on a CPU anyway (refused otherwise: 4-250x "
+                     "slower than float32 there)")
 flags.DEFINE_boolean("jit_compile", d.jit_compile,
                      "XLA-compile the train step (off by default: 1.4-1.8x slower on CPU, fails under "
                      "multi-replica CPU strategies)")
@@ -94,10 +97,14 @@ def main(argv):
 
         raise UserError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
     config = config_from_flags()
-    from keras_ssl.precision import slow_policy_warning
+    from keras_ssl.precision import refuse_cpu_float16, slow_policy_warning
     from keras_ssl.training import train
 
-    warning = slow_policy_warning(config.dtype_policy) if config.strategy != "tpu" else None  # TPUs: bf16 native
+    if config.strategy != "tpu":  # TPUs: bf16 native
+        refuse_cpu_float16(config.dtype_policy, FLAGS.allow_slow_precision)
+    inputs_per_step = config.batch_size * config.method_spec.images_per_example
+    warning = slow_policy_warning(config.dtype_policy, inputs_per_step=inputs_per_step) \
+        if config.strategy != "tpu" else None
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
@@ -105,12 +112,16 @@ def main(argv):
     if not result["chief"]:
         print(f"worker finished {result['epochs_run']} epoch(s); the chief wrote {config.model_dir}")
         return
+    if result["already_finished_at"] is not None:
+        print(f"run already finished at epoch {result['already_finished_at']}; nothing to do (raise --epochs to "
+              f"continue); encoder: {result['encoder_path']}")
+        return
     print(f"trained {result['epochs_run']} epoch(s) in {result['train_seconds']:.0f} s "
           f"({result['examples_per_second'] or 0:.0f} {result['example_unit']}/s); encoder: {result['encoder_path']}")
 
 
 def run():
-    run_main(main)
+    run_main(main, resumable=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Layout of `folder:PATH`: WAV files in one sub-folder per class (or flat =
 unlabelled); `train/` and `test/` sub-folders are the splits when present,
 otherwise a fixed random 10% (seed 0) is held out, as for image folders. An
 optional `speakers.csv` in PATH (`path,speaker` rows, paths relative to
-PATH) gives every file a speaker label.
+PATH) gives every file a speaker label; a row with an empty speaker is
+refused, rows naming no file in PATH are ignored with a warning. Files that
+are not read (images, text, WAVs outside the class folders) are counted in
+one warning.
 
 Every file is read with `scipy.io.wavfile` (8/16/24/32-bit PCM and float
 WAV), mixed down to mono (mean of the channels), resampled to 16 kHz with a
@@ -30,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from keras_ssl.data.folders import warn_unread
 from keras_ssl.data.splits import IndexedExamples, LabelledFacts
 from keras_ssl.errors import UserError
 
@@ -132,7 +136,11 @@ def is_audio_folder(path):
 
 
 def _read_speakers(root):
-    """`{absolute path: speaker name}` from `root/speakers.csv`, or None."""
+    """`{absolute path: speaker name}` from `root/speakers.csv`, or None.
+
+    A row with an empty speaker name is refused (it would become a speaker class
+    called ""); rows naming no file inside `root` (a typo, a deleted clip,
+    `../../etc/passwd`) are left out with one warning naming their line numbers."""
     path = os.path.join(root, "speakers.csv")
     if not os.path.isfile(path):
         return None
@@ -143,7 +151,44 @@ def _read_speakers(root):
         raise UserError(f"cannot read {path}: {e}; it must be CSV with columns path,speaker")
     if rows and not {"path", "speaker"} <= set(rows[0]):
         raise UserError(f"{path} must have the columns path,speaker (found {', '.join(rows[0])})")
-    return {os.path.normpath(os.path.join(root, r["path"])): r["speaker"] for r in rows}
+    speakers, stray = {}, []
+    top = os.path.realpath(root)
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        name, relative = (row["speaker"] or "").strip(), row["path"] or ""
+        if not name:
+            raise UserError(f"{path} line {line} ({relative}) has an empty speaker name; give every clip a "
+                            "speaker, or remove the row")
+        full = os.path.normpath(os.path.join(root, relative))
+        inside = os.path.commonpath([top, os.path.realpath(full)]) == top
+        if not (inside and os.path.isfile(full)):
+            stray.append(f"line {line} ({relative}{'' if inside else ', outside the folder'})")
+            continue
+        speakers[full] = name
+    if stray:
+        warnings.warn(f"{path}: {len(stray)} row(s) name no file in the folder and are ignored: "
+                      + ", ".join(stray[:10]) + (", ..." if len(stray) > 10 else ""))
+    return speakers
+
+
+def why_unreadable(error):
+    """A plain reason for an exception `read_wav` raised (scipy's own texts name its
+    internals: `unpack requires a buffer of 16 bytes`, `cannot access local variable 'fs'`)."""
+    import struct
+
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, struct.error):
+        return "truncated or damaged WAV header"
+    if isinstance(error, EOFError):
+        return "truncated WAV file"
+    if isinstance(error, UnboundLocalError) or "No fmt chunk" in text:
+        return "damaged WAV header: no fmt chunk before the samples"
+    if "not understood" in text:
+        return "not a WAV file (no RIFF/WAVE header)"
+    if "header is invalid" in text:
+        return "damaged WAV header: " + text.split(": ", 1)[-1]
+    if isinstance(error, ValueError) and text in ("no samples", "NaN or Inf samples"):
+        return text
+    return f"unreadable: {text or type(error).__name__}"
 
 
 def _decode(paths, num_samples, on_corrupt):
@@ -158,7 +203,7 @@ def _decode(paths, num_samples, on_corrupt):
             lengths.append(len(wave))
             kept.append(i)
         except Exception as e:  # scipy raises ValueError, struct.error, EOFError... on damaged files
-            bad.append(f"{path} ({type(e).__name__}: {e})")
+            bad.append(f"{path} ({why_unreadable(e)})")
     if bad:
         if on_corrupt == "error":
             raise UserError(f"{len(bad)} unreadable WAV file(s), first: {bad[0]}; remove or replace them, "
@@ -215,6 +260,8 @@ def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fra
     speaker_names = ()
     if speaker_of is not None:
         speaker_names = tuple(sorted(set(speaker_of.values())))
+    warn_unread(path, [p for paths, _, _ in parts for p in paths],
+                "audio: only .wav files" + (" in the class folders" if parts[0][2] else ""))
     splits = []
     for paths, labels, _ in parts:
         if not paths:

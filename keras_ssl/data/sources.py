@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 
+from keras_ssl.data.folders import warn_unread
 from keras_ssl.data.splits import IndexedExamples, LabelledFacts
 from keras_ssl.errors import UserError
 
@@ -283,7 +284,7 @@ def _folder_split(directory, image_size, channels, on_corrupt):
         channels = channels or (1 if mode in ("L", "1", "I") or mode.startswith("I;16") else 3)
     images, kept = _decode_images(paths, image_size, channels, on_corrupt)
     label_array = None if labels is None else np.asarray(labels, dtype=np.int32)[kept]
-    return Split(images, label_array), tuple(classes), image_size, channels
+    return Split(images, label_array), tuple(classes), image_size, channels, paths
 
 
 def load_folder(spec, image_size=None, channels=None, on_corrupt="skip", test_fraction=0.1, seed=0):
@@ -295,7 +296,9 @@ def load_folder(spec, image_size=None, channels=None, on_corrupt="skip", test_fr
     converted to `channels` (default: grayscale if the first image is).
     A corrupt or unreadable file is reported by path: with `on_corrupt="skip"`
     (default) it is left out with one warning naming every such file; with
-    `"error"` the load fails.
+    `"error"` the load fails. Other files under PATH (a WAV, a text file, an
+    image outside the class folders) are counted in one warning
+    (`keras_ssl.data.folders.warn_unread`).
     """
     path = spec[len("folder:"):] if spec.startswith("folder:") else spec
     if on_corrupt not in ("skip", "error"):
@@ -306,18 +309,21 @@ def load_folder(spec, image_size=None, channels=None, on_corrupt="skip", test_fr
         raise UserError(f"channels must be 1 or 3, got {channels}")
     train_dir, test_dir = os.path.join(path, "train"), os.path.join(path, "test")
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        train, classes, image_size, channels = _folder_split(train_dir, image_size, channels, on_corrupt)
-        test, test_classes, _, _ = _folder_split(test_dir, image_size, channels, on_corrupt)
+        train, classes, image_size, channels, read = _folder_split(train_dir, image_size, channels, on_corrupt)
+        test, test_classes, _, _, test_read = _folder_split(test_dir, image_size, channels, on_corrupt)
+        read = read + test_read
         if test_classes != classes:
             raise UserError(f"train/ and test/ of {path} have different class folders: "
                             f"{classes} vs {test_classes}")
     else:
-        full, classes, image_size, channels = _folder_split(path, image_size, channels, on_corrupt)
+        full, classes, image_size, channels, read = _folder_split(path, image_size, channels, on_corrupt)
         order = np.random.default_rng(seed).permutation(len(full))
         n_test = int(round(len(full) * test_fraction))
         test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
         pick = lambda idx: Split(full.images[idx], None if full.labels is None else full.labels[idx])
         train, test = pick(train_idx), pick(test_idx)
+    warn_unread(path, read, f"images: only {'/'.join(IMAGE_EXTENSIONS)} files"
+                + (" in the class folders" if classes else ""))
     return ImageDataset(f"folder:{path}", train, test, classes)
 
 
