@@ -254,3 +254,32 @@ def test_a_heartbeat_prints_while_the_first_step_runs():
         assert len(beats) >= 2 and lines[len(beats)].startswith("first step done in "), lines
         assert len(lines) == len(beats) + 1 and beats[0].endswith("s so far (building and compiling the step, "
                                                                  "then running it)"), lines
+
+
+# -- 6. reports that agree with the docs ----------------------------------------
+
+def test_unlabelled_and_audio_tables_use_percent_and_show_every_step_ahead():
+    from keras_ssl.evaluation.audio import format_audio_table
+    from keras_ssl.evaluation.unlabelled import format_unlabelled_table
+
+    info_nce = {"accuracy": [0.8, 0.5, 0.4, 0.3, 0.25], "mi_bound": [4.1, 3.2, 3.0, 2.9, 2.8]}
+    table = format_unlabelled_table({"method_metrics": {"loss": 2.5, "accuracy": 0.0039}, "info_nce": info_nce,
+                                     "kmeans_clusters": 10, "kmeans_silhouette": 0.12})
+    assert "test accuracy" in table and "0.39%" in table and "0.0039" not in table, table
+    assert "test loss" in table and "2.5000" in table, table
+    for k in range(1, 6):
+        assert f"info_nce accuracy k={k} " in table and f"info_nce MI bound k={k} (nats)" in table, (k, table)
+    audio = format_audio_table({"probes": {"context": {"word": 0.9, "feature_dim": 8}}, "info_nce": info_nce,
+                                "representation_point": "context", "knn_accuracy_k20": 0.7})
+    assert all(f"info_nce accuracy k={k} " in audio for k in range(1, 6)), audio
+    assert all(f"info_nce MI bound k={k} (nats)" in audio for k in range(1, 6)), audio
+
+
+def test_an_audio_report_has_the_knn_accuracy_key_of_every_report(tmp_path):
+    from keras_ssl.evaluation.audio import evaluate_audio_model
+
+    config = smoke_config("cpc_audio", tmp_path)
+    dataset = load_run_dataset(config)
+    model = build_model(config, dataset)
+    results = evaluate_audio_model(model, dataset, probe_max_iter=50)
+    assert 0.0 <= results["knn_accuracy"] <= 1.0 and results["knn_accuracy"] == results["knn_accuracy_k20"]

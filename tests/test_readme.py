@@ -250,3 +250,62 @@ def test_serving_clients_example_runs_against_stand_in_servers(workdir, tmp_path
         rpc.stop(0)
     assert {("siamese", "serving_default"), ("siamese", "verify"), ("rotation", "rotation"),
             ("simclr", "classify"), ("cpc", "serving_default")} <= set(calls), calls
+
+
+def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
+    """README's "Run flags" paragraph names every flag the binary defines, and each method's
+    list names exactly that method's options (the lists are written by hand: this holds them)."""
+    import dataclasses
+
+    from keras_ssl.models import registry
+
+    script = ("import json; from absl import flags; import keras_ssl.bin.train; "
+              "print(json.dumps([f.name for f in flags.FLAGS.get_flags_for_module('keras_ssl.bin.train')]))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    run_flags = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    paragraph = readme[readme.index("Run flags: `"):readme.index("Method flags are generated")]
+    listed = set(re.findall(r"--(\w+)", paragraph))
+    assert "audio_seconds" in run_flags and "model_dir" in run_flags, run_flags
+    assert run_flags - listed == set() and listed - run_flags == set(), (run_flags - listed, listed - run_flags)
+    methods = readme[readme.index("Method flags are generated"):readme.index("(a test holds this")]
+    for method in registry.methods():
+        found = re.search(rf"\b{method.name}\s+`([^`]*)`", methods)
+        assert found, f"README lists no flags for method {method.name}"
+        options = {f.name for f in dataclasses.fields(method.options)}
+        assert set(re.findall(r"--(\w+)", found.group(1))) == options, method.name
+
+
+# The README's opening sentence names each method family; a method registered under a new
+# prefix must be added here and there.
+METHOD_FAMILIES = {"simclr": "SimCLR", "siamese": "Siamese", "triplet": "triplet", "rotation": "rotation",
+                   "relative_position": "relative patch position", "cpc": "CPC"}
+
+
+def test_the_opening_sentence_names_every_registered_method():
+    from keras_ssl.models import registry
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        opening = f.read().split("\n\n")[1]
+    for name in registry.names():
+        family = next((f for f in METHOD_FAMILIES if name == f or name.startswith(f + "_")), None)
+        assert family, f"method {name}: add its family to METHOD_FAMILIES and to the README's opening sentence"
+        assert METHOD_FAMILIES[family] in opening, (name, opening)
+
+
+def test_the_demo_table_shows_the_figures_of_the_cpu_its_caption_names():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, "docs", "BENCHMARKS.md")) as f:
+        benchmarks = f.read().splitlines()
+    table = readme[readme.index("metric                    value"):readme.index("exported: saved_models/")]
+    figures = re.findall(r"^(?:knn_accuracy_k20|knn_accuracy_k200|linear_probe_accuracy)\s+(\d+\.\d+)%$", table,
+                         re.MULTILINE)
+    assert len(figures) == 3, table
+    caption = readme[readme.index("exported: saved_models/"):][:400]
+    assert "(What it printed on a 2-core Xeon with AMX" in caption, caption
+    rows = [line for line in benchmarks if "Xeon-AMX" in line and "make demo" in line
+            and all(f"{figure}%" in line for figure in figures)]
+    assert rows, f"no Xeon-AMX make-demo row of docs/BENCHMARKS.md shows {figures}"

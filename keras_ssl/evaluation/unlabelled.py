@@ -94,14 +94,18 @@ def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="
 
 
 def format_unlabelled_table(results):
-    """The printed summary: the method's test metrics and the clustering."""
-    rows = [(f"test {k}", f"{v:.4f}") for k, v in results["method_metrics"].items()]
+    """The printed summary: the method's test metrics and the clustering. Accuracies
+    are percentages, as in every other table; losses and MI bounds are in nats."""
+    rows = [(f"test {k}", f"{100 * v:.2f}%" if "accuracy" in k else f"{v:.4f}")
+            for k, v in results["method_metrics"].items()]
     if "pretext_accuracy" in results:
         rows.append(("pretext_accuracy", f"{100 * results['pretext_accuracy']:.2f}%"))
     per_step = results.get("info_nce")
-    if per_step:  # CPC: the first and the last step ahead
-        for k in sorted({0, len(per_step["accuracy"]) - 1}):
-            rows.append((f"info_nce accuracy k={k + 1}", f"{100 * per_step['accuracy'][k]:.2f}%"))
+    if per_step:  # CPC: every step ahead
+        for k, accuracy in enumerate(per_step["accuracy"]):
+            rows.append((f"info_nce accuracy k={k + 1}", f"{100 * accuracy:.2f}%"))
+        for k, bound in enumerate(per_step.get("mi_bound", ())):
+            rows.append((f"info_nce MI bound k={k + 1} (nats)", f"{bound:.3f}"))
     rows += [("kmeans_clusters", str(results["kmeans_clusters"])),
              ("kmeans_silhouette", f"{results['kmeans_silhouette']:.3f}")]
     if "representation_spread" in results:
