@@ -25,9 +25,10 @@ class MethodModel(keras.Model):
         `serving_endpoints(...)` (default: the embedding signatures);
       * may have an online linear probe (`init_probe` in its constructor,
         `probe_loss` in its step, "probe" in `SUB_MODELS`): a Dense softmax
-        classifier of the dataset's classes on `stop_gradient(probe_features)`,
-        trained alongside from the class labels `y` of the batches (SimCLR's
-        in-run linear evaluation, Chen et al. 2020); its `probe_loss` and
+        classifier of the dataset's classes on the stop-gradient features the
+        step computes (augmented in training, see `probe_features`), trained
+        alongside from the class labels `y` of the batches (SimCLR's in-run
+        linear evaluation, Chen et al. 2020); its `probe_loss` and
         `probe_accuracy` join the metrics and the export serves `classify`.
 
     Models are built from the start and by `build()`: a model left unbuilt
@@ -194,7 +195,11 @@ class MethodModel(keras.Model):
         return [self.probe_loss_tracker, self.probe_accuracy_tracker] if self.probe is not None else []
 
     def probe_features(self, images, training=False):
-        """What the probe reads: the encoder's features of unaugmented images."""
+        """What the probe reads at inference (`class_probabilities`, the served
+        `classify`): the encoder's features of the images as given, unaugmented.
+        In training the probe reads the features the step computes anyway, which
+        are augmented: SimCLR's first view, as SimCLR's reference code trains its
+        probe on the augmented batch (each method's `method_loss` says which)."""
         from keras_ssl.data.augment import to_float01
 
         return self.encoder(to_float01(images), training=training)

@@ -29,8 +29,9 @@ class SimCLR(MethodModel):
         `AugmentConfig`), seeded by `seed` and the step counter;
       * view pairs `(view_a, view_b)` made elsewhere (e.g. `data.simclr_views`);
     each optionally with integer labels `y`. With labels and `num_classes`, an
-    online linear probe on `stop_gradient(h)` is trained alongside (SimCLR's
-    in-run probe); its loss is added to the total and `probe_accuracy` is
+    online linear probe on `stop_gradient(h)` of the first augmented view is
+    trained alongside (SimCLR's in-run probe, which its reference code trains
+    on the augmented batch; at inference it reads unaugmented images); its loss is added to the total and `probe_accuracy` is
     reported.
 
     Metrics: `loss` (NT-Xent), `contrastive_accuracy` (fraction of anchors
