@@ -48,6 +48,44 @@ def test_cpc_info_nce_matches_numpy(k):
             assert bool(correct[b, t]) == bool(pos > max(negs))
 
 
+@pytest.mark.parametrize("num_latents", [1, 2, 7, 21])
+def test_cpc_negative_rows_cover_every_latent_uniformly(num_latents):
+    """Distribution and edges of the draw: every row 0 .. n-1 (the first and the last too), each
+    at rate 1/n within 5 standard deviations, none outside; the same rows for the same seed."""
+    seed = (1234, num_latents)
+    draws = 1000 * num_latents
+    rows = losses.cpc_negative_rows(num_latents, draws, seed).numpy()
+    assert rows.shape == (draws,) and rows.dtype == np.int32
+    counts = np.bincount(rows, minlength=num_latents)
+    assert len(counts) == num_latents, (counts, f"seed {seed}")  # nothing >= n
+    p = 1.0 / num_latents
+    tolerance = 5 * np.sqrt(draws * p * (1 - p)) + 1e-9
+    assert np.all(np.abs(counts - draws * p) <= tolerance), (counts, f"seed {seed}")
+    np.testing.assert_array_equal(losses.cpc_negative_rows(num_latents, draws, seed).numpy(), rows)
+
+
+@pytest.mark.parametrize("special", ["first", "last"])
+def test_cpc_loss_draws_negatives_from_the_first_and_the_last_latent(special):
+    """Independently of the drawn rows: one latent (the batch's first or last) is the only one that
+    scores against every prediction (25, the others 0). With 200 draws from 12 latents it is drawn
+    (probability 1 - (11/12)^200), so a prediction whose positive it is not has a loss near 25; the
+    one whose positive it is, masked from its own negatives, a loss near 0."""
+    batch, length, k = 2, 6, 1
+    latents = np.zeros((batch, length, 4), np.float32)
+    b, t = (0, 0) if special == "first" else (batch - 1, length - 1)
+    latents[b, t, 0] = 5.0
+    predictions = np.zeros((batch, length - k, 4), np.float32)
+    predictions[..., 0] = 5.0
+    terms, _, _ = losses.cpc_info_nce_terms(predictions, latents, k, num_negatives=200, seed=(7, 8),
+                                            cross_replica=False)
+    terms = terms.numpy()
+    own = np.zeros_like(terms, bool)
+    if t >= k:
+        own[b, t - k] = True  # the prediction whose positive is the special latent
+    assert np.all(terms[~own] > 20.0), (terms, "seed (7, 8)")
+    assert np.all(terms[own] < 1e-3), (terms, "seed (7, 8)")
+
+
 def test_cpc_info_nce_perfect_prediction_is_near_zero_and_bound_near_log_n():
     latents = np.eye(8, dtype=np.float32)[None].repeat(2, 0) * 20.0  # orthogonal latents, 2 sequences
     latents[1] *= -1
@@ -183,6 +221,24 @@ def test_wrong_inputs_are_one_clear_error_and_leave_the_model_working():
     model.fit(x, batch_size=4, verbose=0)
 
 
+def test_served_embedding_is_the_l2_normalised_mean_context():
+    """Both audio signatures serve `embedding` = the mean over frames of c_t, L2-normalised, computed
+    here in NumPy from `frames` (not from another signature, which would share a bug), and `context` = c_t."""
+    keras.utils.set_random_seed(0)
+    model = CPC(cpc_conv(8), context_dim=8, prediction_steps=2, num_samples=3200)
+    x = _chirps(3) * np.array([[1.0], [0.1], [3.0]], np.float32)  # different loudness: different norms
+    frames = model.frames(x).numpy().astype(np.float64)
+    pooled = frames.mean(axis=1)
+    expected = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    endpoints = model.serving_endpoints((3200,))
+    assert [e.name for e in endpoints] == ["serving_default", "embed_waveforms"]
+    for endpoint in endpoints:
+        out = endpoint.function(tf.constant(x))
+        np.testing.assert_allclose(out["embedding"].numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=endpoint.name)
+        np.testing.assert_allclose(np.linalg.norm(out["embedding"].numpy(), axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(out["context"].numpy(), frames, rtol=1e-5, atol=1e-6, err_msg=endpoint.name)
+
+
 def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     """The SavedModel's audio inputs: WAV bytes and waveforms agree with the model; stereo is
     mixed down, short clips padded; wrong rate, empty, too long, not-WAV and NaN refused."""
@@ -209,6 +265,9 @@ def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     direct = model.frames(np.stack([x[0], np.pad(short, (0, 1200)), x[1]]).astype(np.float32)).numpy()
     np.testing.assert_allclose(out["context"].numpy(), direct, atol=1e-5)
     assert out["embedding"].shape == (3, 8) and out["context"].shape == (3, 20, 8)
+    pooled = direct.astype(np.float64).mean(axis=1)
+    np.testing.assert_allclose(out["embedding"].numpy(), pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+                               rtol=1e-4, atol=1e-5)
     by_floats = served.signatures["embed_waveforms"](waveforms=tf.constant(x[:1].astype(np.float32)))
     np.testing.assert_allclose(by_floats["embedding"].numpy(), out["embedding"].numpy()[:1], atol=1e-5)
     bad = {
@@ -228,7 +287,7 @@ def test_served_audio_is_guarded_and_matches_the_model(tmp_path):
     for samples in (np.zeros(100, np.uint8), np.zeros(100, np.int32), np.zeros(100, np.float32)):
         buf = io.BytesIO()
         wavfile.write(buf, 16000, samples)  # 8-bit, 32-bit, float: what training reads, serving refuses by name
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"not 16-bit PCM .*-b 16 .*indices.*\[1\]"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"not 16-bit PCM .*indices.*\[1\]; .*-b 16 "):
             served.signatures["serving_default"](audio=tf.constant([wav(x[0]), buf.getvalue()]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
         served.signatures["embed_waveforms"](waveforms=tf.constant([[0.1, np.nan, 0.2]], tf.float32))

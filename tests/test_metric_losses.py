@@ -1,6 +1,7 @@
 """Contrastive, triplet and batch-triplet losses against brute-force NumPy computations."""
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -89,22 +90,51 @@ def np_batch_triplet(labels, emb, margin, mining, soft):
     return np.mean(values) if values else 0.0
 
 
+def _seed(*parts):
+    """A seed fixed by the test's parameters (`hash()` of a str changes per process)."""
+    return zlib.crc32(repr(parts).encode())
+
+
 @pytest.mark.parametrize("mining", ["semi_hard", "hard", "all"])
 @pytest.mark.parametrize("soft", [False, True])
-@pytest.mark.parametrize("case", ["random", "lonely_anchors", "one_class"])
+@pytest.mark.parametrize("case", ["random", "lonely_anchors", "one_class", "ties"])
 def test_batch_triplet_matches_brute_force(mining, soft, case):
-    rng = np.random.default_rng(hash((mining, soft, case)) % 2**32)
-    if case == "random":
+    seed = _seed(mining, soft, case)
+    rng = np.random.default_rng(seed)
+    if case in ("random", "ties"):
         labels = rng.integers(0, 4, 12)
     elif case == "lonely_anchors":  # classes 7 and 8 have one image each: no positive
         labels = np.array([0, 0, 0, 1, 1, 7, 2, 2, 8, 1])
     else:  # no negatives at all
         labels = np.zeros(6, int)
-    emb = rng.normal(size=(len(labels), 3)).astype(np.float32) * 0.4
+    if case == "ties":  # points of a small integer grid: exact float32 distances, many equal
+        emb = rng.integers(-2, 3, size=(len(labels), 2)).astype(np.float32)
+    else:
+        emb = rng.normal(size=(len(labels), 3)).astype(np.float32) * 0.4
     got = float(losses.batch_triplet(labels, emb, margin=0.5, mining=mining, soft=soft))
-    np.testing.assert_allclose(got, np_batch_triplet(labels, emb, 0.5, mining, soft), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, np_batch_triplet(labels, emb, 0.5, mining, soft), rtol=1e-4, atol=1e-6,
+                               err_msg=f"seed {seed}")
     wrapped = losses.BatchTriplet(margin=0.5, mining=mining, soft=soft)(labels, emb)
-    np.testing.assert_allclose(float(wrapped), got, rtol=1e-6)
+    np.testing.assert_allclose(float(wrapped), got, rtol=1e-6, err_msg=f"seed {seed}")
+
+
+def test_semi_hard_negative_is_strictly_farther_than_the_positive():
+    """FaceNet's semi-hard negative satisfies d(a,n)^2 > d(a,p)^2, strictly: a negative exactly
+    as far as the positive is not it. On a line: a = 0, p = 1, n_tie = -1 (as far as p), n = 2."""
+    labels = np.array([0, 0, 1, 1])
+    emb = np.array([[0.0], [1.0], [-1.0], [2.0]], np.float32)
+    values, counted = (t.numpy() for t in losses.batch_triplet_terms(labels, emb, 0.5, "semi_hard"))
+    # (a, p): the semi-hard negative is n (d^2 = 4), not n_tie (d^2 = 1): max(0, 1 - 4 + 0.5) = 0
+    assert values[0, 1] == 0.0, values
+    # (p, a): d^2 = 1; negatives of p at d^2 = 4 (n_tie) and 1 (n, a tie): n_tie it is, 1 - 4 + 0.5 < 0
+    assert values[1, 0] == 0.0, values
+    # (n_tie, n): d^2 = 9; negatives of n_tie at 1 (a) and 4 (p), none farther: the farthest, p
+    assert values[2, 3] == pytest.approx(9.0 - 4.0 + 0.5), values
+    assert counted.tolist() == [[False, True, False, False], [True, False, False, False],
+                                [False, False, False, True], [False, False, True, False]]
+    assert values[3, 2] == pytest.approx(9.0 - 4.0 + 0.5), values  # the same from n's side
+    # the loss: the mean over the four counted pairs (a tie taken as semi-hard would give 0.5 twice)
+    assert float(losses.batch_triplet(labels, emb, 0.5, "semi_hard")) == pytest.approx((5.5 + 5.5) / 4)
 
 
 @pytest.mark.parametrize("mining", ["semi_hard", "hard", "all"])

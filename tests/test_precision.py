@@ -114,8 +114,58 @@ def test_import_turns_on_onednn_unless_told_not_to(value, expected):
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
-def test_cpu_flags_are_read():
-    if not os.path.exists("/proc/cpuinfo"):
-        pytest.skip("no /proc/cpuinfo")
-    assert cpu_flags()
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_tile amx_bf16
+bogomips\t: 4000.00
+
+processor\t: 1
+model name\t: Another CPU
+flags\t\t: fpu sse4_2
+"""
+
+
+@pytest.fixture
+def fake_cpuinfo(monkeypatch):
+    """/proc/cpuinfo replaced by a given text (None: unreadable) for keras_ssl.precision."""
+    import io
+
+    from keras_ssl import precision
+
+    def use(text):
+        def fake_open(path, *args, **kwargs):
+            assert path == "/proc/cpuinfo", path
+            if text is None:
+                raise FileNotFoundError(path)
+            return io.StringIO(text)
+
+        monkeypatch.setattr(precision, "open", fake_open, raising=False)
+        precision._cpuinfo.cache_clear()
+
+    yield use
+    precision._cpuinfo.cache_clear()  # the next reader reads the real file again
+
+
+def test_cpu_flags_are_read(fake_cpuinfo):
+    from keras_ssl.precision import cpu_summary
+
+    fake_cpuinfo(_CPUINFO)  # the first processor's flags and model name; the others are the same CPU
+    assert cpu_flags() == frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile",
+                                     "amx_bf16"})
+    assert cpu_summary().startswith("Intel(R) Xeon(R) Platinum 8480+, ")
+    assert "avx2 fma avx512f avx512_bf16 amx_tile amx_bf16" in cpu_summary()
+    assert resolve_dtype_policy("auto", gpu_capability=None) == "mixed_bfloat16"  # AMX: read from the file
+    fake_cpuinfo(None)  # unreadable: no flags, no name, float32
+    assert cpu_flags() == frozenset() and cpu_summary().startswith("unknown CPU, ")
+    assert resolve_dtype_policy("auto", gpu_capability=None) == "float32"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo")
+def test_cpu_flags_of_this_machine_are_its_first_flags_line():
+    with open("/proc/cpuinfo") as f:
+        lines = [line for line in f if line.split(":")[0].strip() == "flags"]
+    if not lines:
+        pytest.skip("this /proc/cpuinfo has no flags line (not x86)")
+    assert cpu_flags() == frozenset(lines[0].split(":", 1)[1].split())
 

@@ -61,9 +61,37 @@ def test_errors_and_color_drop(tmp_path):
 
 
 def test_batches():
-    split = Split(np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), None)
-    (c, n), y = next(iter(relative_position_batches(split, 8)))
-    assert c.shape == n.shape == (8, 6, 6, 1) and y.shape == (8,) and c.dtype == tf.float32
+    """The batches' patches are crops of one image each, at the positions their labels name."""
+    side, count = 28, 20
+    pitch, patch, jitter, _ = patch_geometry(side)
+    offset = (pitch - patch) // 2
+    # uint8 pixels that say where they are: channel 0 the row, 1 the column, 2 the image
+    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    images = np.stack([np.stack([rows, cols, np.full_like(rows, 10 * i)], -1) for i in range(count)])
+    split = Split(images.astype(np.uint8), None)
+    seen_labels, seen_images = [], []
+    for (c, n), y in relative_position_batches(split, 8, seed=3, color_drop=False).take(6):
+        assert c.shape == n.shape == (8, patch, patch, 3) and y.shape == (8,) and c.dtype == n.dtype == tf.float32
+        c, n, y = np.round(c.numpy() * 255).astype(int), np.round(n.numpy() * 255).astype(int), y.numpy()
+        for i in range(8):
+            image = c[i, 0, 0, 2] // 10
+            seen_images.append(image)
+            assert np.all(c[i, ..., 2] == 10 * image) and np.all(n[i, ..., 2] == 10 * image)  # one image
+            np.testing.assert_array_equal(c[i], images[image, c[i, 0, 0, 0]:c[i, 0, 0, 0] + patch,
+                                                       c[i, 0, 0, 1]:c[i, 0, 0, 1] + patch])  # a plain crop
+            np.testing.assert_array_equal(n[i], images[image, n[i, 0, 0, 0]:n[i, 0, 0, 0] + patch,
+                                                       n[i, 0, 0, 1]:n[i, 0, 0, 1] + patch])
+            r, col = NEIGHBOURS[y[i]]  # the label names the neighbour's cell, the centre is in (1, 1)
+            assert abs(c[i, 0, 0, 0] - (pitch + offset)) <= jitter and abs(c[i, 0, 0, 1] - (pitch + offset)) <= jitter
+            assert abs(n[i, 0, 0, 0] - (r * pitch + offset)) <= jitter, (y[i], n[i, 0, 0, :2])
+            assert abs(n[i, 0, 0, 1] - (col * pitch + offset)) <= jitter, (y[i], n[i, 0, 0, :2])
+        seen_labels += y.tolist()
+    assert set(seen_labels) == set(range(8))  # 48 draws, seed 3: every neighbour
+    assert set(seen_images) == set(range(count))  # shuffled epochs cover every image
+    again = next(iter(relative_position_batches(split, 8, seed=3, color_drop=False)))
+    first = next(iter(relative_position_batches(split, 8, seed=3, color_drop=False)))
+    for a, b in zip((*again[0], again[1]), (*first[0], first[1])):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # seeded: the same batches
 
 
 def test_relative_position_model_learns_and_shares_weights_with_full_images(tmp_path):

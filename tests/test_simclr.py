@@ -112,3 +112,55 @@ def test_two_replicas_match_one_device_with_sync_bn(two_cpu_strategy, digits):
     loss2, grad2 = _one_step(two_cpu_strategy, images, sync_bn=True)
     np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
     np.testing.assert_allclose(grad2, grad1, rtol=1e-3, atol=1e-5)
+
+
+def _encoder_gradients(model, data):
+    with tf.GradientTape() as tape:
+        loss = model.method_loss(data, training=True)
+    return [g.numpy() for g in tape.gradient(loss, model.encoder.trainable_variables)], loss
+
+
+def test_probe_gradients_reach_the_probe_only(digits):
+    """The online probe reads stop_gradient(h): its loss changes the probe's weights, never the
+    encoder's. With labels the encoder's gradient is the NT-Xent one alone, as without labels."""
+    keras.utils.set_random_seed(11)
+    model = _model(num_classes=10)
+    images, labels = digits.train.images[:16], digits.train.labels[:16]
+    view_a = simclr_augment(images, tf.constant([0, 1]), "fashion_mnist")
+    view_b = simclr_augment(images, tf.constant([0, 2]), "fashion_mnist")
+    without, _ = _encoder_gradients(model, (view_a, view_b))
+    with_labels, _ = _encoder_gradients(model, ((view_a, view_b), tf.constant(labels)))
+    for g0, g1 in zip(without, with_labels):
+        np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
+    # the probe's own loss, alone: no gradient to the encoder, a non-zero one to the probe
+    with tf.GradientTape() as tape:
+        h = model.encoder(view_a, training=True)
+        loss = model.probe_loss(h, tf.constant(labels), training=True)
+    grads = tape.gradient(loss, model.encoder.trainable_variables + model.probe.trainable_variables)
+    n_enc = len(model.encoder.trainable_variables)
+    assert all(g is None or not np.any(g.numpy()) for g in grads[:n_enc])
+    assert all(g is not None and np.any(g.numpy()) for g in grads[n_enc:])
+
+
+def test_probe_trains_on_the_first_augmented_view(digits, monkeypatch):
+    """SimCLR's probe learns from the features of the first *augmented* view (as SimCLR's
+    reference code does: the probe sees the training views), not of the unaugmented images."""
+    keras.utils.set_random_seed(12)
+    model = _model(num_classes=10)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))  # the step counter seeds the views
+    images, labels = digits.train.images[:8], tf.constant(digits.train.labels[:8])
+    seen = []
+    monkeypatch.setattr(model, "probe_loss", lambda features, y, training: seen.append(features) or 0.0)
+
+    view_a = simclr_augment(images, tf.constant([0, 1]), "fashion_mnist")
+    view_b = simclr_augment(images, tf.constant([0, 2]), "fashion_mnist")
+    model.method_loss(((view_a, view_b), labels), training=False)
+    np.testing.assert_allclose(seen[-1].numpy(), model.encoder(view_a, training=False).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+    model.method_loss((images, labels), training=False)  # views made inside the step
+    made_a, _ = model._views(images)
+    unaugmented = model.encoder(tf.cast(images, tf.float32) / 255.0, training=False).numpy()
+    np.testing.assert_allclose(seen[-1].numpy(), model.encoder(made_a, training=False).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert np.abs(seen[-1].numpy() - unaugmented).max() > 1e-3

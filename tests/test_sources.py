@@ -115,13 +115,35 @@ def test_folder_with_classes_and_corrupt_file(tmp_path):
 
 
 def test_folder_train_test_rgb_resized(tmp_path):
+    """train/ and test/ are the splits, the sub-folders (sorted) the classes, every image keeps its
+    class and its colours, and 40x30 files become 16x16 (bilinear: a left/right split stays one)."""
+    from PIL import Image
+
+    colour = {("train", "a"): 10, ("train", "b"): 60, ("test", "a"): 110, ("test", "b"): 160}
     for split in ("train", "test"):
-        for cls in ("a", "b"):
+        for cls in ("b", "a"):  # created out of order: the classes are sorted by name
             os.makedirs(tmp_path / split / cls)
             for i in range(4):
-                _save_png(tmp_path / split / cls / f"{i}.png", (i * 40, 10, 200), size=(40, 30), mode="RGB")
+                # R: the image, G: split and class, B: 200 on the left half, 50 on the right
+                pixels = np.zeros((30, 40, 3), np.uint8)
+                pixels[..., 0], pixels[..., 1] = i * 40, colour[split, cls]
+                pixels[:, :20, 2], pixels[:, 20:, 2] = 200, 50
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     ds = load_source(f"folder:{tmp_path}", image_size=(16, 16))
     assert ds.image_shape == (16, 16, 3) and len(ds.train) == 8 and len(ds.test) == 8
+    assert ds.class_names == ("a", "b") and ds.train.images.dtype == np.uint8
+    for name, split in (("train", ds.train), ("test", ds.test)):
+        assert sorted(split.labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+        for image, label in zip(split.images, split.labels):
+            assert np.all(image[..., 1] == colour[name, ds.class_names[label]]), (name, label)
+            assert np.all(image[..., 0] == image[0, 0, 0]) and image[0, 0, 0] in (0, 40, 80, 120)
+        assert sorted(split.images[:, 0, 0, 0].tolist()) == [0, 0, 40, 40, 80, 80, 120, 120]
+        # 40 -> 16 columns (2.5 source columns each, a 5-column filter): columns 0-6 read the left
+        # half only, 9-15 the right half only, 7 and 8 straddle the edge and fall strictly between
+        blue = split.images[..., 2]
+        assert np.all(blue[:, :, :7] == 200) and np.all(blue[:, :, 9:] == 50)
+        assert np.all((blue[:, :, 7:9] < 200) & (blue[:, :, 7:9] > 50))
+        assert np.all(blue[:, :, 7] > blue[:, :, 8])
 
 
 def test_flat_folder_is_unlabelled(tmp_path):

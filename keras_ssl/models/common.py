@@ -142,6 +142,13 @@ class MethodModel(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self._compile_loss = self._compile_metrics = None
 
+    def compile_from_config(self, config):
+        """What Keras does when loading a compiled `.keras` file (it skips a model whose
+        `compile` is overridden, which would drop the optimizer and its state)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _logs(self):
         """Metric results; rank 1 under multi-worker, where Keras's
         `reduce(..., axis=0)` of the logs fails on scalars (the second failure)."""

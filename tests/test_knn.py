@@ -1,0 +1,87 @@
+"""The weighted kNN of the evaluator (Wu et al. 2018): cosine similarity, exactly k neighbours,
+exp(similarity / T) votes; hand cases that show each rule, and a NumPy brute force."""
+
+import numpy as np
+import pytest
+
+from keras_ssl.evaluation import KNN_TEMPERATURE, evaluate_features, knn_accuracy, knn_predict
+
+SEED = 1234
+
+
+def np_knn(train_x, train_y, test_x, k, num_classes, temperature=KNN_TEMPERATURE):
+    """Brute force, one query at a time, in float64: cosine similarity to every train row,
+    the k largest, each votes exp(sim / T) for its class; the class with the most weight."""
+    train = train_x.astype(np.float64)
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    preds = []
+    for q in test_x.astype(np.float64):
+        sims = train @ (q / np.linalg.norm(q))
+        top = np.argsort(-sims, kind="stable")[:k]
+        votes = np.zeros(num_classes)
+        for i in top:
+            votes[train_y[i]] += np.exp(sims[i] / temperature)
+        preds.append(int(np.argmax(votes)))
+    return np.array(preds)
+
+
+def test_similarity_is_cosine_not_the_dot_product():
+    # the query points along x; a long vector 45 degrees off has the larger dot product (100 vs 1),
+    # a short one nearly along x the larger cosine (0.995 vs 0.707): cosine picks the short one
+    train_x = np.array([[1.0, 0.1], [100.0, 100.0]], np.float32)
+    train_y = np.array([0, 1])
+    test_x = np.array([[1.0, 0.0], [3.0, 0.0], [0.1, 0.0]], np.float32)  # the query's own norm is irrelevant
+    assert knn_predict(train_x, train_y, test_x, k=1).tolist() == [0, 0, 0]
+
+
+def test_exactly_k_neighbours_vote():
+    # sorted by similarity to the query [1, 0]: a (class 0, sim 1), b and c (class 1, sim 0.99875
+    # each), d (class 0, sim -1). k = 1 or 2: a's weight wins; k = 3: b + c outweigh a (about 1.96x);
+    # k = 4: d's vote, exp(-1 / 0.07), changes nothing.
+    train_x = np.array([[1.0, 0.0], [1.0, 0.05], [1.0, -0.05], [-1.0, 0.0]], np.float32)
+    train_y = np.array([0, 1, 1, 0])
+    query = np.array([[1.0, 0.0]], np.float32)
+    got = {k: int(knn_predict(train_x, train_y, query, k=k)[0]) for k in (1, 2, 3, 4, 20)}
+    assert got == {1: 0, 2: 0, 3: 1, 4: 1, 20: 1}, got  # k > N: all N vote
+
+
+def test_votes_are_weighted_by_exp_similarity_over_temperature():
+    # one neighbour at similarity 1 against two at 0.9: exp(1/0.07) > 2 exp(0.9/0.07) (ratio about
+    # 4.2), so the single close one wins where a plain majority would not; at T = 1 the pair wins
+    train_x = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [0.9, -np.sqrt(1 - 0.81)]], np.float32)
+    train_y = np.array([0, 1, 1])
+    query = np.array([[1.0, 0.0]], np.float32)
+    assert knn_predict(train_x, train_y, query, k=3).tolist() == [0]
+    assert knn_predict(train_x, train_y, query, k=3, temperature=1.0).tolist() == [1]
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_knn_matches_brute_force_with_mixed_norms(k):
+    rng = np.random.default_rng(SEED + k)
+    centres = rng.normal(size=(4, 6))
+    train_y = rng.integers(0, 4, 120)
+    test_y = rng.integers(0, 4, 50)
+    # rows of very different lengths: cosine and dot-product neighbours differ
+    train_x = (centres[train_y] + rng.normal(size=(120, 6))) * rng.lognormal(0, 1.5, (120, 1))
+    test_x = (centres[test_y] + rng.normal(size=(50, 6))) * rng.lognormal(0, 1.5, (50, 1))
+    train_x, test_x = train_x.astype(np.float32), test_x.astype(np.float32)
+    expected = np_knn(train_x, train_y, test_x, k, 4)
+    got = knn_predict(train_x, train_y, test_x, k=k, num_classes=4, chunk=16)  # several chunks
+    np.testing.assert_array_equal(got, expected, err_msg=f"seed {SEED + k}")
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k, 4) == pytest.approx(np.mean(expected == test_y))
+    # the case tells cosine from dot product: their k nearest differ for most queries
+    unit = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    differ = [set(np.argsort(-(unit @ q))[:k]) != set(np.argsort(-(train_x @ q))[:k]) for q in test_x]
+    assert np.mean(differ) > 0.5, f"seed {SEED + k}"
+
+
+def test_evaluate_features_reports_the_knn_of_each_k():
+    rng = np.random.default_rng(SEED)
+    train_y, test_y = rng.integers(0, 3, 90), rng.integers(0, 3, 30)
+    train_x = (rng.normal(size=(90, 5)) + 2 * np.eye(5)[train_y]).astype(np.float32)
+    test_x = (rng.normal(size=(30, 5)) + 2 * np.eye(5)[test_y]).astype(np.float32)
+    results = evaluate_features(train_x, train_y, test_x, test_y, 3, knn_k=(1, 7), probe_max_iter=200)
+    for k in (1, 7):
+        expected = np.mean(np_knn(train_x, train_y, test_x, k, 3) == test_y)
+        assert results[f"knn_accuracy_k{k}"] == pytest.approx(expected), (k, f"seed {SEED}")
+    assert results["knn_accuracy"] == results["knn_accuracy_k1"]
