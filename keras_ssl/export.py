@@ -21,8 +21,12 @@ Preprocessing inside the graph is the evaluation preprocessing of training:
 decode in the file's own channel count, convert to C channels, bilinear
 resize to the model's H x W (rounded back to uint8, as the dataset loader
 does), then `/ 255`. Every signature checks its inputs before the encoder
-runs (rank, channels, equal batch sizes, non-empty images, image magic bytes)
-and answers an empty batch with an empty result of the declared shapes: with
+runs (rank, channels, equal batch sizes, non-empty images, image magic bytes
+and end markers, WAV headers as the WAV decoder reads them, waveform range),
+refusing a batch in one line that names the signature and the items at fault
+(`<signature>: <what is wrong> (indices): [i, j]; <what to do>`), so that no
+decoder's own error (which names neither) reaches the client; and it answers
+an empty batch with an empty result of the declared shapes: with
 oneDNN on, a wrongly shaped tensor reaching a convolution can abort the whole
 serving process (SIGABRT, seen with a rank-3 input to a convolution), and
 SignatureDef shapes are not enforced: hence `tf.ensure_shape` and the
@@ -40,6 +44,37 @@ from keras_ssl.data.sources import resize_uint8
 from keras_ssl.errors import UserError
 
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _refuse(bad, what, fix, values=None, values_name=""):
+    """An assert op that fails when any item of `bad` (bool [B]) is set, with the one-line message
+    `<what> (indices): [i, j]; <fix>` (`what` starts with the signature's name); `values` ([B], e.g.
+    the sample rates) adds `(<values_name>: [..])` for the items at fault. (No quote characters in
+    the text: the assert prints them escaped.)"""
+    at = tf.where(bad)[:, 0]
+
+    def listed(t):
+        return tf.strings.join(["[", tf.strings.reduce_join(tf.strings.as_string(t), separator=", "), "]"])
+
+    parts = [f"{what} (indices): ", listed(at)]
+    if values is not None:
+        parts += [f" ({values_name}: ", listed(tf.gather(values, at)), ")"]
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [tf.strings.join(parts + [f"; {fix}"])])
+
+
+def _in_order(*refusals):
+    """The assert ops of `refusals` (callables making one each), each run after the previous one:
+    the first that fails is reported, whatever the scheduling."""
+    ops = []
+    for make in refusals:
+        with tf.control_dependencies(ops[-1:]):
+            ops.append(make())
+    return ops
+
+
+def _contains(data, part):
+    """bool [B]: `part` occurs in the item (a byte search: tf.strings.split works on bytes)."""
+    return tf.strings.split(data, sep=part, maxsplit=1).row_lengths() > 1
 
 
 def next_version(model_root):
@@ -118,26 +153,85 @@ def _declared_pixels(data):
                                       tf.where(tf.equal(head, b"RIFF"), webp, jpeg))))
 
 
+_JPEG_MAX_SEGMENTS = 64  # marker segments walked to a JPEG's first scan (a photo has about 10-20)
+
+
+def _uint(padded, size, offset, count, big_endian=False):
+    """int64 [B]: the unsigned `count`-byte (1-4) integer at `offset` ([B] int64) of each item; 0 past
+    the end. `padded` is the items with 4 zero bytes appended, `size` their lengths."""
+    pos = tf.minimum(offset, size)
+    raw = tf.io.decode_raw(tf.strings.substr(padded, pos, tf.fill(tf.shape(pos), tf.constant(4, tf.int64))),
+                           tf.uint8)
+    raw = tf.cast(raw[:, :count], tf.int64)
+    weights = 256 ** tf.range(count, dtype=tf.int64)
+    return tf.reduce_sum(raw * (weights[::-1] if big_endian else weights), axis=1)
+
+
+def _jpeg_scan_start(images, size, jpeg):
+    """int64 [B]: where each JPEG's first scan (its SOS marker, FF DA) starts, found by walking the
+    marker segments from the SOI as a decoder does (fill bytes FF, standalone markers, then
+    2-byte big-endian lengths); the item's length where a segment runs past the end (cut in its
+    headers); 2 where the walk finds no marker or gives up (search the whole file). Items not
+    `jpeg` get their length."""
+    padded = tf.strings.join([images, tf.fill(tf.shape(images), b"\0" * 4)])
+
+    def walk(i, offset, start):
+        walking = start < 0
+        marker = _uint(padded, size, offset + 1, 1)
+        standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
+        one, two, none = (tf.fill(tf.shape(offset), tf.constant(v, tf.int64)) for v in (1, 2, -1))
+        step = tf.where(marker == 0xFF, one, tf.where(standalone, two, 2 + _uint(padded, size, offset + 2, 2, True)))
+        found = tf.where(offset >= size, size, tf.where(
+            _uint(padded, size, offset, 1) != 0xFF, two, tf.where(marker == 0xDA, offset, none)))
+        return i + 1, tf.where(walking & (found < 0), offset + step, offset), tf.where(walking, found, start)
+
+    _, _, start = tf.while_loop(
+        lambda i, offset, start: (i < _JPEG_MAX_SEGMENTS) & tf.reduce_any(start < 0), walk,
+        [tf.constant(0), tf.fill(tf.shape(size), tf.constant(2, tf.int64)),
+         tf.where(jpeg, tf.fill(tf.shape(size), tf.constant(-1, tf.int64)), size)])
+    return tf.where(start < 0, tf.fill(tf.shape(start), tf.constant(2, tf.int64)), start)
+
+
+def _truncated(images):
+    """bool [B]: the file ends before its end, as the decoder would find out: a PNG without its
+    complete IEND chunk (IEND and its 4-byte CRC), a JPEG with no end-of-image marker (FF D9)
+    after its first scan (a thumbnail's own marker, in the EXIF header before it, does not
+    count), a WebP shorter than its RIFF header declares. The decoder refuses all of these
+    (trailing bytes after the end are fine, as for the decoder)."""
+    size = tf.cast(tf.strings.length(images), tf.int64)
+    png = tf.equal(tf.strings.substr(images, 0, 8), _MAGIC[0])
+    before_crc = tf.strings.substr(images, tf.zeros_like(size), tf.maximum(size - 4, 0))
+    png_cut = png & tf.logical_not(_contains(before_crc, b"IEND"))
+    jpeg = tf.equal(tf.strings.substr(images, 0, 3), _MAGIC[1])
+    scan = _jpeg_scan_start(images, size, jpeg)
+    jpeg_cut = jpeg & tf.logical_not(_contains(tf.strings.substr(images, scan, size - scan), b"\xff\xd9"))
+    padded = tf.strings.join([images, tf.fill(tf.shape(images), b"\0" * 12)])
+    webp = tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP")
+    webp_cut = webp & (size < 8 + _uint(padded, size, tf.fill(tf.shape(size), tf.constant(4, tf.int64)), 4))
+    return png_cut | jpeg_cut | webp_cut
+
+
 def _decode_images(images, name, height, width, channels):
     """string [B] -> uint8 [B, height, width, channels], after checking every item is an
-    image of at most MAX_PIXELS."""
+    image (magic bytes), not truncated (end markers, see `_truncated`) and of at most
+    MAX_PIXELS."""
     valid = _is_image(images)
-    check = tf.debugging.Assert(
-        tf.reduce_all(valid),
-        [f"{name}: these items are not PNG/JPEG/GIF/BMP/WebP images (indices):",
-         tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
+    checks = _in_order(
+        lambda: _refuse(tf.logical_not(valid), f"{name}: these items are not PNG/JPEG/GIF/BMP/WebP images",
+                        "send the encoded file's bytes"),
+        lambda: _refuse(valid & _truncated(images), f"{name}: these images are truncated (the file ends before "
+                        "its end marker)", "send the whole file"))
+    with tf.control_dependencies(checks):
+        pixels = tf.map_fn(_declared_pixels, images, fn_output_signature=tf.int64)
+    checks.append(_refuse(pixels > MAX_PIXELS, f"{name}: these images declare more than "
+                          f"{MAX_PIXELS // 1_000_000} megapixels", "send them smaller", pixels, "pixels declared"))
 
     def decode(data):
-        pixels = _declared_pixels(data)
-        too_big = tf.debugging.Assert(pixels <= MAX_PIXELS, [
-            f"{name}: an image declares more than {MAX_PIXELS // 1_000_000} megapixels; send it smaller "
-            "(pixels declared:", pixels, ")"])
-        with tf.control_dependencies([too_big]):
-            # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
-            img = tf.io.decode_image(data, channels=0, expand_animations=False)
+        # channels=0: every format in its own channel count (asking GIF for 1 channel fails)
+        img = tf.io.decode_image(data, channels=0, expand_animations=False)
         return resize_uint8(_to_channels(img, channels), height, width)
 
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies(checks):
         return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
 
 
@@ -167,52 +261,152 @@ def _fit_length(waveform, num_samples):
     return tf.pad(waveform, [[0, num_samples - tf.shape(waveform)[0]]])
 
 
-def _check_waveform_length(n, name):
-    return [tf.debugging.assert_positive(n, message=f"{name}: empty audio (no samples)"),
-            tf.debugging.assert_less_equal(n, MAX_AUDIO_SECONDS * _WAV_RATE, message=(
-                f"{name}: audio longer than {MAX_AUDIO_SECONDS} s at 16 kHz; send it in shorter pieces"))]
+# Chunks tf.audio.decode_wav skips between "WAVE" and "fmt " (TF's wav_io.cc); any other one there
+# (LIST metadata, say) stops it.
+_WAV_SKIPPED_BEFORE_FMT = (b"JUNK", b"bext", b"iXML", b"qlty", b"mext", b"levl", b"link", b"axml")
+_WAV_MAX_CHUNKS = 64  # chunks walked before and after "fmt " (a WAV has a handful); more: refused as damaged
+_WAVE_FORMAT_PCM, _WAVE_FORMAT_EXTENSIBLE = 1, 0xFFFE
+
+
+def _wav_headers(wavs):
+    """Each item's RIFF/WAVE header read as tf.audio.decode_wav reads it (TF's wav_io.cc), in graph
+    ops over the batch, so that every file the decoder would refuse is known, by index, before it
+    runs. Returns a dict of [B] tensors, one verdict per item, first that applies:
+
+    * `not_wav`: no "RIFF" size "WAVE" at the start;
+    * `damaged`: the file ends inside a chunk the decoder skips before "fmt " (JUNK, ...) or inside
+      the format fields;
+    * `chunk_order`: a chunk before "fmt " the decoder does not skip (LIST metadata, say);
+    * `extensible`: format tag WAVE_FORMAT_EXTENSIBLE; `not_pcm16`: not 16-bit integer PCM;
+    * `damaged` too: a format chunk size other than 16 or 18, no channels, a sample rate of 0,
+      block align or byte rate contradicting the rest; after "fmt ": a chunk header cut short, a
+      chunk over 2 GB, a data chunk declaring more samples than the bytes sent, two data chunks,
+      none, or more than _WAV_MAX_CHUNKS chunks before or after "fmt ";
+
+    and `rate` (the sample rate), `frames` (the samples per channel the decoder will return)."""
+    size = tf.cast(tf.strings.length(wavs), tf.int64)
+    padded = tf.strings.join([wavs, tf.fill(tf.shape(wavs), b"\0" * 12)])
+
+    def tag(offset):  # the 4 bytes at offset (zeros past the end)
+        four = tf.fill(tf.shape(offset), tf.constant(4, tf.int64))
+        return tf.strings.substr(padded, tf.minimum(offset, size), four)
+
+    def uint(offset, count):
+        return _uint(padded, size, offset, count)
+
+    def at(value):
+        return tf.fill(tf.shape(size), tf.constant(value, tf.int64))
+
+    riff = (size >= 12) & tf.equal(tag(at(0)), b"RIFF") & tf.equal(tag(at(8)), b"WAVE")
+
+    # Walk to "fmt ". state: 0 walking, 1 at "fmt ", 2 cut short, 3 a chunk the decoder does not skip.
+    def to_fmt(i, offset, state):
+        chunk = tag(offset)
+        skipped = tf.reduce_any(tf.stack([tf.equal(chunk, c) for c in _WAV_SKIPPED_BEFORE_FMT]), axis=0)
+        following = offset + 8 + uint(offset + 4, 4)
+        found = tf.where(offset + 4 > size, at(2), tf.where(tf.equal(chunk, b"fmt "), at(1), tf.where(
+            tf.logical_not(skipped), at(3), tf.where((offset + 8 > size) | (following > size), at(2), at(0)))))
+        walking = tf.equal(state, 0)
+        return i + 1, tf.where(walking & tf.equal(found, 0), following, offset), tf.where(walking, found, state)
+
+    _, fmt, state = tf.while_loop(
+        lambda i, offset, state: (i < _WAV_MAX_CHUNKS) & tf.reduce_any(tf.equal(state, 0)), to_fmt,
+        [tf.constant(0), at(12), tf.where(riff, at(0), at(-1))])
+    fields_sent = tf.equal(state, 1) & (fmt + 24 <= size)  # "fmt ", its size and its 16 bytes of fields
+    fmt_size, format_code, channels = uint(fmt + 4, 4), uint(fmt + 8, 2), uint(fmt + 10, 2)
+    rate, byte_rate, block, bits = uint(fmt + 12, 4), uint(fmt + 16, 4), uint(fmt + 20, 2), uint(fmt + 22, 2)
+    extensible = fields_sent & tf.equal(format_code, _WAVE_FORMAT_EXTENSIBLE)
+    not_pcm16 = fields_sent & tf.logical_not(extensible) & (
+        tf.not_equal(format_code, _WAVE_FORMAT_PCM) | tf.not_equal(bits, 16))
+    pcm16 = fields_sent & tf.equal(format_code, _WAVE_FORMAT_PCM) & tf.equal(bits, 16)
+    fields_wrong = pcm16 & ((tf.not_equal(fmt_size, 16) & tf.not_equal(fmt_size, 18)) | tf.equal(channels, 0) |
+                            tf.equal(rate, 0) | tf.not_equal(block, 2 * channels) |
+                            tf.not_equal(byte_rate, block * rate))
+    readable = pcm16 & tf.logical_not(fields_wrong)
+
+    # The chunks after "fmt ", to the end, as the decoder walks them (it advances past a data
+    # chunk by the samples it reads, past any other by its declared size).
+    def after_fmt(i, offset, walking, bad, found, frames):
+        chunk_size = uint(offset + 4, 4)
+        data = tf.equal(tag(offset), b"data")
+        chunk_frames = chunk_size // tf.maximum(block, 1)
+        data_bytes = chunk_frames * channels * 2
+        error = (offset + 8 > size) | (chunk_size > 2 ** 31 - 1) | data & (found | (offset + 8 + data_bytes > size))
+        ok = walking & tf.logical_not(error)
+        following = offset + 8 + tf.where(data, data_bytes, chunk_size)
+        return (i + 1, tf.where(ok, following, offset), ok & (following < size), bad | walking & error,
+                found | ok & data, tf.where(ok & data, chunk_frames, frames))
+
+    first = fmt + 8 + fmt_size
+    _, _, walking, bad, found, frames = tf.while_loop(
+        lambda i, offset, walking, *_: (i < _WAV_MAX_CHUNKS) & tf.reduce_any(walking), after_fmt,
+        [tf.constant(0), first, readable & (first < size), tf.zeros_like(riff), tf.zeros_like(riff), at(0)])
+    damaged = (riff & (tf.equal(state, 0) | tf.equal(state, 2) | tf.equal(state, 1) & tf.logical_not(fields_sent)) |
+               fields_wrong | readable & (bad | walking | tf.logical_not(found)))
+    return {"not_wav": tf.logical_not(riff), "damaged": damaged, "chunk_order": tf.equal(state, 3),
+            "extensible": extensible, "not_pcm16": not_pcm16, "rate": rate, "frames": frames}
 
 
 def _decode_wavs(wavs, name, num_samples):
-    """string [B] WAV files -> float32 [B, num_samples] 16 kHz mono, after checking
-    each is a RIFF/WAVE file at 16 kHz, not empty and not too long."""
-    padded = tf.strings.join([wavs, tf.fill(tf.shape(wavs), b"\0" * 36)])
-    valid = tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(padded, 8, 4), b"WAVE")
-    # Where the "fmt " chunk comes first (the usual layout), its format code (1 = PCM) and
-    # bits per sample are read here, so 8/24/32-bit and float WAVs get a message that says
-    # what to do rather than the decoder's own (which names neither the item nor a fix).
-    fmt_first = tf.equal(tf.strings.substr(padded, 12, 4), b"fmt ")
-    format_code = tf.strings.substr(padded, 20, 2)
-    pcm16 = tf.equal(format_code, b"\x01\x00") & tf.equal(tf.strings.substr(padded, 34, 2), b"\x10\x00")
-    extensible = valid & fmt_first & tf.equal(format_code, b"\xfe\xff")
-    other_format = valid & fmt_first & tf.logical_not(pcm16) & tf.logical_not(extensible)
-    check = tf.debugging.Assert(tf.reduce_all(valid), [
-        f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE) (indices):",
-        tf.reshape(tf.where(tf.logical_not(valid)), [-1])])
-    check_format = tf.debugging.Assert(tf.logical_not(tf.reduce_any(other_format)), [
-        f"{name}: these WAV files are not 16-bit PCM (8/24/32-bit or float samples); the model is served "
-        "16-bit PCM, e.g. sox in.wav -b 16 -e signed-integer out.wav (indices):",
-        tf.reshape(tf.where(other_format), [-1])])
-    check_header = tf.debugging.Assert(tf.logical_not(tf.reduce_any(extensible)), [
-        f"{name}: these WAV files have a WAVE_FORMAT_EXTENSIBLE header, which the decoder does not read; "
-        "rewrite them as plain 16-bit PCM, mono or stereo, e.g. sox in.wav -b 16 -c 1 out.wav (indices):",
-        tf.reshape(tf.where(extensible), [-1])])
+    """string [B] WAV files -> float32 [B, num_samples] 16 kHz mono, after checking, from each
+    header (`_wav_headers`), that the decoder will read it and that it is 16 kHz, not empty and
+    not too long: every refusal names the items at fault, none comes from the decoder."""
+    head = _wav_headers(wavs)
+    decodable = tf.logical_not(head["not_wav"] | head["damaged"] | head["chunk_order"] | head["extensible"] |
+                               head["not_pcm16"])
+    frames = head["frames"]
+    checks = _in_order(
+        lambda: _refuse(head["not_wav"], f"{name}: these items are not WAV files (16-bit PCM, RIFF/WAVE)",
+                        "send the WAV file's bytes"),
+        lambda: _refuse(head["damaged"], f"{name}: truncated or damaged WAV header (a size or field that does "
+                        "not match the bytes sent)", "send the whole file, or rewrite it, e.g. sox in.wav -b 16 "
+                        "out.wav"),
+        lambda: _refuse(head["chunk_order"], f"{name}: these WAV files have a chunk before the format (fmt) chunk "
+                        "(LIST metadata, say) which the decoder does not read", "rewrite them with the format chunk "
+                        "first, e.g. sox in.wav -b 16 out.wav"),
+        lambda: _refuse(head["extensible"], f"{name}: these WAV files have a WAVE_FORMAT_EXTENSIBLE header, which "
+                        "the decoder does not read", "rewrite them as plain 16-bit PCM, mono or stereo, e.g. sox "
+                        "in.wav -b 16 -c 1 out.wav"),
+        lambda: _refuse(head["not_pcm16"], f"{name}: these WAV files are not 16-bit PCM (8/24/32-bit or float "
+                        "samples)", "the model is served 16-bit PCM, e.g. sox in.wav -b 16 -e signed-integer "
+                        "out.wav"),
+        lambda: _refuse(decodable & tf.not_equal(head["rate"], _WAV_RATE), f"{name}: the model takes 16 kHz "
+                        "audio; these WAV files are at another sample rate", "resample the WAV to 16000 Hz, e.g. "
+                        "sox in.wav -r 16000 out.wav", head["rate"], "sample rates"),
+        lambda: _refuse(decodable & tf.equal(frames, 0), f"{name}: empty audio (no samples)",
+                        "send at least one sample"),
+        lambda: _refuse(decodable & (frames > MAX_AUDIO_SECONDS * _WAV_RATE), f"{name}: audio longer than "
+                        f"{MAX_AUDIO_SECONDS} s at 16 kHz", "send it in shorter pieces", frames, "samples"))
 
     def decode(data):
-        audio, rate = tf.audio.decode_wav(data)  # float32 [n, channels] in [-1, 1]
-        right_rate = tf.debugging.assert_equal(rate, _WAV_RATE, message=(
-            f"{name}: the model takes 16 kHz audio; resample the WAV to 16000 Hz (sample rate given:"))
-        with tf.control_dependencies([right_rate, *_check_waveform_length(tf.shape(audio)[0], name)]):
-            return _fit_length(tf.reduce_mean(audio, axis=1), num_samples)
+        audio, _ = tf.audio.decode_wav(data)  # float32 [n, channels] in [-1, 1]
+        return _fit_length(tf.reduce_mean(audio, axis=1), num_samples)
 
-    with tf.control_dependencies([check, check_format, check_header]):
+    with tf.control_dependencies(checks):
         return tf.map_fn(decode, wavs, fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
 
 
+# Largest sample magnitude served: float samples are in [-1, 1]; up to 1.5 is let through (what
+# resampling or filtering a full-scale signal overshoots by), more is refused (e.g. int16 values
+# sent as floats: scale them by 1 / 32768).
+MAX_WAVEFORM_PEAK = 1.5
+
+
 def _prepare_waveforms(waveforms, name, num_samples):
-    """float32 [B, n] -> [B, num_samples] after checking n and that every sample is finite."""
-    checks = _check_waveform_length(tf.shape(waveforms)[1], name) + [
-        tf.debugging.assert_all_finite(waveforms, f"{name}: waveforms hold NaN or Inf")]
+    """float32 [B, n] -> [B, num_samples] after checking n, and that every sample is finite and of
+    magnitude at most MAX_WAVEFORM_PEAK (refusals name the rows at fault)."""
+    finite = tf.math.is_finite(waveforms)
+    peak = tf.reduce_max(tf.abs(tf.where(finite, waveforms, tf.zeros_like(waveforms))), axis=1)
+    n = tf.shape(waveforms)[1]  # the same for every row: no indices to name
+    checks = _in_order(
+        lambda: tf.debugging.assert_positive(n, message=f"{name}: empty audio (no samples)"),
+        lambda: tf.debugging.assert_less_equal(n, MAX_AUDIO_SECONDS * _WAV_RATE, message=(
+            f"{name}: audio longer than {MAX_AUDIO_SECONDS} s at 16 kHz; send it in shorter pieces")),
+        lambda: _refuse(tf.logical_not(tf.reduce_all(finite, axis=1)), f"{name}: waveforms hold NaN or Inf",
+                        "send finite samples"),
+        lambda: _refuse(peak > MAX_WAVEFORM_PEAK, f"{name}: waveforms hold samples beyond +-{MAX_WAVEFORM_PEAK} (the "
+                        "model takes float samples in [-1, 1])", "scale them to [-1, 1], e.g. int16 samples / 32768",
+                        peak, "peaks"))
     with tf.control_dependencies(checks):
         return tf.map_fn(lambda w: _fit_length(w, num_samples), waveforms,
                          fn_output_signature=tf.TensorSpec([num_samples], tf.float32))
@@ -272,8 +466,9 @@ def _describe_input(spec, input_shape):
         return (f"string [batch] 16-bit PCM WAV files at 16 kHz, at most {MAX_AUDIO_SECONDS} s; mixed to mono, "
                 f"cut or zero-padded to {input_shape[0]} samples")
     if spec.kind == "waveform":
-        return (f"float32 [batch, n] 16 kHz mono samples in [-1, 1] (1 <= n <= {MAX_AUDIO_SECONDS * _WAV_RATE}), "
-                f"cut or zero-padded to {input_shape[0]}")
+        return (f"float32 [batch, n] 16 kHz mono samples in [-1, 1] (1 <= n <= {MAX_AUDIO_SECONDS * _WAV_RATE}; "
+                f"a row with a sample beyond +-{MAX_WAVEFORM_PEAK}, NaN or Inf is refused), cut or zero-padded to "
+                f"{input_shape[0]}")
     channels = input_shape[-1]
     if spec.kind == "pixels":
         return f"uint8 [batch, H, W, {channels}] (any H, W >= 1)"

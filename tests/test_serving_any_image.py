@@ -108,7 +108,8 @@ def _declaring(fmt, height, width):
     import struct
 
     if fmt == "PNG":
-        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", width, height) + b"\x08\x00\x00\x00" * 4
+        return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", width, height) + b"\x08\x00\x00\x00" * 4
+                + struct.pack(">I4sI", 0, b"IEND", 0xAE426082))  # ends like a whole file (else: refused as truncated)
     if fmt == "GIF":
         return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00" * 32
     if fmt == "BMP":

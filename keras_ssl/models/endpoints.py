@@ -19,7 +19,9 @@ Input kinds:
   end to the model's clip length (what the audio loader does): the function
   receives float32 `[batch, samples]` in [-1, 1];
 * `waveform`: float32 `[batch, n]` 16 kHz mono samples of any length n >= 1,
-  cut or padded the same way.
+  cut or padded the same way; samples belong in [-1, 1], and a row with one
+  beyond `keras_ssl.export.MAX_WAVEFORM_PEAK` (1.5: headroom for resampling
+  overshoot; int16 values sent as floats are far beyond) is refused.
 
 `input_shape` is `(H, W, C)` for image models and `(samples,)` for audio models.
 """
