@@ -14,8 +14,6 @@ from keras_ssl.errors import UserError
 from keras_ssl.precision import POLICIES
 
 DTYPE_POLICIES = POLICIES
-# The encoder a run gets when --encoder is not given, by the method's modality.
-DEFAULT_ENCODERS = {"image": "small_cnn", "audio": "cpc_conv"}
 
 
 @dataclasses.dataclass
@@ -43,7 +41,7 @@ class TrainConfig:
     channels: int | None = None
     audio_seconds: float = 1.0
     train_limit: int | None = None
-    encoder: str | None = None  # None: the method's modality's default, see DEFAULT_ENCODERS
+    encoder: str | None = None  # None: the default encoder of the method's modality (keras_ssl.modalities)
     width_multiplier: float = 1.0
     cifar_stem: bool = True
     batch_size: int = 256
@@ -77,7 +75,9 @@ class TrainConfig:
             raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
                             f"got {type(self.options).__name__}")
         if self.encoder is None:
-            self.encoder = DEFAULT_ENCODERS[method.modality]
+            from keras_ssl import modalities
+
+            self.encoder = modalities.get(method.modality).default_encoder
 
     @property
     def augment_preset(self):
@@ -137,13 +137,13 @@ class TrainConfig:
         """Raises `UserError` naming the first bad value."""
         from keras_ssl.data.augment import PRESETS
         from keras_ssl.distribute import STRATEGIES
-        from keras_ssl.encoders import ENCODERS_BY_MODALITY
+        from keras_ssl import modalities
         from keras_ssl.models.registry import validate_options
         from keras_ssl.optimizers import OPTIMIZERS
 
         method = self.method_spec
         augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
-        encoders = ENCODERS_BY_MODALITY[method.modality]
+        encoders = modalities.get(method.modality).encoders
         checks = [
             (self.encoder in encoders,
              f"encoder must be one of {', '.join(encoders)} for method {self.method} ({method.modality}), "

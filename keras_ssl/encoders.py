@@ -29,7 +29,6 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 ENCODERS = ("small_cnn", "resnet18", "resnet34", "resnet50")
 AUDIO_ENCODERS = ("cpc_conv", "cpc_conv_plain")  # keras_ssl.audio_encoders
-ENCODERS_BY_MODALITY = {"image": ENCODERS, "audio": AUDIO_ENCODERS}
 
 
 def resolve_sync_bn(sync_bn=None):

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from keras_ssl.config import DEFAULT_ENCODERS, DTYPE_POLICIES, TrainConfig, parse_classes
+from keras_ssl.config import DTYPE_POLICIES, TrainConfig, parse_classes
 from keras_ssl.errors import UserError
 from keras_ssl.precision import dtype_policy_reason, gpu_compute_capability, resolve_dtype_policy
 from keras_ssl.progress import first_step_callback, keras_verbosity, progress_callback, start_summary
@@ -38,9 +38,8 @@ from keras_ssl.run_directory import (
 # What users and the binaries import from here (the config and run-directory
 # helpers live in their own modules and are re-exported for them).
 __all__ = [
-    "DEFAULT_ENCODERS", "DTYPE_POLICIES", "TrainConfig", "build_model", "check_modality", "latest_checkpoint",
-    "load_run_dataset", "method_data", "parse_classes", "read_config", "run_directory_lock", "train",
-    "training_split",
+    "DTYPE_POLICIES", "TrainConfig", "build_model", "check_modality", "latest_checkpoint", "load_run_dataset",
+    "method_data", "parse_classes", "read_config", "run_directory_lock", "run_modality", "train", "training_split",
 ]
 
 
@@ -68,26 +67,23 @@ def training_split(config, dataset):
 
 def build_model(config, dataset):
     """The method's model for `config` (inside the current strategy scope)."""
-    from keras_ssl.encoders import build_encoder
-
     method = config.method_spec
     check_modality(config, dataset)
-    if method.modality == "audio":
-        from keras_ssl.audio_encoders import build_audio_encoder
-
-        encoder = build_audio_encoder(config.encoder, config.width_multiplier)
-        return method.build(config, config.options, encoder, dataset)
-    shape = dataset.image_shape
-    if method.patch_encoder:  # trains on patches: a size-agnostic encoder
-        shape = (None, None, shape[-1])
-    encoder = build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
+    encoder = run_modality(config).build_encoder(config, dataset, size_agnostic=method.patch_encoder)
     return method.build(config, config.options, encoder, dataset)
+
+
+def run_modality(config):
+    """The `Modality` (`keras_ssl.modalities`) of the run's method."""
+    from keras_ssl import modalities
+
+    return modalities.get(config.method_spec.modality)
 
 
 def check_modality(config, dataset):
     """A `UserError` when the dataset is not of the kind the method trains on."""
     method = config.method_spec
-    kind = getattr(dataset, "modality", "image")
+    kind = dataset.modality
     if kind != method.modality:
         raise UserError(f"method {config.method} trains on {method.modality} and {config.dataset} holds {kind}; "
                         f"choose a{'n' if method.modality[0] in 'aeiou' else ''} {method.modality} dataset")
@@ -95,37 +91,14 @@ def check_modality(config, dataset):
 
 def load_run_dataset(config, dataset=None, data_dir=None):
     """The run's dataset (or `dataset`/`data_dir` instead of the run's) as it
-    trained on it: images at `image_size`/`channels`, clips of `audio_seconds`."""
-    from keras_ssl.data import load_source
-
-    image_size = (config.image_size, config.image_size) if config.image_size else None
-    return load_source(dataset or config.dataset, data_dir or config.data_dir, image_size, config.channels,
-                       audio_seconds=config.audio_seconds)
+    trained on it (its modality's settings: image size and channels, clip length)."""
+    return run_modality(config).load_run_dataset(config, dataset, data_dir)
 
 
 def method_data(config, split):
     """`TrainingData(dataset, steps_per_epoch, batch_size)`: the method's training
     batches (an infinite tf.data pipeline) and what one epoch is."""
     return config.method_spec.training_data(config, config.options, split)
-
-
-def _encoder_to_keep(config, encoder, dataset):
-    """The encoder to keep: Keras's own layers only (it loads without
-    keras_ssl), at the dataset's image size (a size-agnostic patch encoder gets
-    its weights copied into a fixed-size one, which evaluation and export need).
-    Audio encoders take any length and are kept as they are."""
-    from keras_ssl.layers import with_keras_batch_norm
-
-    if config.method_spec.modality == "audio":
-        return encoder
-    image_shape = dataset.image_shape
-    if encoder.input_shape[1] is not None:
-        return with_keras_batch_norm(encoder)
-    from keras_ssl.encoders import build_encoder
-
-    fixed = build_encoder(config.encoder, image_shape, config.width_multiplier, config.cifar_stem, sync_bn=False)
-    fixed.set_weights(encoder.get_weights())
-    return with_keras_batch_norm(fixed)
 
 
 def train(config):
@@ -211,9 +184,9 @@ def _train(config, strategy, chief, own_dir):
     fit_verbose = keras_verbosity(config.verbose) if chief else 0
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"))
+    modality = run_modality(config)
     if fit_verbose == 2:  # no per-step bar: periodic lines instead
-        unit = "clips" if method.modality == "audio" else "images"
-        callbacks.append(progress_callback(epochs=config.epochs, steps=steps, unit=unit,
+        callbacks.append(progress_callback(epochs=config.epochs, steps=steps, unit=modality.unit,
                                            examples_per_step=batch_size * method.images_per_example))
     elif fit_verbose == 1:  # Keras's bar stays blank until the first step is done: a heartbeat until then
         callbacks.append(first_step_callback())
@@ -251,20 +224,18 @@ def _train(config, strategy, chief, own_dir):
         "train_seconds": elapsed,
         "examples_per_second": (method.images_per_example * epochs_run * steps * batch_size
                                 / elapsed) if epochs_run else None,
-        "example_unit": "clips" if method.modality == "audio" else "images",
-        "images_per_second": None,
+        "example_unit": modality.unit,
         "final_metrics": {k: v[-1] for k, v in history.items()},
         # the epoch a rerun of a finished run found it at (nothing was trained), else None
         "already_finished_at": (latest_checkpoint(own_dir)[0] or initial_epoch) if not epochs_run else None,
         "class_names": list(dataset.class_names),
         "chief": chief,
     }
-    if method.modality == "image":
-        result["images_per_second"] = result["examples_per_second"]
+    result[f"{modality.unit}_per_second"] = result["examples_per_second"]  # images_per_second, clips_per_second
     if not chief:  # a worker's scratch checkpoints are only for restarting the group
         shutil.rmtree(own_dir, ignore_errors=True)
         return result
-    save_keras_atomic(_encoder_to_keep(config, model.encoder, dataset), encoder_path)
+    save_keras_atomic(modality.encoder_to_keep(config, model.encoder, dataset), encoder_path)
     save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     write_json(os.path.join(config.model_dir, "training.json"), result)
     return result

@@ -1,10 +1,10 @@
 """Shared test helpers: a guard that blocks keras/keras_ssl imports in a serving
-subprocess, and a tiny labelled WAV folder for the audio methods."""
+subprocess, and the tiny settings every registered method is tried on."""
 
 import os
 import textwrap
 
-import numpy as np
+from keras_ssl.data.chirps import chirp, write_chirp_folder  # noqa: F401  (the tests' audio)
 
 # Prepended to a `python -c` script: importing keras or keras_ssl fails there, so what
 # the script serves is the SavedModel alone (as TF Serving would).
@@ -22,37 +22,6 @@ BLOCK_KERAS = textwrap.dedent('''
 ''')
 
 
-def chirp(f0, rate, samples, rng, noise=0.05):
-    """A frequency sweep from f0 Hz at `rate` Hz/s, 16 kHz, with white noise, float32."""
-    t = np.arange(samples) / 16000.0
-    return (0.5 * np.sin(2 * np.pi * (f0 * t + 0.5 * rate * t ** 2)) + noise * rng.normal(size=samples)).astype(
-        np.float32)
-
-
-def write_chirp_folder(root, per_class=12, seconds=0.25, seed=0):
-    """`root/{train,test}/{down,flat,up}/*.wav` (16-bit PCM, 16 kHz) and `speakers.csv`
-    (two "speakers": a low and a high start frequency); a quarter of the clips is test.
-    Returns `folder:root`."""
-    from scipy.io import wavfile
-
-    rng = np.random.default_rng(seed)
-    samples = int(seconds * 16000)
-    rows = ["path,speaker"]
-    for word, rate in (("down", -3000.0), ("flat", 0.0), ("up", 3000.0)):
-        for i in range(per_class):
-            speaker = ("low", "high")[i % 2]
-            split = "test" if i % 4 == 3 else "train"
-            f0 = rng.uniform(300, 600) if speaker == "low" else rng.uniform(1200, 1500)
-            x = chirp(f0, rate * rng.uniform(0.7, 1.3), samples, rng)
-            relative = f"{split}/{word}/{speaker}_{i:03d}.wav"
-            os.makedirs(os.path.join(root, split, word), exist_ok=True)
-            wavfile.write(os.path.join(root, relative), 16000, np.round(np.clip(x, -1, 1) * 32767).astype(np.int16))
-            rows.append(f"{relative},{speaker}")
-    with open(os.path.join(root, "speakers.csv"), "w") as f:
-        f.write("\n".join(rows) + "\n")
-    return f"folder:{root}"
-
-
 def smoke_config(method_name, root, **extra):
     """A `TrainConfig` for the registered method on its tiny settings (`smoke_options`,
     the 8x8 digits or a chirp folder under `root`), plus `extra`."""
@@ -66,8 +35,8 @@ def smoke_config(method_name, root, **extra):
 
 
 def smoke_dataset(method, root):
-    """The run settings that give `method` its tiny dataset: nothing for image methods
-    (the 8x8 digits of the tests' base settings), a chirp folder under `root` for audio."""
-    if method.modality == "audio":
-        return {"dataset": write_chirp_folder(os.path.join(str(root), "chirps"))}
-    return {}
+    """The run settings that give `method` its tiny dataset: its modality's smoke
+    dataset (the 8x8 digits for images, a chirp folder under `root` for audio)."""
+    from keras_ssl import modalities
+
+    return modalities.get(method.modality).smoke_dataset(str(root))

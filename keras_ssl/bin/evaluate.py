@@ -30,21 +30,33 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from keras_ssl.evaluation.request import EvaluationRequest
     from keras_ssl.health import check_model
+    from keras_ssl.saving import load_model
+    from keras_ssl.training import run_modality
 
     config, encoder_path = load_run(FLAGS.model_dir)
     check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
-    model_path = os.path.join(FLAGS.model_dir, "model.keras")
-    from keras_ssl.saving import load_model
-
-    model = load_model(model_path)
+    model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))
     # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
     check_model(model, f"the model in {FLAGS.model_dir}")
+    modality = run_modality(config)
+    request = EvaluationRequest(output_dir=FLAGS.model_dir, layers=tuple(FLAGS.layers),
+                                plot=None if FLAGS.plot == "none" else FLAGS.plot,
+                                probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit)
+    # as the kept model takes it (an image run is evaluated at the size its encoder kept)
+    dataset = modality.load_run_dataset(config, FLAGS.dataset, FLAGS.data_dir,
+                                        modality.serving_input_shape(config, FLAGS.model_dir))
     extra = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
-    if config.method_spec.modality == "audio":
-        results, table = _evaluate_audio(config, model, extra)
-    else:
-        results, table = _evaluate_images(config, model, encoder_path, extra)
+    _method_evaluations(config, model, dataset, extra, modality, labelled=dataset.labelled)
+    if dataset.labelled:
+        results, table = modality.evaluate_labelled(config, model, FLAGS.model_dir, dataset, request, extra)
+    else:  # no probe or kNN: the method's own metrics, clusters (and for images a neighbour grid)
+        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
+
+        encoder = load_model(encoder_path)
+        results = evaluate_unlabelled(model, encoder, dataset, config, FLAGS.model_dir, plot=request.plot, extra=extra)
+        table = format_unlabelled_table(results)
     print(table)
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")
     for key in ("embedding_plot", "roc_plot", "retrieval_plot", "neighbours_plot", "info_nce_plot"):
@@ -52,68 +64,19 @@ def main(argv):
             print(f"{key.replace('_', ' ')}: {results[key]}")
 
 
-def _method_evaluations(config, model, dataset, extra, labelled=True):
+def _method_evaluations(config, model, dataset, extra, modality, labelled=True):
     """The representation's spread (collapse refused), then the method's declared evaluations
     (without labels: those that need none, the pretext task's and CPC's)."""
     from keras_ssl.evaluation.method_evaluations import LABEL_FREE_EVALUATIONS, METHOD_EVALUATIONS
     from keras_ssl.health import check_representation
 
-    test = dataset.test.take(1000)
-    inputs = test.waveforms if config.method_spec.modality == "audio" else test.images
+    inputs = modality.examples(dataset.test.take(1000))
     spread, even = check_representation(model.predict(inputs, verbose=0), f"the model in {FLAGS.model_dir}")
     extra["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
     for name in config.method_spec.evaluations:  # the method's own, on the whole model (heads included)
         if not labelled and name not in LABEL_FREE_EVALUATIONS:
             continue
         extra.update(METHOD_EVALUATIONS[name](model, dataset, config, FLAGS.model_dir, FLAGS.train_limit))
-
-
-def _evaluate_images(config, model, encoder_path, extra):
-    from keras_ssl.data import load_source
-    from keras_ssl.evaluation import evaluate_encoder, format_table
-    from keras_ssl.saving import load_model
-
-    encoder = load_model(encoder_path)
-    _, h, w, c = encoder.input_shape
-    dataset = load_source(FLAGS.dataset or config.dataset, FLAGS.data_dir or config.data_dir, (h, w), c)
-    if not dataset.labelled:  # no probe or kNN: the method's own metrics, clusters, neighbours
-        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
-
-        _method_evaluations(config, model, dataset, extra, labelled=False)
-        results = evaluate_unlabelled(model, encoder, dataset, config, FLAGS.model_dir,
-                                      plot=None if FLAGS.plot == "none" else FLAGS.plot, extra=extra)
-        return results, format_unlabelled_table(results)
-    _method_evaluations(config, model, dataset, extra)
-    results = evaluate_encoder(
-        encoder, dataset, FLAGS.model_dir, layers=FLAGS.layers,
-        plot=None if FLAGS.plot == "none" else FLAGS.plot, probe_max_iter=FLAGS.probe_max_iter,
-        train_limit=FLAGS.train_limit, extra=extra)
-    return results, format_table(results)
-
-
-def _evaluate_audio(config, model, extra):
-    """Word/speaker probes of the model's probe points against MFCCs and the untrained model
-    (without word labels: the method's metrics, k-means clusters, the plot)."""
-    import keras
-
-    from keras_ssl.evaluation.audio import evaluate_audio_model, format_audio_table
-    from keras_ssl.training import build_model, load_run_dataset
-
-    dataset = load_run_dataset(config, FLAGS.dataset, FLAGS.data_dir)
-    if not dataset.labelled:  # no probes: the method's own metrics and the clusters of the clips
-        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
-
-        _method_evaluations(config, model, dataset, extra, labelled=False)
-        results = evaluate_unlabelled(model, None, dataset, config, FLAGS.model_dir,
-                                      plot=None if FLAGS.plot == "none" else FLAGS.plot, extra=extra)
-        return results, format_unlabelled_table(results)
-    _method_evaluations(config, model, dataset, extra)
-    keras.utils.set_random_seed(0)
-    untrained = build_model(config, dataset)
-    results = evaluate_audio_model(model, dataset, untrained, FLAGS.model_dir,
-                                   plot=None if FLAGS.plot == "none" else FLAGS.plot,
-                                   probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit, extra=extra)
-    return results, format_audio_table(results)
 
 
 def run():

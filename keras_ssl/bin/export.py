@@ -28,19 +28,17 @@ def _check_not_collapsed(model, config, input_shape):
     """Refuses a diverged or collapsed model, on up to 256 test examples of the run's
     dataset (when it can be loaded here; else non-finite weights only, as the exporter
     itself checks them)."""
-    from keras_ssl.data import load_source
     from keras_ssl.errors import UserError
     from keras_ssl.health import check_representation
+    from keras_ssl.training import run_modality
 
-    audio = config.method_spec.modality == "audio"
+    modality = run_modality(config)
     try:
-        dataset = load_source(config.dataset, config.data_dir, None if audio else tuple(input_shape[:2]),
-                              None if audio else input_shape[2], audio_seconds=config.audio_seconds)
+        dataset = modality.load_run_dataset(config, input_shape=input_shape)
     except UserError as e:
         print(f"warning: not checked for collapse ({config.dataset} cannot be loaded here: {e})", file=sys.stderr)
         return  # export_saved_model still refuses NaN/Inf weights
-    test = dataset.test.take(256)
-    inputs = test.waveforms if audio else test.images
+    inputs = modality.examples(dataset.test.take(256))
     check_representation(model.predict(inputs, verbose=0), f"the model in {FLAGS.model_dir}")
 
 
@@ -49,17 +47,14 @@ def main(argv):
     from keras_ssl.errors import UserError
     from keras_ssl.export import export_saved_model
 
-    config, encoder_path = load_run(FLAGS.model_dir)
+    config, _ = load_run(FLAGS.model_dir)
     check_writable(FLAGS.export_root, "--export_root")
     from keras_ssl.saving import load_model
 
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
-    if config.method_spec.modality == "audio":  # served at the clip length it trained on
-        from keras_ssl.data.audio import SAMPLE_RATE
+    from keras_ssl.training import run_modality
 
-        input_shape = (int(round(config.audio_seconds * SAMPLE_RATE)),)
-    else:
-        input_shape = load_model(encoder_path).input_shape[1:]  # the image size training kept
+    input_shape = run_modality(config).serving_input_shape(config, FLAGS.model_dir)
     _check_not_collapsed(model, config, input_shape)
     threshold, source = FLAGS.threshold, "--threshold"
     if model.supports_threshold:

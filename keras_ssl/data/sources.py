@@ -47,6 +47,7 @@ class ImageDataset(LabelledFacts):
     train: Split
     test: Split
     class_names: tuple = ()
+    modality = "image"  # keras_ssl.modalities
 
     @property
     def image_shape(self):

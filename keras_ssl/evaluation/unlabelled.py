@@ -53,26 +53,21 @@ def cluster_features(features, clusters=10, seed=0, max_points=5000):
 
 
 def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="tsne", clusters=10, extra=None):
-    """The label-free report of a trained image or audio model (`encoder` is the kept
-    image encoder; None for audio); see the module docstring."""
-    from keras_ssl.evaluation.classification import embedding_plot, extract_features
+    """The label-free report of a trained model (`encoder`: the kept encoder); the
+    features and the neighbour grid are the dataset's modality's; see the module docstring."""
+    from keras_ssl import modalities
+    from keras_ssl.evaluation.classification import embedding_plot
     from keras_ssl.evaluation.report import write_json_atomic
-    from keras_ssl.evaluation.retrieval import retrieval_grid
 
-    audio = getattr(dataset, "modality", "image") == "audio"
-    unit = "clips" if audio else "images"
+    modality = modalities.of_dataset(dataset)
+    unit = modality.unit
     test = dataset.test
     if len(test) == 0:
         raise UserError(f"dataset {dataset.name} has no test split to evaluate on")
     results = {"dataset": dataset.name, "labelled": False, f"train_{unit}": len(dataset.train),
                f"test_{unit}": len(test)}
     results["method_metrics"] = method_test_metrics(model, config, test)
-    if audio:
-        from keras_ssl.evaluation.audio import clip_features
-
-        features = clip_features(model.representation, test.waveforms)
-    else:
-        features = extract_features(encoder, test)
+    features = modality.unlabelled_features(model, encoder, test)
     assignments, silhouette = cluster_features(features, clusters)
     results.update(feature_dim=int(features.shape[1]), kmeans_clusters=int(len(np.unique(assignments))),
                    kmeans_silhouette=silhouette)
@@ -85,10 +80,9 @@ def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="
             results["embedding_plot"] = embedding_plot(
                 features, assignments, os.path.join(output_dir, "embedding.png"), names, method=plot,
                 title=f"{plot.upper()} of the test representations, coloured by k-means cluster (no labels)")
-        if not audio:
-            normalised = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
-            results["neighbours_plot"] = retrieval_grid(test.images, normalised, None,
-                                                        os.path.join(output_dir, "neighbours.png"))
+        neighbours = modality.neighbours_plot(test, features, os.path.join(output_dir, "neighbours.png"))
+        if neighbours:
+            results["neighbours_plot"] = neighbours
         write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
     return results
 

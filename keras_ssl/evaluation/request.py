@@ -1,0 +1,19 @@
+"""What `keras-ssl-evaluate` was asked for, handed to a modality's evaluation."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRequest:
+    """The evaluator's settings (the flags of `keras-ssl-evaluate`).
+
+    `output_dir`: where `evaluation.json` and the plots go (the run directory);
+    `layers`: extra probe points; `plot`: "tsne", "pca" or None; `probe_max_iter`:
+    logistic-regression iterations; `train_limit`: fit the probes on the first N
+    training examples only."""
+
+    output_dir: str | None = None
+    layers: tuple = ()
+    plot: str | None = "tsne"
+    probe_max_iter: int = 1000
+    train_limit: int | None = None

@@ -1,0 +1,194 @@
+"""Images: uint8 HWC arrays (grayscale or RGB) from `fashion_mnist`, `digits`,
+`tfds:NAME` and `folder:PATH` of PNG/JPEG files (`keras_ssl.data.sources`), the
+image encoders of `keras_ssl.encoders`, a linear probe and kNN as the default
+evaluation (`keras_ssl.evaluation.classification`)."""
+
+import os
+
+from keras_ssl.encoders import ENCODERS
+from keras_ssl.modalities.base import Modality, register
+from keras_ssl.modalities.input_kinds import InputKind, register_input_kind
+
+
+class ImageModality(Modality):
+    name = "image"
+    unit = "images"
+    encoders = ENCODERS
+    default_encoder = "small_cnn"  # 280k parameters: trains in minutes on a laptop CPU
+
+    def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
+        from keras_ssl.data import load_source
+
+        if input_shape is not None:  # the size and channels the kept encoder takes
+            image_size, channels = tuple(input_shape[:2]), input_shape[2]
+        else:
+            image_size = (config.image_size, config.image_size) if config.image_size else None
+            channels = config.channels
+        return load_source(dataset or config.dataset, data_dir or config.data_dir, image_size, channels)
+
+    def examples(self, split):
+        return split.images
+
+    def describe_examples(self, dataset, count):
+        return f"{count:,} images {'x'.join(str(d) for d in dataset.image_shape)}"
+
+    def build_encoder(self, config, dataset, size_agnostic=False):
+        from keras_ssl.encoders import build_encoder
+
+        shape = dataset.image_shape
+        if size_agnostic:  # trains on patches
+            shape = (None, None, shape[-1])
+        return build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
+
+    def encoder_to_keep(self, config, encoder, dataset):
+        """At the dataset's image size: a size-agnostic patch encoder's weights are
+        copied into a fixed-size one, which evaluation and export need."""
+        from keras_ssl.encoders import build_encoder
+        from keras_ssl.layers import with_keras_batch_norm
+
+        if encoder.input_shape[1] is not None:
+            return with_keras_batch_norm(encoder)
+        fixed = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem,
+                              sync_bn=False)
+        fixed.set_weights(encoder.get_weights())
+        return with_keras_batch_norm(fixed)
+
+    def serving_input_shape(self, config, model_dir):
+        from keras_ssl.saving import load_model
+
+        return tuple(load_model(os.path.join(model_dir, "encoder.keras")).input_shape[1:])  # the size training kept
+
+    def evaluate_labelled(self, config, model, model_dir, dataset, request, extra=None):
+        """Linear probe and kNN of the kept encoder's features (and `request.layers`), plot."""
+        from keras_ssl.evaluation import evaluate_encoder, format_table
+        from keras_ssl.saving import load_model
+
+        encoder = load_model(os.path.join(model_dir, "encoder.keras"))
+        results = evaluate_encoder(encoder, dataset, request.output_dir, layers=list(request.layers),
+                                   plot=request.plot, probe_max_iter=request.probe_max_iter,
+                                   train_limit=request.train_limit, extra=extra)
+        return results, format_table(results)
+
+    def unlabelled_features(self, model, encoder, split):
+        from keras_ssl.evaluation.classification import extract_features
+
+        return extract_features(encoder, split)  # the kept encoder's, as the probe reads them
+
+    def neighbours_plot(self, split, features, path):
+        import numpy as np
+
+        from keras_ssl.evaluation.retrieval import retrieval_grid
+
+        normalised = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
+        return retrieval_grid(split.images, normalised, None, path)
+
+    def smoke_dataset(self, root):
+        return {"dataset": "digits"}  # scikit-learn's 8x8 digits: in memory, no files
+
+    def serving_facts(self, input_shape):
+        return {"image_height": input_shape[0], "image_width": input_shape[1], "channels": input_shape[2],
+                "preprocessing": "decode -> convert to C channels -> bilinear resize to HxW (rounded to uint8) "
+                                 "-> / 255"}
+
+
+def _model_size(input_shape, size):
+    """(height, width) an input is resized to: its own `size`, else the model's."""
+    return tuple(size or input_shape[:2])
+
+
+def _as_model_input(pixels, input_shape, size):
+    """uint8 pixels -> float32 [B, h, w, C] in [0, 1] at the input's size (the loader's resize)."""
+    import tensorflow as tf
+
+    from keras_ssl.data.sources import resize_uint8
+
+    height, width = _model_size(input_shape, size)
+    return tf.cast(resize_uint8(tf.constant(pixels), height, width), tf.float32) / 255.0
+
+
+class EncodedImages(InputKind):
+    """`image`: tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP/WebP files (what TF Serving's
+    REST API sends as `{"b64": ...}`), decoded in the file's own channel count, converted
+    to the model's, resized and scaled to [0, 1] (`keras_ssl.modalities.image_codec`)."""
+
+    name, modality, encoded = "image", "image", True
+
+    def spec(self, input_name, input_shape, size=None):
+        import tensorflow as tf
+
+        return tf.TensorSpec([None], tf.string, name=input_name)
+
+    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+        import tensorflow as tf
+
+        from keras_ssl.modalities.image_codec import decode_images
+
+        height, width = _model_size(input_shape, size)
+        return tf.cast(decode_images(tensor, endpoint_name, height, width, input_shape[-1]), tf.float32) / 255.0
+
+    def describe(self, input_shape, size=None):
+        from keras_ssl.modalities.image_codec import MAX_PIXELS
+
+        resized = f" (resized to {size[0]}x{size[1]})" if size else ""
+        return f"string [batch] encoded PNG/JPEG/GIF/BMP/WebP, at most {MAX_PIXELS // 1_000_000} megapixels{resized}"
+
+    def warmup_value(self, input_shape, size=None):
+        import tensorflow as tf
+
+        height, width = _model_size(input_shape, size)
+        return [tf.io.encode_png(tf.zeros([height, width, input_shape[-1]], tf.uint8)).numpy()]
+
+    def request_value(self, examples, input_shape, size=None):
+        import tensorflow as tf
+
+        return [tf.io.encode_png(image).numpy() for image in examples]
+
+    def function_input(self, examples, input_shape, size=None):
+        return _as_model_input(examples, input_shape, size)
+
+    def bad_value(self, examples, input_shape, size=None):
+        return [self.request_value(examples[:1], input_shape, size)[0], b"garbage!"]
+
+
+class Pixels(InputKind):
+    """`pixels`: uint8 `[batch, h, w, C]` of any size, resized to the model's and scaled."""
+
+    name, modality = "pixels", "image"
+
+    def spec(self, input_name, input_shape, size=None):
+        import tensorflow as tf
+
+        return tf.TensorSpec([None, None, None, input_shape[-1]], tf.uint8, name=input_name)
+
+    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+        import tensorflow as tf
+
+        from keras_ssl.modalities.image_codec import resize_pixels
+
+        height, width = _model_size(input_shape, size)
+        return tf.cast(resize_pixels(tensor, endpoint_name, height, width), tf.float32) / 255.0
+
+    def describe(self, input_shape, size=None):
+        return f"uint8 [batch, H, W, {input_shape[-1]}] (any H, W >= 1)"
+
+    def warmup_value(self, input_shape, size=None):
+        import numpy as np
+
+        height, width = _model_size(input_shape, size)
+        return np.zeros([1, height, width, input_shape[-1]], np.uint8)
+
+    def request_value(self, examples, input_shape, size=None):
+        return examples
+
+    def function_input(self, examples, input_shape, size=None):
+        return _as_model_input(examples, input_shape, size)
+
+    def bad_value(self, examples, input_shape, size=None):
+        import numpy as np
+
+        return np.zeros([2, 8, 8, input_shape[-1] + 1], np.uint8)  # one channel too many
+
+
+register(ImageModality())
+register_input_kind(EncodedImages())
+register_input_kind(Pixels())
