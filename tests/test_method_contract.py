@@ -30,45 +30,38 @@ from tests.helpers import BLOCK_KERAS, smoke_dataset
 PY = sys.executable
 
 # Calls every signature of each SavedModel given (one process for all: TF's start-up is most of
-# the cost), whatever it declares: string inputs get the encoded files (PNGs or WAVs; the second
-# string input the same reversed), the other inputs the dense batch (uint8 pixels or float32
-# waveforms); `bad_dense` is a tensor of the wrong rank or channels. A model that fails to load
-# or serve is reported under its name and the others still run.
+# the cost) with the request values the parent made from the declared endpoints' input kinds
+# (`<signature>|<input>|good`: one value per test example, `...|bad`: a value to refuse), so
+# this process, which cannot import keras_ssl, guesses nothing. A model that fails to load or
+# serve is reported under its name and the others still run.
 SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
     import traceback
     import numpy as np, tensorflow as tf
 
 
     def serve_all(path, npz):
-        pngs, pixels, bad_dense = list(npz["files"]), npz["dense"], npz["bad_dense"]
         m = tf.saved_model.load(path)
         out = {}
 
-        def good(spec, n):
-            args, strings = {}, 0
-            for key in sorted(spec):
-                if spec[key].dtype == tf.string:
-                    args[key] = tf.constant(pngs[:n] if strings == 0 else pngs[:n][::-1], tf.string)
-                    strings += 1
-                else:
-                    args[key] = tf.constant(pixels[:n])
-            return args
+        def value(signature, key, which):
+            v = npz[f"{signature}|{key}|{which}"]
+            return v.tolist() if v.dtype == object else v
 
         for name, fn in m.signatures.items():
             spec = fn.structured_input_signature[1]
+            n = len(value(name, sorted(spec)[0], "good"))
+
+            def good(count):
+                return {k: tf.constant(value(name, k, "good")[:count], spec[k].dtype) for k in spec}
+
             entry = {"inputs": {k: s.dtype.name for k, s in spec.items()}}
-            entry["outputs"] = {k: v.numpy().tolist() for k, v in fn(**good(spec, len(pngs))).items()}
-            entry["empty"] = {k: list(v.shape) for k, v in fn(**good(spec, 0)).items()}
+            entry["outputs"] = {k: v.numpy().tolist() for k, v in fn(**good(n)).items()}
+            entry["empty"] = {k: list(v.shape) for k, v in fn(**good(0)).items()}
             bad = {}
             for key in spec:
-                args = good(spec, 2)
-                if spec[key].dtype == tf.string:
-                    args[key] = tf.constant([pngs[0], b"garbage!"])
-                else:
-                    args[key] = tf.constant(bad_dense)
-                cases = {"bad_item": args}
+                cases = {"bad_item": dict(good(2), **{key: tf.constant(value(name, key, "bad"), spec[key].dtype)})}
                 if len(spec) > 1:
-                    cases["uneven"] = dict(good(spec, 2), **{key: good(spec, 1)[key]})
+                    cases["uneven"] = dict(good(2), **{key: good(1)[key]})
                 for case, call_args in cases.items():
                     try:
                         fn(**call_args)
@@ -104,40 +97,39 @@ def _run(args, cwd):
     return proc
 
 
-def _png(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _settings(method, model_dir):
     return dict(BASE, method=method.name, model_dir=model_dir, **method.smoke_options,
                 **smoke_dataset(method, os.path.dirname(model_dir)))
 
 
-def _wav(waveform):
-    from scipy.io import wavfile
+def _examples(method, settings):
+    """Five test examples of the method's smoke dataset, as its model takes them."""
+    from keras_ssl import modalities
 
-    buf = io.BytesIO()
-    wavfile.write(buf, 16000, np.round(waveform * 32768).astype(np.int16))
-    return buf.getvalue()
+    modality = modalities.get(method.modality)
+    return modality.examples(modality.load_run_dataset(TrainConfig.from_dict(settings)).test.take(5))
 
 
-def _inputs(method, settings):
-    """Five test examples as the model takes them, their encoded files, and a bad dense tensor.
-    Audio: waveforms on the int16 grid (what a WAV holds), so bytes and floats serve alike."""
-    from keras_ssl.data import load_source
+def _inputs_of(endpoint, examples):
+    """`(kind, examples)` per input of `endpoint`: the second and later inputs get the examples
+    reversed, so that a pair signature compares different items."""
+    from keras_ssl.modalities.input_kinds import input_kind
 
-    if method.modality == "audio":
-        test = load_source(settings["dataset"], audio_seconds=settings.get("audio_seconds")).test
-        dense = np.round(test.waveforms[:5] * 32768).clip(-32768, 32767) / 32768
-        dense = dense.astype(np.float32)
-        return dense, [_wav(w) for w in dense], np.zeros([2, 4, 4], np.float32)
-    size = settings.get("image_size")
-    images = load_source("digits", image_size=(size, size) if size else None).test.images[:5]
-    return images, [_png(i) for i in images], np.zeros([2, 8, 8, images.shape[-1] + 1], np.uint8)
+    return [(input_kind(spec.kind), examples if i == 0 else examples[::-1]) for i, spec in enumerate(endpoint.inputs)]
+
+
+def _request_values(model, examples):
+    """`{"<signature>|<input>|good": value, "...|bad": value}` for every endpoint the model can
+    declare (a pair-verifying model with a threshold, so `verify` is listed)."""
+    shape = examples.shape[1:]
+    values = {}
+    for endpoint in model.serving_endpoints(shape, 1.0 if model.supports_threshold else None):
+        for spec, (kind, batch) in zip(endpoint.inputs, _inputs_of(endpoint, examples)):
+            good = kind.request_value(batch, shape, spec.size)
+            values[f"{endpoint.name}|{spec.name}|good"] = np.array(good, dtype=object) if kind.encoded else good
+            bad = kind.bad_value(batch, shape, spec.size)
+            values[f"{endpoint.name}|{spec.name}|bad"] = np.array(bad, dtype=object) if kind.encoded else bad
+    return values
 
 
 def _binaries(run):
@@ -184,9 +176,12 @@ def contract_runs(tmp_path_factory):
                 run["settings"] = settings = _settings(method, run["model_dir"])
                 run["first"] = train(TrainConfig.from_dict(settings))
                 run["resumed"] = train(TrainConfig.from_dict(dict(settings, epochs=2)))
-                run["images"], files, bad_dense = _inputs(method, settings)
+                run["images"] = _examples(method, settings)
                 run["npz"] = str(root / "inputs.npz")
-                np.savez(run["npz"], dense=run["images"], files=np.array(files, dtype=object), bad_dense=bad_dense)
+                from keras_ssl.saving import load_model
+
+                np.savez(run["npz"], **_request_values(load_model(os.path.join(run["model_dir"], "model.keras")),
+                                                       run["images"]))
                 pending[method.name] = pool.submit(_binaries, run)
             except Exception as e:  # reported by this method's tests only
                 run["error"] = e
@@ -244,7 +239,7 @@ def test_predict_refuses_a_wrong_batch_in_one_line_and_keeps_working(method_run)
 
     model = load_model(os.path.join(method_run["model_dir"], "model.keras"))
     right = method_run["images"]
-    wrong = right[..., None] if method_run["method"].modality == "audio" else right[..., 0]  # one axis off
+    wrong = right[..., None]  # one axis too many
     expected = model.predict(right, verbose=0)
     with pytest.raises(UserError, match=r"expects .* batches \[batch, .*got shape") as error:
         model.predict(wrong, verbose=0)
@@ -311,13 +306,16 @@ def test_export_serves_every_declared_endpoint(method_run):
     facts = json.load(open(os.path.join(method_run["export_path"], "assets.extra", "preprocessing.json")))
     assert sorted(facts["signatures"]) == sorted(served["signatures"])
 
-    # The served representation is model.predict, L2-normalised, through encoded files and dense input alike.
-    expected = tf.math.l2_normalize(tf.cast(model.predict(images, verbose=0), tf.float32), -1).numpy()
-    embedding_signatures = [e.name for e in declared if any(o.name == "embedding" for o in e.outputs)]
-    assert len(embedding_signatures) >= 2 and "serving_default" in embedding_signatures
-    for name in embedding_signatures:
-        np.testing.assert_allclose(served["signatures"][name]["outputs"]["embedding"], expected, atol=1e-5)
-    assert facts["embedding_dim"] == expected.shape[1]
+    # The served representation is model.predict, L2-normalised, of what each input kind decodes
+    # (encoded files and dense input alike).
+    embedding_signatures = [e for e in declared if any(o.name == "embedding" for o in e.outputs)]
+    assert len(embedding_signatures) >= 2 and "serving_default" in [e.name for e in embedding_signatures]
+    for endpoint in embedding_signatures:
+        (kind, batch), = _inputs_of(endpoint, images)
+        decoded = np.asarray(kind.function_input(batch, shape, endpoint.inputs[0].size))
+        expected = tf.math.l2_normalize(tf.cast(model.predict(decoded, verbose=0), tf.float32), -1).numpy()
+        np.testing.assert_allclose(served["signatures"][endpoint.name]["outputs"]["embedding"], expected, atol=1e-5)
+        assert facts["embedding_dim"] == expected.shape[1]
 
     for endpoint in declared:
         entry = served["signatures"][endpoint.name]
@@ -329,19 +327,10 @@ def test_export_serves_every_declared_endpoint(method_run):
             reason = ("not PNG/JPEG/GIF/BMP/WebP", "is not compatible with expected shape", "same number of items",
                       "not WAV files")
             assert any(r in error for r in reason), (endpoint.name, case, error[-500:])
-    # Every output equals the in-memory endpoint on the same (decoded, resized) images.
-    from keras_ssl.data.sources import resize_uint8
-
+    # Every output equals the in-memory endpoint on what its input kinds decode.
     for endpoint in declared:
-        args, strings = [], 0
-        for spec in endpoint.inputs:
-            batch = images if spec.kind in ("pixels", "waveform") or strings == 0 else images[::-1]
-            strings += spec.kind in ("image", "wav")
-            if spec.audio:
-                args.append(tf.constant(batch))
-                continue
-            h, w = spec.size or shape[:2]
-            args.append(tf.cast(resize_uint8(tf.constant(batch), h, w), tf.float32) / 255.0)
+        args = [tf.constant(kind.function_input(batch, shape, spec.size))
+                for spec, (kind, batch) in zip(endpoint.inputs, _inputs_of(endpoint, images))]
         expected = endpoint.function(*args)
         for output in endpoint.outputs:
             got = np.asarray(served["signatures"][endpoint.name]["outputs"][output.name])

@@ -10,8 +10,9 @@ import sys
 
 from absl import flags
 
+from keras_ssl import modalities
 from keras_ssl.bin.common import define_method_flags, run_main
-from keras_ssl.encoders import AUDIO_ENCODERS, ENCODERS
+from keras_ssl.data.augment import PRESETS
 from keras_ssl.models import registry
 
 
@@ -31,8 +32,9 @@ flags.DEFINE_integer("image_size", None, "resize images to this square size (def
 flags.DEFINE_integer("channels", None, "convert images to 1 (gray) or 3 (RGB) channels")
 flags.DEFINE_float("audio_seconds", d.audio_seconds, "audio: clips are cut or zero-padded to this length")
 flags.DEFINE_integer("train_limit", None, "use only the first N training images (quick runs)")
-flags.DEFINE_enum("encoder", None, [*ENCODERS, *AUDIO_ENCODERS],
-                  "backbone (default: small_cnn for image methods, cpc_conv for audio methods)")
+flags.DEFINE_enum("encoder", None, [e for m in modalities.names() for e in modalities.get(m).encoders],
+                  "backbone (default: " + ", ".join(f"{modalities.get(m).default_encoder} for {m} methods"
+                                                    for m in modalities.names()) + ")")
 flags.DEFINE_float("width_multiplier", d.width_multiplier, "encoder width multiplier")
 flags.DEFINE_boolean("cifar_stem", d.cifar_stem, "ResNet: 3x3 stride-1 stem, no max-pool")
 flags.DEFINE_integer("batch_size", d.batch_size, "global batch size (images; 2 views each)")
@@ -45,7 +47,7 @@ flags.DEFINE_enum("lr_scaling", d.lr_scaling, ["linear", "sqrt", "none"],
 flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "linear warmup epochs before cosine decay")
 flags.DEFINE_float("weight_decay", d.weight_decay, "weight decay (LARS, AdamW)")
 flags.DEFINE_float("momentum", d.momentum, "momentum (LARS, SGD)")
-flags.DEFINE_enum("augment", d.augment, ["imagenet", "cifar", "fashion_mnist", "none"],
+flags.DEFINE_enum("augment", d.augment, [*PRESETS, "none"],
                   "augmentation preset (none: no augmentation; refused by simclr, whose views need one)")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")

@@ -378,16 +378,23 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
         ds = load_digits()
     elif spec.startswith("tfds:"):
         ds = load_tfds(spec, data_dir, allow_download, audio_seconds)
-        if getattr(ds, "modality", "image") == "audio":
-            return ds
     elif spec.startswith("folder:"):
-        from keras_ssl.data.audio import DEFAULT_SECONDS, is_audio_folder, load_audio_folder
+        from keras_ssl import modalities
 
-        if is_audio_folder(spec[len("folder:"):]):
-            return load_audio_folder(spec, audio_seconds or DEFAULT_SECONDS, on_corrupt)
-        return load_folder(spec, image_size, channels, on_corrupt)
+        # the modality whose files the folder holds (WAVs: audio), else images
+        modality = modalities.for_folder(spec[len("folder:"):])
+        return modality.load_folder(spec, image_size=image_size, channels=channels, on_corrupt=on_corrupt,
+                                    audio_seconds=audio_seconds)
     else:
         raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")
+    from keras_ssl import modalities
+
+    return modalities.of_dataset(ds).converted(ds, image_size=image_size, channels=channels)
+
+
+def convert_images(ds, image_size=None, channels=None):
+    """`ds` with its images resized to `image_size` (bilinear) and converted to
+    `channels` (1 or 3)."""
     if image_size is not None:
         ds = dataclasses.replace(ds, train=_resize(ds.train, image_size), test=_resize(ds.test, image_size))
     if channels is not None:

@@ -15,9 +15,9 @@ Adding a modality: one module here (and its source in `keras_ssl/data/`), import
 below so that it registers itself.
 """
 
-from keras_ssl.modalities.base import Modality, get, names, of_dataset, register
+from keras_ssl.modalities.base import Modality, for_folder, get, names, of_dataset, register
 
 from keras_ssl.modalities import image  # noqa: E402,F401  (registers "image")
 from keras_ssl.modalities import audio  # noqa: E402,F401  (registers "audio")
 
-__all__ = ["Modality", "get", "names", "of_dataset", "register"]
+__all__ = ["Modality", "for_folder", "get", "names", "of_dataset", "register"]

@@ -15,6 +15,16 @@ class AudioModality(Modality):
     encoders = AUDIO_ENCODERS
     default_encoder = "cpc_conv"  # CPC's strided convolutions (van den Oord et al. 2018)
 
+    def recognises_folder(self, path):
+        from keras_ssl.data.audio import is_audio_folder
+
+        return is_audio_folder(path)  # .wav files at the top, in class folders or train/
+
+    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
+        from keras_ssl.data.audio import DEFAULT_SECONDS, load_audio_folder
+
+        return load_audio_folder(spec, audio_seconds or DEFAULT_SECONDS, on_corrupt)
+
     def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
         from keras_ssl.data import load_source
 

@@ -20,8 +20,23 @@ class Modality:
     unit = None
     encoders = ()
     default_encoder = None
+    # The modality a `folder:` is read as when no other recognises its files (images).
+    folder_fallback = False
 
     # -- data ------------------------------------------------------------------
+
+    def recognises_folder(self, path):
+        """True when `folder:PATH` holds this modality's files (e.g. `.wav` clips)."""
+        return False
+
+    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
+        """`folder:PATH` as a dataset of this modality (each takes the settings it has)."""
+        raise NotImplementedError
+
+    def converted(self, dataset, *, image_size=None, channels=None):
+        """A loaded dataset brought to the run's settings (images: resized, channels
+        converted); unchanged by default."""
+        return dataset
 
     def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
         """The run's dataset (or `dataset`/`data_dir` instead) as the run trains on it;
@@ -99,6 +114,17 @@ def names():
     import keras_ssl.modalities  # noqa: F401
 
     return tuple(_REGISTRY)
+
+
+def for_folder(path):
+    """The `Modality` that reads `folder:PATH`: the first that recognises its files, else
+    the fallback (images)."""
+    import keras_ssl.modalities  # noqa: F401
+
+    for modality in _REGISTRY.values():
+        if not modality.folder_fallback and modality.recognises_folder(path):
+            return modality
+    return next(m for m in _REGISTRY.values() if m.folder_fallback)
 
 
 def of_dataset(dataset):

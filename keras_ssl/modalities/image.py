@@ -15,6 +15,17 @@ class ImageModality(Modality):
     unit = "images"
     encoders = ENCODERS
     default_encoder = "small_cnn"  # 280k parameters: trains in minutes on a laptop CPU
+    folder_fallback = True  # a folder is images unless another modality recognises its files
+
+    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
+        from keras_ssl.data.sources import load_folder
+
+        return load_folder(spec, image_size, channels, on_corrupt)
+
+    def converted(self, dataset, *, image_size=None, channels=None):
+        from keras_ssl.data.sources import convert_images
+
+        return convert_images(dataset, image_size, channels)
 
     def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
         from keras_ssl.data import load_source

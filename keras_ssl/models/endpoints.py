@@ -6,30 +6,18 @@ A model's `serving_endpoints(image_shape, threshold)` returns a list of
 answers an empty batch with an empty result of the declared output shapes,
 writes the warmup request and the signature facts, all from this list.
 
-Input kinds:
-
-* `image`: tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP/WebP (what TF
-  Serving's REST API sends as `{"b64": ...}`), decoded in the file's own
-  channel count, converted to the model's, bilinear-resized to `size` (the
-  image size by default) and rounded to uint8 like the dataset loader,
-  then `/ 255`: the function receives float32 `[batch, H, W, C]` in [0, 1];
-* `pixels`: uint8 `[batch, h, w, C]` of any size, resized the same way;
-* `wav`: tf.string `[batch]` of 16-bit PCM WAV files at 16 kHz (other rates
-  are refused: resample first), mixed down to mono, cut or zero-padded at the
-  end to the model's clip length (what the audio loader does): the function
-  receives float32 `[batch, samples]` in [-1, 1];
-* `waveform`: float32 `[batch, n]` 16 kHz mono samples of any length n >= 1,
-  cut or padded the same way; samples belong in [-1, 1], and a row with one
-  beyond `keras_ssl.export.MAX_WAVEFORM_PEAK` (1.5: headroom for resampling
-  overshoot; int16 values sent as floats are far beyond) is refused.
+Input kinds are objects registered by the modalities
+(`keras_ssl.modalities.input_kinds`): `image` (encoded PNG/JPEG/GIF/BMP/WebP
+files) and `pixels` (uint8 of any size) decode to float32 `[batch, H, W, C]`
+in [0, 1]; `wav` (16-bit PCM WAV files at 16 kHz) and `waveform` (float32
+samples in [-1, 1]) to float32 `[batch, samples]`, cut or zero-padded to the
+model's clip length. Each kind's docstring gives its checks.
 
 `input_shape` is `(H, W, C)` for image models and `(samples,)` for audio models.
 """
 
 import dataclasses
 from typing import Callable
-
-INPUT_KINDS = ("image", "pixels", "wav", "waveform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,18 +26,14 @@ class ServingInput:
     docstring) and, for images, the `(height, width)` it is resized to (None:
     the model's image size)."""
 
-
     name: str
     kind: str = "image"
     size: tuple | None = None
 
-    @property
-    def audio(self):
-        return self.kind in ("wav", "waveform")
-
     def __post_init__(self):
-        if self.kind not in INPUT_KINDS:
-            raise ValueError(f"input kind must be one of {INPUT_KINDS}, got {self.kind!r}")
+        from keras_ssl.modalities.input_kinds import input_kind
+
+        input_kind(self.kind)  # a ValueError naming the registered kinds
 
 
 @dataclasses.dataclass(frozen=True)
