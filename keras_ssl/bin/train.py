@@ -10,10 +10,11 @@ import sys
 
 from absl import flags
 
-from keras_ssl import modalities
-from keras_ssl.bin.common import define_method_flags, run_main
-from keras_ssl.data.augment import PRESETS
-from keras_ssl.models import registry
+from keras_ssl.bin.common import define_method_flags, run_main  # first: it imports TensorFlow quietly
+
+from keras_ssl import modalities  # noqa: E402,I001
+from keras_ssl.data.augment import PRESETS  # noqa: E402
+from keras_ssl.models import registry  # noqa: E402
 
 
 def _defaults():
