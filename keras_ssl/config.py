@@ -35,6 +35,7 @@ class TrainConfig:
 
     model_dir: str = "runs/simclr_fashion_mnist"
     method: str = "simclr"
+    parent_run: str | None = None  # a stage's finished parent run (keras_ssl.stages)
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     image_size: int | None = None

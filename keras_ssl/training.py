@@ -65,12 +65,29 @@ def training_split(config, dataset):
     return split.take(config.train_limit), val
 
 
-def build_model(config, dataset):
-    """The method's model for `config` (inside the current strategy scope)."""
+def build_model(config, dataset, stage=None):
+    """The method's model for `config` (inside the current strategy scope); `stage`:
+    the run's `keras_ssl.stages.StageInputs` (default: read for `config`, the
+    parent loaded and the prepared artefacts read or made)."""
     method = config.method_spec
     check_modality(config, dataset)
+    if stage is None:
+        stage = run_stage(config, dataset)
     encoder = run_modality(config).build_encoder(config, dataset, size_agnostic=method.patch_encoder)
-    return method.build(config, config.options, encoder, dataset)
+    return method.build(config, config.options, encoder, dataset, stage)
+
+
+def run_stage(config, dataset=None, chief=False):
+    """The `StageInputs` of a run (`keras_ssl.stages.stage_inputs` on the training split
+    of `dataset`, by default the run's); `NO_STAGE` for a method that is no stage."""
+    from keras_ssl.stages import NO_STAGE, check_parent_run, stage_inputs
+
+    method = config.method_spec
+    if method.parent is None and method.prepare is None:
+        check_parent_run(config)  # refuses a --parent_run given to a method without a parent
+        return NO_STAGE
+    dataset = dataset if dataset is not None else load_run_dataset(config)
+    return stage_inputs(config, training_split(config, dataset)[0], chief)
 
 
 def run_modality(config):
@@ -95,10 +112,13 @@ def load_run_dataset(config, dataset=None, data_dir=None):
     return run_modality(config).load_run_dataset(config, dataset, data_dir)
 
 
-def method_data(config, split):
+def method_data(config, split, stage=None):
     """`TrainingData(dataset, steps_per_epoch, batch_size)`: the method's training
-    batches (an infinite tf.data pipeline) and what one epoch is."""
-    return config.method_spec.training_data(config, config.options, split)
+    batches (an infinite tf.data pipeline) and what one epoch is; `stage` as for
+    `build_model` (default: read for `config`)."""
+    if stage is None:
+        stage = run_stage(config)
+    return config.method_spec.training_data(config, config.options, split, stage)
 
 
 def train(config):
@@ -147,7 +167,8 @@ def _train(config, strategy, chief, own_dir):
         raise UserError(f"method {config.method} trains on class labels and {config.dataset} has none; "
                         "use a labelled dataset (folder:PATH with one sub-folder per class)")
     train_split, _ = training_split(config, dataset)
-    data, epoch_steps, batch_size = method_data(config, train_split)
+    stage = run_stage(config, dataset, chief)  # the parent checked and loaded, artefacts prepared (or read)
+    data, epoch_steps, batch_size = method_data(config, train_split, stage)
     data = shard_by_data(data)
     steps = config.steps_per_epoch or epoch_steps
     total_steps = steps * config.epochs
@@ -155,7 +176,7 @@ def _train(config, strategy, chief, own_dir):
     schedule = WarmupCosine(peak_lr, total_steps, int(round(config.warmup_epochs * steps)))
 
     with strategy.scope():
-        model = build_model(config, dataset)
+        model = build_model(config, dataset, stage)
         optimizer = build_optimizer(config.optimizer, schedule, config.weight_decay, config.momentum)
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model.build()

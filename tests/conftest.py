@@ -13,6 +13,8 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import tests.toy_methods  # noqa: E402,F401  (test-only methods join the registry in every test process)
+
 
 @pytest.fixture(scope="session")
 def two_cpu_strategy():

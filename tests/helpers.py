@@ -29,9 +29,36 @@ def smoke_config(method_name, root, **extra):
     from keras_ssl.training import TrainConfig
 
     method = registry.get(method_name)
+    parent = {"parent_run": smoke_parent_run(method.parent, root)} if method.parent else {}
     return TrainConfig.from_dict({"method": method_name, "dataset": "digits", "width_multiplier": 0.25,
                                   "model_dir": "unused", **method.smoke_options, **smoke_dataset(method, root),
-                                  **extra})
+                                  **parent, **extra})
+
+
+SMOKE_RUN = dict(width_multiplier=0.25, epochs=1, steps_per_epoch=2, optimizer="adam", learning_rate=1e-3,
+                 lr_scaling="none", warmup_epochs=0.0, verbose=0, dtype_policy="float32")
+
+
+def smoke_parent_run(method_name, root):
+    """The run directory of a finished smoke run of `method_name` under `root` (trained
+    once, then reused): the parent a stage's smoke config continues."""
+    from keras_ssl.models import registry
+    from keras_ssl.training import TrainConfig, train
+
+    model_dir = os.path.join(str(root), f"parent_{method_name}")
+    if not os.path.isfile(os.path.join(model_dir, "model.keras")):
+        method = registry.get(method_name)
+        train(TrainConfig.from_dict({"method": method_name, "model_dir": model_dir, **SMOKE_RUN,
+                                     **method.smoke_options, **smoke_dataset(method, root)}))
+    return model_dir
+
+
+def library_methods():
+    """The registered methods of keras_ssl itself (not the test-only ones of
+    tests.toy_methods): what the README and the binaries' --help document."""
+    from keras_ssl.models import registry
+
+    return [m for m in registry.methods() if not m.build.__module__.startswith("tests.")]
 
 
 def smoke_dataset(method, root):

@@ -89,17 +89,32 @@ BASE = dict(dataset="digits", width_multiplier=0.25, epochs=1, steps_per_epoch=2
             val_fraction=0.2)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _binary(module, *args):
+    """The command line of a keras_ssl binary that also knows the test-only methods."""
+    return [PY, "-m", "tests.run_binary", module, *args]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+
+
 def _run(args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([PY, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    env = _env()
+    proc = subprocess.run(_binary(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def _settings(method, model_dir):
+def _settings(method, model_dir, runs):
+    """The method's contract settings; a stage continues the contract's run of its parent."""
+    parent = {"parent_run": runs[method.parent]["model_dir"]} if method.parent else {}
     return dict(BASE, method=method.name, model_dir=model_dir, **method.smoke_options,
-                **smoke_dataset(method, os.path.dirname(model_dir)))
+                **smoke_dataset(method, os.path.dirname(model_dir)), **parent)
 
 
 def _examples(method, settings):
@@ -173,7 +188,7 @@ def contract_runs(tmp_path_factory):
             root = tmp_path_factory.mktemp(method.name)
             run = runs[method.name] = dict(method=method, root=root, model_dir=str(root / "run"))
             try:
-                run["settings"] = settings = _settings(method, run["model_dir"])
+                run["settings"] = settings = _settings(method, run["model_dir"], runs)
                 run["first"] = train(TrainConfig.from_dict(settings))
                 run["resumed"] = train(TrainConfig.from_dict(dict(settings, epochs=2)))
                 run["images"] = _examples(method, settings)
@@ -352,9 +367,9 @@ def test_export_serves_every_declared_endpoint(method_run):
 
 
 def test_every_method_option_is_a_documented_flag():
-    proc = subprocess.run([PY, "-m", "keras_ssl.bin.train", "--helpfull"], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode in (0, 1) and "--model_dir" in proc.stdout  # absl's help exits 1
+    proc = subprocess.run(_binary("keras_ssl.bin.train", "--helpfull"), capture_output=True, text=True,
+                          timeout=300, env=_env())
+    assert proc.returncode == 0 and "--model_dir" in proc.stdout and "--parent_run" in proc.stdout
     for name in registry.option_owners():
         assert f"--{name}:" in proc.stdout or f"--[no]{name}:" in proc.stdout, name
     for name in registry.names():

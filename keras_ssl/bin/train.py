@@ -27,6 +27,8 @@ d = _defaults()  # run defaults come from TrainConfig: the binary and the librar
 flags.DEFINE_string("model_dir", d.model_dir, "run directory: config, checkpoints, logs, encoder")
 flags.DEFINE_enum("method", d.method, list(registry.names()),
                   "; ".join(f"{m.name}: {m.summary}" for m in registry.methods()))
+flags.DEFINE_string("parent_run", None, "a stage's parent: the run directory of the finished run of the method it "
+                    "continues (its model is loaded frozen; see keras_ssl.stages); refused for other methods")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
 flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")

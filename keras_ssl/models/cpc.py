@@ -256,7 +256,7 @@ class CPCAudioOptions:
                                 check=lambda v: v >= 1, requirement=">= 1")
 
 
-def _build(run, options, encoder, dataset):
+def _build(run, options, encoder, dataset, stage=None):
     from keras_ssl.audio_encoders import num_frames
 
     frames = num_frames(dataset.num_samples)
@@ -268,7 +268,7 @@ def _build(run, options, encoder, dataset):
                num_negatives=options.num_negatives, num_samples=dataset.num_samples, seed=run.seed)
 
 
-def _training_data(run, options, split):
+def _training_data(run, options, split, stage=None):
     from keras_ssl.data.sequences import waveform_batches
 
     steps = epoch_steps(split, run.batch_size)
@@ -412,7 +412,7 @@ class CPCImageOptions:
                                 check=lambda v: v >= 1, requirement=">= 1")
 
 
-def _build_image(run, options, encoder, dataset):
+def _build_image(run, options, encoder, dataset, stage=None):
     rows = grid_size(dataset.image_shape[0], options.patch_size, options.patch_stride)
     if rows <= options.prediction_steps:
         raise UserError(f"{dataset.image_shape[0]} px images give {rows} rows of patches, not more than "
@@ -422,7 +422,7 @@ def _build_image(run, options, encoder, dataset):
                     num_negatives=options.num_negatives, seed=run.seed)
 
 
-def _image_training_data(run, options, split):
+def _image_training_data(run, options, split, stage=None):
     from keras_ssl.data.views import image_batches
 
     return TrainingData(image_batches(split, run.batch_size, seed=run.seed), epoch_steps(split, run.batch_size),

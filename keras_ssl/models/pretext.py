@@ -207,12 +207,12 @@ class RelativePositionOptions:
                                   check=lambda v: v >= 0, requirement=">= 0")
 
 
-def _build_rotation(run, options, encoder, dataset):
+def _build_rotation(run, options, encoder, dataset, stage=None):
     num_classes = dataset.num_classes if (options.online_probe and dataset.labelled) else None
     return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim, num_classes=num_classes)
 
 
-def _rotation_data(run, options, split):
+def _rotation_data(run, options, split, stage=None):
     from keras_ssl.data.pretext import rotation_batches
 
     steps = epoch_steps(split, run.batch_size)
@@ -220,7 +220,7 @@ def _rotation_data(run, options, split):
                                          with_labels=options.online_probe), steps, run.batch_size)
 
 
-def _build_relative_position(run, options, encoder, dataset):
+def _build_relative_position(run, options, encoder, dataset, stage=None):
     from keras_ssl.data.pretext import patch_geometry
 
     patch = patch_geometry(dataset.image_shape[0], options.patch_preset)[1]
@@ -228,7 +228,7 @@ def _build_relative_position(run, options, encoder, dataset):
                             preset=options.patch_preset)
 
 
-def _relative_position_data(run, options, split):
+def _relative_position_data(run, options, split, stage=None):
     from keras_ssl.data.pretext import relative_position_batches
 
     steps = epoch_steps(split, run.batch_size)

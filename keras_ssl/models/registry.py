@@ -5,8 +5,10 @@ A method file in `keras_ssl/models/` defines
 * its model (a `MethodModel` subclass: the train/test step, what it serves),
 * its options: a dataclass of its hyper-parameters, each an `option(...)`
   with the help text, the allowed values and the source of its default,
-* `build(run, options, encoder, dataset) -> model` and
-  `training_data(run, options, split) -> TrainingData`,
+* `build(run, options, encoder, dataset, stage) -> model` and
+  `training_data(run, options, split, stage) -> TrainingData` (`stage`: the
+  parent run and prepared artefacts of a method that is a stage, see
+  `keras_ssl.stages`; `NO_STAGE` otherwise),
 
 and calls `register(Method(...))`. Training (`keras_ssl.training`), the three
 binaries (their `--method` choices and the method flags, generated from the
@@ -83,10 +85,11 @@ class Method:
       name: the `--method` value.
       summary: one line for `--help` (what it is, and its source).
       options: the dataclass of its hyper-parameters (fields made with `option`).
-      build: `(run, options, encoder, dataset) -> MethodModel`, called inside
-        the strategy scope; `run` is the `TrainConfig`, `dataset` the loaded
-        source (image shape, classes).
-      training_data: `(run, options, split) -> TrainingData`.
+      build: `(run, options, encoder, dataset, stage) -> MethodModel`, called
+        inside the strategy scope; `run` is the `TrainConfig`, `dataset` the
+        loaded source (image shape, classes), `stage` a
+        `keras_ssl.stages.StageInputs`.
+      training_data: `(run, options, split, stage) -> TrainingData`.
       images_per_example: inputs through the encoder per batch element (for
         images/s): 2 for a pair of views, 3 for a triplet, 4 for RotNet.
       modality: what it trains on, `"image"` (uint8 HWC images, the image
@@ -102,7 +105,15 @@ class Method:
         image size.
       needs_labels: trains only on a labelled dataset.
       smoke_options: tiny settings (run and method keys) on which the contract
-        test trains it in seconds on the 8x8 digits.
+        test trains it in seconds on its modality's smoke dataset.
+      parent: the method whose finished run this one continues (`--parent_run`),
+        loaded frozen into `stage.parent`; None for a method that trains from
+        scratch.
+      prepare: `(run, options, split, parent) -> {name: array}`, run once before
+        training; its artefacts are saved in the run directory and reach
+        `build`/`training_data` as `stage.artefacts` (k-means targets, a
+        vocabulary).
+      preprocessor: `(artefacts) -> object` (a tokenizer, say): `stage.preprocessor`.
     """
 
     name: str
@@ -118,6 +129,9 @@ class Method:
     patch_encoder: bool = False
     needs_labels: bool = False
     smoke_options: dict = dataclasses.field(default_factory=dict)
+    parent: str | None = None
+    prepare: Callable | None = None
+    preprocessor: Callable | None = None
 
     def make_options(self, values=None):
         """The method's options from a dict of its own keys (others refused)."""

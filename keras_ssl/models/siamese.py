@@ -150,12 +150,12 @@ class SiameseOptions:
     normalize_embeddings: bool = option(False, "L2-normalise the embeddings")
 
 
-def _build(run, options, encoder, dataset):
+def _build(run, options, encoder, dataset, stage=None):
     return Siamese(encoder, embedding_dim=options.embedding_dim, head=options.head, margin=options.margin,
                    negative_hinge=options.negative_hinge, normalize=options.normalize_embeddings)
 
 
-def _training_data(run, options, split):
+def _training_data(run, options, split, stage=None):
     from keras_ssl.data.pairs import pair_batches
 
     if run.batch_size % 2:

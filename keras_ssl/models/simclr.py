@@ -147,7 +147,7 @@ class SimCLROptions:
     online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
 
 
-def _build(run, options, encoder, dataset):
+def _build(run, options, encoder, dataset, stage=None):
     feature_dim = int(encoder.output_shape[-1])
     projector = projection_head(feature_dim, options.projection_hidden_dim, options.projection_dim,
                                 options.projection_layers)
@@ -156,7 +156,7 @@ def _build(run, options, encoder, dataset):
                   augment=run.augment, seed=run.seed)
 
 
-def _training_data(run, options, split):
+def _training_data(run, options, split, stage=None):
     from keras_ssl.data import simclr_views
 
     steps = epoch_steps(split, run.batch_size)

@@ -188,12 +188,12 @@ class TripletExplicitOptions:
                                 requirement=">= 1")
 
 
-def _build_online(run, options, encoder, dataset):
+def _build_online(run, options, encoder, dataset, stage=None):
     return OnlineTriplet(encoder, embedding_dim=options.embedding_dim, margin=options.margin,
                          mining=options.mining, soft=options.soft_margin)
 
 
-def _online_data(run, options, split):
+def _online_data(run, options, split, stage=None):
     """Class-balanced P x K batches: the batch size is P*K, not --batch_size."""
     from keras_ssl.data.sampling import pk_batches, pk_plan
 
@@ -203,11 +203,11 @@ def _online_data(run, options, split):
                         steps, p * k)
 
 
-def _build_explicit(run, options, encoder, dataset):
+def _build_explicit(run, options, encoder, dataset, stage=None):
     return TripletNetwork(encoder, embedding_dim=options.embedding_dim, margin=options.margin)
 
 
-def _explicit_data(run, options, split):
+def _explicit_data(run, options, split, stage=None):
     from keras_ssl.data.pairs import triplet_batches
 
     steps = epoch_steps(split, run.batch_size)

@@ -1,0 +1,132 @@
+"""Runs as stages: a method may continue a finished run of another method (its parent),
+and may prepare artefacts once before training.
+
+    keras-ssl-train --flagfile=flags/<parent>.cfg                      # stage 1
+    keras-ssl-train --flagfile=flags/<child>.cfg --parent_run=runs/p   # stage 2
+
+A method declares `parent="<method>"` (`keras_ssl.models.registry.Method`): its runs
+need `--parent_run=DIR`, a finished run of that method (its `model.keras` written, not
+diverged), whose model is loaded frozen and handed to the method's `build` and
+`training_data`. A method without a parent refuses `--parent_run`. Every refusal is one
+line naming the directory and what to do.
+
+A method may also declare `prepare(run, options, split, parent) -> {name: array}`: run
+once before the first epoch on the training split (k-means targets of the parent's
+features, a vocabulary, a palette), its artefacts saved in the run directory
+(`prepared.npz`, written atomically by the chief) and read back on every resume, so a
+resumed run trains on exactly the targets it started with; and
+`preprocessor(artefacts) -> object` (a tokenizer layer, say) built from them.
+
+A chain is one flagfile per stage; checkpoints, resume, the run-directory lock and
+divergence handling are those of any run (`keras_ssl.training`).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_ssl.errors import UserError
+
+PREPARED_FILE = "prepared.npz"
+
+
+@dataclasses.dataclass
+class StageInputs:
+    """What a stage hands its method's `build` and `training_data`: the parent run's
+    model loaded frozen (None without a parent) and its config, the prepared artefacts
+    (`{name: np.ndarray}`, empty without a prepare step) and the preprocessor made
+    from them (None without one)."""
+
+    parent: object = None
+    parent_config: object = None
+    artefacts: dict = dataclasses.field(default_factory=dict)
+    preprocessor: object = None
+
+
+NO_STAGE = StageInputs()
+
+
+def check_parent_run(config):
+    """The parent run's `TrainConfig` for a method with a parent (None for one without),
+    after checking `config.parent_run` is a finished, healthy run of the right method;
+    a `UserError` otherwise."""
+    from keras_ssl.run_directory import diverged_run, read_config
+
+    method = config.method_spec
+    given = config.parent_run
+    if method.parent is None:
+        if given:
+            raise UserError(f"--parent_run does not apply to method {method.name} (it trains from scratch, not "
+                            "from a finished run); drop --parent_run")
+        return None
+    if not given:
+        raise UserError(f"method {method.name} continues a finished {method.parent} run: pass "
+                        f"--parent_run=DIR, the run directory of that {method.parent} run")
+    if not os.path.isdir(given):
+        raise UserError(f"--parent_run={given} is not a directory; give the run directory of a finished "
+                        f"{method.parent} run")
+    if not os.path.isfile(os.path.join(given, "config.json")):
+        raise UserError(f"--parent_run={given} holds no training run (no config.json); give the run directory of "
+                        f"a finished {method.parent} run")
+    parent_config = read_config(given)
+    if parent_config.method != method.parent:
+        raise UserError(f"--parent_run={given} is a {parent_config.method} run; method {method.name} continues a "
+                        f"{method.parent} run")
+    diverged = diverged_run(given)
+    if diverged:
+        raise UserError(f"--parent_run={given} stopped: {diverged.get('message', 'it diverged')}; finish that run "
+                        "first")
+    if not os.path.isfile(os.path.join(given, "model.keras")):
+        raise UserError(f"--parent_run={given} has not finished training (no model.keras); rerun its command to "
+                        "finish it first")
+    return parent_config
+
+
+def load_parent(config):
+    """`(model, parent TrainConfig)` of the run's parent, the model frozen; `(None, None)`
+    for a method without a parent."""
+    parent_config = check_parent_run(config)
+    if parent_config is None:
+        return None, None
+    from keras_ssl.saving import load_model
+
+    parent = load_model(os.path.join(config.parent_run, "model.keras"))
+    parent.trainable = False
+    return parent, parent_config
+
+
+def stage_inputs(config, train_split, chief=True):
+    """The `StageInputs` of a run: its parent (loaded frozen) and its prepared artefacts,
+    read from `<model_dir>/prepared.npz` when a previous start wrote them, else made by
+    the method's `prepare` (and written there by the chief)."""
+    method = config.method_spec
+    parent, parent_config = load_parent(config)
+    artefacts = {}
+    if method.prepare is not None:
+        path = os.path.join(config.model_dir, PREPARED_FILE)
+        if os.path.isfile(path):
+            with np.load(path, allow_pickle=False) as stored:
+                artefacts = {name: stored[name] for name in stored.files}
+        else:
+            artefacts = {name: np.asarray(value) for name, value in
+                         method.prepare(config, config.options, train_split, parent).items()}
+            if chief:
+                write_artefacts(path, artefacts)
+    preprocessor = method.preprocessor(artefacts) if method.preprocessor is not None else None
+    return StageInputs(parent, parent_config, artefacts, preprocessor)
+
+
+def write_artefacts(path, artefacts):
+    """`np.savez` to a temporary file in the same directory, then renamed into place."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **artefacts)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

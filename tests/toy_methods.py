@@ -1,0 +1,109 @@
+"""Methods defined for the tests only, registered beside the library's so that every
+registry-driven test (the contract test, one device vs two replicas, compile recovery)
+holds them to the same checks.
+
+* `toy_cluster_targets`: a second stage. It continues a finished `rotation` run (its
+  parent): `prepare` clusters the parent's representation of the training images with
+  k-means (HuBERT's second iteration in miniature: targets from the previous model's
+  features) and saves the centroids and each training image's cluster; the method then
+  trains a fresh encoder and a linear head to predict those clusters. It serves the
+  embedding (and `clusters`: the predicted cluster probabilities).
+
+Binaries run in subprocesses see these methods through `tests.run_binary`.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl.models.common import MethodModel, classification_loss, split_data
+from keras_ssl.models.endpoints import ServingInput, classify_endpoint
+from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
+
+PARENT = "rotation"
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl_tests")
+class ClusterTargets(MethodModel):
+    """Encoder + linear head trained on fixed cluster targets `y` (from `prepare`)."""
+
+    SUB_MODELS = ("encoder", "head")
+
+    def __init__(self, encoder, clusters=4, head=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.clusters = int(clusters)
+        self.head = head if head is not None else keras.Sequential(
+            [keras.Input((int(encoder.output_shape[-1]),)), keras.layers.Dense(self.clusters)], name="head")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="cluster_accuracy")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def method_loss(self, data, training):
+        from keras_ssl.data.augment import to_float01
+
+        x, y = split_data(data)
+        logits = self.head(self.encoder(to_float01(self.checked_inputs(x)), training=training), training=training)
+        return classification_loss(logits, y, self.loss_tracker, self.accuracy_tracker)
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        from keras_ssl.data.augment import to_float01
+
+        def probabilities(images):
+            return tf.nn.softmax(tf.cast(self.head(self.encoder(to_float01(images))), tf.float32))
+
+        return super().serving_endpoints(image_shape, threshold) + [
+            classify_endpoint(probabilities, self.clusters, "the parent's k-means clusters",
+                              inputs=(ServingInput("images"),), name="clusters")]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(clusters=self.clusters)
+        return config
+
+
+@dataclasses.dataclass
+class ClusterTargetsOptions:
+    clusters: int = option(4, "k-means clusters of the parent's features (the targets)", check=lambda v: v >= 2,
+                           requirement=">= 2")
+
+
+def _prepare(run, options, split, parent):
+    """k-means (scikit-learn, seed 0) of the parent's L2-normalised representation of the
+    training images: `centroids` `[k, D]` and `targets` `[N]` (each image's cluster)."""
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(parent.predict(split.images, batch_size=256, verbose=0), np.float64)
+    features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
+    kmeans = KMeans(n_clusters=options.clusters, n_init=4, random_state=0).fit(features)
+    return {"centroids": kmeans.cluster_centers_.astype(np.float32), "targets": kmeans.labels_.astype(np.int32)}
+
+
+def _build(run, options, encoder, dataset, stage=None):
+    assert stage is not None and stage.parent is not None and not stage.parent.trainable
+    assert stage.artefacts["centroids"].shape[0] == options.clusters
+    return ClusterTargets(encoder, clusters=options.clusters)
+
+
+def _training_data(run, options, split, stage=None):
+    targets = stage.artefacts["targets"]
+    if len(targets) != len(split):  # evaluation on another split: the nearest centroid of the parent's features
+        features = np.asarray(stage.parent.predict(split.images, batch_size=256, verbose=0), np.float32)
+        features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
+        targets = np.argmax(features @ stage.artefacts["centroids"].T, axis=1).astype(np.int32)
+    data = (tf.data.Dataset.from_tensor_slices((split.images, targets)).shuffle(len(split), seed=run.seed)
+            .repeat().batch(run.batch_size, drop_remainder=True).prefetch(2))
+    return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+
+
+register(Method(
+    name="toy_cluster_targets", summary="test-only second stage: predict k-means clusters of a rotation run",
+    options=ClusterTargetsOptions, build=_build, training_data=_training_data, parent=PARENT, prepare=_prepare,
+    smoke_options=dict(augment="none", batch_size=16),
+))
