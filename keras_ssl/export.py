@@ -61,7 +61,7 @@ def _serving_function(endpoint, input_shape):
     empty outputs of the declared shapes."""
     names = [spec.name for spec in endpoint.inputs]
     kinds = [input_kind(spec.kind) for spec in endpoint.inputs]
-    specs = [kind.spec(spec.name, input_shape, spec.size) for kind, spec in zip(kinds, endpoint.inputs)]
+    specs = [kind.spec(spec, input_shape) for kind, spec in zip(kinds, endpoint.inputs)]
 
     def serve(*tensors):
         checked = []
@@ -76,14 +76,14 @@ def _serving_function(endpoint, input_shape):
 
         def compute():
             with tf.control_dependencies(same_count):
-                decoded = [kind.prepare(t, endpoint.name, input_shape, spec.size)
+                decoded = [kind.prepare(t, endpoint.name, input_shape, spec)
                            for kind, spec, t in zip(kinds, endpoint.inputs, checked)]
             out = endpoint.function(*decoded)
-            return [tf.cast(out[o.name], o.dtype) for o in endpoint.outputs]
+            return [out[o.name] if o.dtype == "string" else tf.cast(out[o.name], o.dtype) for o in endpoint.outputs]
 
-        def empty():
+        def empty():  # a varying dimension is 0 here
             with tf.control_dependencies(same_count):
-                return [tf.zeros([0, *o.shape], o.dtype) for o in endpoint.outputs]
+                return [tf.zeros([0, *(d or 0 for d in o.shape)], o.dtype) for o in endpoint.outputs]
 
         results = tf.cond(count > 0, compute, empty)
         return {o.name: r for o, r in zip(endpoint.outputs, results)}
@@ -92,14 +92,14 @@ def _serving_function(endpoint, input_shape):
 
 
 def _describe_output(output):
-    shape = ", ".join(["batch", *map(str, output.shape)])
+    shape = ", ".join(["batch", *("n" if d is None else str(d) for d in output.shape)])
     return f"{output.dtype} [{shape}]" + (f": {output.meaning}" if output.meaning else "")
 
 
 def _warmup_request(endpoint, input_shape):
     """One small request (a black image, a second of silence, ...: each input kind's
     `warmup_value`) for TF Serving's warmup file."""
-    return endpoint.name, {spec.name: input_kind(spec.kind).warmup_value(input_shape, spec.size)
+    return endpoint.name, {spec.name: input_kind(spec.kind).warmup_value(input_shape, spec)
                            for spec in endpoint.inputs}
 
 
@@ -171,7 +171,9 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     endpoints = _endpoints(model, image_shape, threshold)
     from keras_ssl import modalities
 
-    modality = modalities.get(input_kind(endpoints[0].inputs[0].kind).modality)
+    # the modality of the inputs the model decodes (generative inputs, latents and seeds, have none)
+    named = [input_kind(s.kind).modality for e in endpoints for s in e.inputs if input_kind(s.kind).modality]
+    modality = modalities.get(named[0]) if named else None
     predicts_classes = [e for e in endpoints if e.dataset_classes]
     if not predicts_classes or (class_names and len(class_names) != predicts_classes[0].outputs[0].shape[0]):
         class_names = None  # names of the dataset's classes: only for a signature that predicts those
@@ -192,7 +194,7 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         by_name = {e.name: e for e in endpoints}
         verify = by_name.get("verify")
         facts = {
-            "signatures": {e.name: {"inputs": {s.name: input_kind(s.kind).describe(image_shape, s.size)
+            "signatures": {e.name: {"inputs": {s.name: input_kind(s.kind).describe(image_shape, s)
                                                for s in e.inputs},
                                     "outputs": {o.name: _describe_output(o) for o in e.outputs}}
                            for e in endpoints},
@@ -203,7 +205,8 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
             facts.update(embedding_dim=embedding.shape[0], l2_normalized=True)
         # float32 in the graph; written with float32's 7 significant digits (0.9, not 0.8999999761)
         facts["threshold"] = float(f"{float(verify.variables[0].numpy()):.7g}") if verify is not None else None
-        facts.update(modality.serving_facts(image_shape))
+        if modality is not None:
+            facts.update(modality.serving_facts(image_shape))
         if predicts_classes:
             facts["class_names"] = list(class_names) if class_names else None
         facts["warmup_requests"] = _write_warmup(tmp, [_warmup_request(e, image_shape) for e in endpoints]) \

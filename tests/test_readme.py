@@ -257,8 +257,6 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
     list names exactly that method's options (the lists are written by hand: this holds them)."""
     import dataclasses
 
-    from keras_ssl.models import registry
-
     script = ("import json; from absl import flags; import keras_ssl.bin.train; "
               "print(json.dumps([f.name for f in flags.FLAGS.get_flags_for_module('keras_ssl.bin.train')]))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -285,8 +283,6 @@ METHOD_FAMILIES = {"simclr": "SimCLR", "siamese": "Siamese", "triplet": "triplet
 
 
 def test_the_opening_sentence_names_every_registered_method():
-    from keras_ssl.models import registry
-
     with open(os.path.join(ROOT, "README.md")) as f:
         opening = f.read().split("\n\n")[1]
     for name in [m.name for m in library_methods()]:

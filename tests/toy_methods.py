@@ -8,6 +8,11 @@ holds them to the same checks.
   features) and saves the centroids and each training image's cluster; the method then
   trains a fresh encoder and a linear head to predict those clusters. It serves the
   embedding (and `clusters`: the predicted cluster probabilities).
+* `toy_autoencoder`: a generative method without an embedding signature. An encoder to
+  an 8-d latent, a decoder back to pixels (mean squared error). It serves
+  `serving_default` = `sample(seeds)` (uint8 images decoded from a standard-normal
+  latent drawn with the seed, the latent, and a string naming the seed),
+  `decode(latent)` (uint8 images) and `reconstruct(images)`.
 
 Binaries run in subprocesses see these methods through `tests.run_binary`.
 """
@@ -105,5 +110,103 @@ def _training_data(run, options, split, stage=None):
 register(Method(
     name="toy_cluster_targets", summary="test-only second stage: predict k-means clusters of a rotation run",
     options=ClusterTargetsOptions, build=_build, training_data=_training_data, parent=PARENT, prepare=_prepare,
+    smoke_options=dict(augment="none", batch_size=16),
+))
+
+
+LATENT_DIM = 8
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl_tests")
+class ToyAutoencoder(MethodModel):
+    """Encoder -> Dense latent -> Dense decoder -> sigmoid pixels; loss: mean squared error."""
+
+    SUB_MODELS = ("encoder", "to_latent", "decoder")
+
+    def __init__(self, encoder, image_shape=(8, 8, 1), to_latent=None, decoder=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.image_shape = tuple(int(d) for d in image_shape)
+        features = int(encoder.output_shape[-1])
+        self.to_latent = to_latent if to_latent is not None else keras.Sequential(
+            [keras.Input((features,)), keras.layers.Dense(LATENT_DIM)], name="to_latent")
+        self.decoder = decoder if decoder is not None else keras.Sequential(
+            [keras.Input((LATENT_DIM,)), keras.layers.Dense(int(np.prod(self.image_shape)), activation="sigmoid"),
+             keras.layers.Reshape(self.image_shape)], name="decoder")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.build()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def latent(self, images, training=False):
+        from keras_ssl.data.augment import to_float01
+
+        return self.to_latent(self.encoder(to_float01(images), training=training), training=training)
+
+    def representation(self, images, training=False):
+        return self.latent(images, training)
+
+    def method_loss(self, data, training):
+        from keras_ssl.data.augment import to_float01
+        from keras_ssl.models.common import global_batch_size
+
+        x, _ = split_data(data)
+        x = to_float01(self.checked_inputs(x))
+        errors = tf.reduce_mean(tf.square(tf.cast(self.decoder(self.latent(x, training), training=training),
+                                                  tf.float32) - tf.cast(x, tf.float32)), axis=[1, 2, 3])
+        self.loss_tracker.update_state(tf.reduce_mean(errors), sample_weight=tf.cast(tf.shape(errors)[0], tf.float32))
+        return tf.reduce_sum(errors) / tf.cast(global_batch_size(tf.shape(errors)[0]), tf.float32)
+
+    def to_uint8(self, latents):
+        pixels = tf.cast(self.decoder(latents, training=False), tf.float32)
+        return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
+
+    def serving_endpoints(self, image_shape, threshold=None):
+        from keras_ssl.models.endpoints import Endpoint, ServingOutput
+
+        images = ServingOutput("images", "uint8", self.image_shape, "decoded images")
+
+        def sample(seeds):
+            latents = tf.map_fn(lambda s: tf.random.stateless_normal([LATENT_DIM], tf.stack([s, 0])), seeds,
+                                fn_output_signature=tf.float32)
+            return {"images": self.to_uint8(latents), "latent": latents,
+                    "note": tf.strings.join(["sample of seed ", tf.strings.as_string(seeds)])}
+
+        return [
+            Endpoint("serving_default", (ServingInput("seeds", "seeds"),),
+                     (images, ServingOutput("latent", "float32", (None,), "the standard-normal latent drawn"),
+                      ServingOutput("note", "string", (), "which seed made it")), sample),
+            Endpoint("decode", (ServingInput("latent", "latent", shape=(LATENT_DIM,)),), (images,),
+                     lambda latents: {"images": self.to_uint8(latents)}),
+            Endpoint("reconstruct", (ServingInput("images"),), (images,),
+                     lambda x: {"images": self.to_uint8(self.latent(x))}),
+        ]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_shape=self.image_shape)
+        return config
+
+
+@dataclasses.dataclass
+class ToyAutoencoderOptions:
+    pass
+
+
+def _build_autoencoder(run, options, encoder, dataset, stage=None):
+    return ToyAutoencoder(encoder, image_shape=dataset.image_shape)
+
+
+def _autoencoder_data(run, options, split, stage=None):
+    data = (tf.data.Dataset.from_tensor_slices(split.images).shuffle(len(split), seed=run.seed).repeat()
+            .batch(run.batch_size, drop_remainder=True).prefetch(2))
+    return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+
+
+register(Method(
+    name="toy_autoencoder", summary="test-only generative method: serves sample(seeds) and decode(latent)",
+    options=ToyAutoencoderOptions, build=_build_autoencoder, training_data=_autoencoder_data,
     smoke_options=dict(augment="none", batch_size=16),
 ))

@@ -19,5 +19,6 @@ from keras_ssl.modalities.base import Modality, for_folder, get, names, of_datas
 
 from keras_ssl.modalities import image  # noqa: E402,F401  (registers "image")
 from keras_ssl.modalities import audio  # noqa: E402,F401  (registers "audio")
+from keras_ssl.modalities import generative  # noqa: E402,F401  (the latent and seeds input kinds)
 
 __all__ = ["Modality", "for_folder", "get", "names", "of_dataset", "register"]

@@ -100,30 +100,30 @@ class WavFiles(InputKind):
 
     name, modality, encoded = "wav", "audio", True
 
-    def spec(self, input_name, input_shape, size=None):
+    def spec(self, serving_input, input_shape):
         import tensorflow as tf
 
-        return tf.TensorSpec([None], tf.string, name=input_name)
+        return tf.TensorSpec([None], tf.string, name=serving_input.name)
 
-    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+    def prepare(self, tensor, endpoint_name, input_shape, serving_input):
         from keras_ssl.modalities.wav_codec import decode_wavs
 
         return decode_wavs(tensor, endpoint_name, input_shape[0])
 
-    def describe(self, input_shape, size=None):
+    def describe(self, input_shape, serving_input):
         from keras_ssl.modalities.wav_codec import MAX_AUDIO_SECONDS
 
         return (f"string [batch] 16-bit PCM WAV files at 16 kHz, at most {MAX_AUDIO_SECONDS} s; mixed to mono, "
                 f"cut or zero-padded to {input_shape[0]} samples")
 
-    def warmup_value(self, input_shape, size=None):
+    def warmup_value(self, input_shape, serving_input):
         import tensorflow as tf
 
         from keras_ssl.modalities.wav_codec import WAV_RATE
 
         return [tf.audio.encode_wav(tf.zeros([input_shape[0], 1]), WAV_RATE).numpy()]
 
-    def request_value(self, examples, input_shape, size=None):
+    def request_value(self, examples, input_shape, serving_input):
         import io
 
         import numpy as np
@@ -138,14 +138,14 @@ class WavFiles(InputKind):
             files.append(buffer.getvalue())
         return files
 
-    def function_input(self, examples, input_shape, size=None):
+    def function_input(self, examples, input_shape, serving_input):
         import numpy as np
 
         quantised = np.round(np.clip(examples, -1, 1) * 32767) / 32768  # what the 16-bit file holds, read back
         return _fit(quantised, input_shape[0])
 
-    def bad_value(self, examples, input_shape, size=None):
-        return [self.request_value(examples[:1], input_shape, size)[0], b"garbage!"]
+    def bad_value(self, examples, input_shape, serving_input):
+        return [self.request_value(examples[:1], input_shape, serving_input)[0], b"garbage!"]
 
 
 class Waveforms(InputKind):
@@ -155,37 +155,37 @@ class Waveforms(InputKind):
 
     name, modality = "waveform", "audio"
 
-    def spec(self, input_name, input_shape, size=None):
+    def spec(self, serving_input, input_shape):
         import tensorflow as tf
 
-        return tf.TensorSpec([None, None], tf.float32, name=input_name)
+        return tf.TensorSpec([None, None], tf.float32, name=serving_input.name)
 
-    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+    def prepare(self, tensor, endpoint_name, input_shape, serving_input):
         from keras_ssl.modalities.wav_codec import prepare_waveforms
 
         return prepare_waveforms(tensor, endpoint_name, input_shape[0])
 
-    def describe(self, input_shape, size=None):
+    def describe(self, input_shape, serving_input):
         from keras_ssl.modalities.wav_codec import MAX_AUDIO_SECONDS, MAX_WAVEFORM_PEAK, WAV_RATE
 
         return (f"float32 [batch, n] 16 kHz mono samples in [-1, 1] (1 <= n <= {MAX_AUDIO_SECONDS * WAV_RATE}; "
                 f"a row with a sample beyond +-{MAX_WAVEFORM_PEAK}, NaN or Inf is refused), cut or zero-padded to "
                 f"{input_shape[0]}")
 
-    def warmup_value(self, input_shape, size=None):
+    def warmup_value(self, input_shape, serving_input):
         import numpy as np
 
         return np.zeros([1, input_shape[0]], np.float32)
 
-    def request_value(self, examples, input_shape, size=None):
+    def request_value(self, examples, input_shape, serving_input):
         import numpy as np
 
         return np.asarray(examples, np.float32)
 
-    def function_input(self, examples, input_shape, size=None):
+    def function_input(self, examples, input_shape, serving_input):
         return _fit(examples, input_shape[0])
 
-    def bad_value(self, examples, input_shape, size=None):
+    def bad_value(self, examples, input_shape, serving_input):
         import numpy as np
 
         return np.zeros([2, 4, 4], np.float32)  # rank 3

@@ -124,41 +124,42 @@ class EncodedImages(InputKind):
 
     name, modality, encoded = "image", "image", True
 
-    def spec(self, input_name, input_shape, size=None):
+    def spec(self, serving_input, input_shape):
         import tensorflow as tf
 
-        return tf.TensorSpec([None], tf.string, name=input_name)
+        return tf.TensorSpec([None], tf.string, name=serving_input.name)
 
-    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+    def prepare(self, tensor, endpoint_name, input_shape, serving_input):
         import tensorflow as tf
 
         from keras_ssl.modalities.image_codec import decode_images
 
-        height, width = _model_size(input_shape, size)
+        height, width = _model_size(input_shape, serving_input.size)
         return tf.cast(decode_images(tensor, endpoint_name, height, width, input_shape[-1]), tf.float32) / 255.0
 
-    def describe(self, input_shape, size=None):
+    def describe(self, input_shape, serving_input):
         from keras_ssl.modalities.image_codec import MAX_PIXELS
 
+        size = serving_input.size
         resized = f" (resized to {size[0]}x{size[1]})" if size else ""
         return f"string [batch] encoded PNG/JPEG/GIF/BMP/WebP, at most {MAX_PIXELS // 1_000_000} megapixels{resized}"
 
-    def warmup_value(self, input_shape, size=None):
+    def warmup_value(self, input_shape, serving_input):
         import tensorflow as tf
 
-        height, width = _model_size(input_shape, size)
+        height, width = _model_size(input_shape, serving_input.size)
         return [tf.io.encode_png(tf.zeros([height, width, input_shape[-1]], tf.uint8)).numpy()]
 
-    def request_value(self, examples, input_shape, size=None):
+    def request_value(self, examples, input_shape, serving_input):
         import tensorflow as tf
 
         return [tf.io.encode_png(image).numpy() for image in examples]
 
-    def function_input(self, examples, input_shape, size=None):
-        return _as_model_input(examples, input_shape, size)
+    def function_input(self, examples, input_shape, serving_input):
+        return _as_model_input(examples, input_shape, serving_input.size)
 
-    def bad_value(self, examples, input_shape, size=None):
-        return [self.request_value(examples[:1], input_shape, size)[0], b"garbage!"]
+    def bad_value(self, examples, input_shape, serving_input):
+        return [self.request_value(examples[:1], input_shape, serving_input)[0], b"garbage!"]
 
 
 class Pixels(InputKind):
@@ -166,35 +167,35 @@ class Pixels(InputKind):
 
     name, modality = "pixels", "image"
 
-    def spec(self, input_name, input_shape, size=None):
+    def spec(self, serving_input, input_shape):
         import tensorflow as tf
 
-        return tf.TensorSpec([None, None, None, input_shape[-1]], tf.uint8, name=input_name)
+        return tf.TensorSpec([None, None, None, input_shape[-1]], tf.uint8, name=serving_input.name)
 
-    def prepare(self, tensor, endpoint_name, input_shape, size=None):
+    def prepare(self, tensor, endpoint_name, input_shape, serving_input):
         import tensorflow as tf
 
         from keras_ssl.modalities.image_codec import resize_pixels
 
-        height, width = _model_size(input_shape, size)
+        height, width = _model_size(input_shape, serving_input.size)
         return tf.cast(resize_pixels(tensor, endpoint_name, height, width), tf.float32) / 255.0
 
-    def describe(self, input_shape, size=None):
+    def describe(self, input_shape, serving_input):
         return f"uint8 [batch, H, W, {input_shape[-1]}] (any H, W >= 1)"
 
-    def warmup_value(self, input_shape, size=None):
+    def warmup_value(self, input_shape, serving_input):
         import numpy as np
 
-        height, width = _model_size(input_shape, size)
+        height, width = _model_size(input_shape, serving_input.size)
         return np.zeros([1, height, width, input_shape[-1]], np.uint8)
 
-    def request_value(self, examples, input_shape, size=None):
+    def request_value(self, examples, input_shape, serving_input):
         return examples
 
-    def function_input(self, examples, input_shape, size=None):
-        return _as_model_input(examples, input_shape, size)
+    def function_input(self, examples, input_shape, serving_input):
+        return _as_model_input(examples, input_shape, serving_input.size)
 
-    def bad_value(self, examples, input_shape, size=None):
+    def bad_value(self, examples, input_shape, serving_input):
         import numpy as np
 
         return np.zeros([2, 8, 8, input_shape[-1] + 1], np.uint8)  # one channel too many

@@ -22,46 +22,49 @@ class InputKind:
     """One kind of serving input.
 
     Attributes: `name` (what `ServingInput.kind` says), `modality` (the
-    `keras_ssl.modalities` name whose model inputs it decodes to), `encoded`
-    (a string tensor of files, e.g. PNG or WAV bytes, rather than a dense one).
-    `input_shape` is the model's example shape after the batch axis
-    (`(H, W, C)` for images, `(samples,)` for audio); `size` is a per-input
-    override of the image size (`ServingInput.size`), None for most.
+    `keras_ssl.modalities` name whose model inputs it decodes to; None for the
+    generative kinds, `latent` and `seeds`, which any modality may serve),
+    `encoded` (a string tensor of files, e.g. PNG or WAV bytes, rather than a
+    dense one). Every method gets `input_shape`, the model's example shape after
+    the batch axis (`(H, W, C)` for images, `(samples,)` for audio), and the
+    endpoint's `serving_input` (`keras_ssl.models.endpoints.ServingInput`: its
+    name, and where a kind needs them its image `size` or its `shape`).
     """
 
     name = None
     modality = None
     encoded = False
 
-    def spec(self, input_name, input_shape, size=None):
-        """The input's `tf.TensorSpec` (named `input_name`)."""
+    def spec(self, serving_input, input_shape):
+        """The input's `tf.TensorSpec` (named after the input)."""
         raise NotImplementedError
 
-    def prepare(self, tensor, endpoint_name, input_shape, size=None):
-        """Graph ops: the checked request `tensor` -> the float32 batch the endpoint's
-        function takes; a bad item fails with a `refuse` line."""
+    def prepare(self, tensor, endpoint_name, input_shape, serving_input):
+        """Graph ops: the checked request `tensor` -> the batch the endpoint's function
+        takes; a bad item fails with a `refuse` line."""
         raise NotImplementedError
 
-    def describe(self, input_shape, size=None):
+    def describe(self, input_shape, serving_input):
         """One line for the export's facts file (`preprocessing.json`)."""
         raise NotImplementedError
 
-    def warmup_value(self, input_shape, size=None):
+    def warmup_value(self, input_shape, serving_input):
         """A one-item request value for TF Serving's warmup file."""
         raise NotImplementedError
 
-    def request_value(self, examples, input_shape, size=None):
+    def request_value(self, examples, input_shape, serving_input):
         """What a client sends for `examples` (the modality's model inputs, e.g. uint8
-        images or float waveforms): encoded files or the dense batch."""
+        images or float waveforms; for generative kinds only their count matters: a
+        fixed set of latents or seeds): encoded files or a dense batch."""
         raise NotImplementedError
 
-    def function_input(self, examples, input_shape, size=None):
-        """What the endpoint's function receives for `examples` sent as `request_value`
+    def function_input(self, examples, input_shape, serving_input):
+        """What the endpoint's function receives for `request_value(examples, ...)`
         (decoded, resized, scaled), computed in memory: the reference a test compares
         the served outputs with."""
         raise NotImplementedError
 
-    def bad_value(self, examples, input_shape, size=None):
+    def bad_value(self, examples, input_shape, serving_input):
         """A request value to refuse (a damaged item, a wrong rank or channel count)."""
         raise NotImplementedError
 

@@ -11,7 +11,12 @@ Input kinds are objects registered by the modalities
 files) and `pixels` (uint8 of any size) decode to float32 `[batch, H, W, C]`
 in [0, 1]; `wav` (16-bit PCM WAV files at 16 kHz) and `waveform` (float32
 samples in [-1, 1]) to float32 `[batch, samples]`, cut or zero-padded to the
-model's clip length. Each kind's docstring gives its checks.
+model's clip length; `latent` (float32 `[batch, *shape]`) and `seeds` (int
+`[batch]`) feed generative endpoints (`decode`, `sample`). Each kind's
+docstring gives its checks.
+
+Outputs are float32, int32, bool, uint8 (decoded images) or string tensors; a
+`None` in an output's shape is a dimension that varies between calls.
 
 `input_shape` is `(H, W, C)` for image models and `(samples,)` for audio models.
 """
@@ -23,12 +28,13 @@ from typing import Callable
 @dataclasses.dataclass(frozen=True)
 class ServingInput:
     """One input tensor of an endpoint: its `name`, `kind` (see the module
-    docstring) and, for images, the `(height, width)` it is resized to (None:
-    the model's image size)."""
+    docstring), for images the `(height, width)` it is resized to (None: the
+    model's image size), and for latents their `shape` after the batch axis."""
 
     name: str
     kind: str = "image"
     size: tuple | None = None
+    shape: tuple | None = None  # after the batch axis, for kinds that need it (latent: (D,))
 
     def __post_init__(self):
         from keras_ssl.modalities.input_kinds import input_kind
@@ -38,8 +44,9 @@ class ServingInput:
 
 @dataclasses.dataclass(frozen=True)
 class ServingOutput:
-    """One output tensor: `name`, `dtype` ("float32", "int32", "bool"), its
-    shape after the batch axis, and what it means (for the facts file)."""
+    """One output tensor: `name`, `dtype` ("float32", "int32", "bool", "uint8",
+    "string"), its shape after the batch axis (`None` for a dimension that
+    varies), and what it means (for the facts file)."""
 
     name: str
     dtype: str
