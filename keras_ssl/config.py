@@ -9,6 +9,7 @@ spelt flat in flags and in a run directory's `config.json`.
 """
 
 import dataclasses
+import os
 
 from keras_ssl.errors import UserError
 from keras_ssl.precision import POLICIES
@@ -75,6 +76,8 @@ class TrainConfig:
         elif not isinstance(self.options, method.options):
             raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
                             f"got {type(self.options).__name__}")
+        if self.parent_run:  # a stage's parent, wherever the run is evaluated or resumed from
+            self.parent_run = os.path.abspath(self.parent_run)
         if self.encoder is None:
             from keras_ssl import modalities
 
@@ -146,6 +149,9 @@ class TrainConfig:
         augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
         encoders = modalities.get(method.modality).encoders
         checks = [
+            (not self.parent_run or method.parent is not None,
+             f"--parent_run does not apply to method {self.method} (it trains from scratch, not from a finished "
+             "run); drop --parent_run"),
             (self.encoder in encoders,
              f"encoder must be one of {', '.join(encoders)} for method {self.method} ({method.modality}), "
              f"got {self.encoder!r}"),

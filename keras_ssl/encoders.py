@@ -181,3 +181,11 @@ def feature_layer_names(encoder):
     """Names of the encoder's probe points: its `blockN` layers, then `features`."""
     names = [layer.name for layer in encoder.layers if layer.name.startswith("block")]
     return names + ["features"]
+
+
+def __getattr__(name):
+    if name == "ENCODERS_BY_MODALITY":  # deprecated: keras_ssl.modalities.get(name).encoders
+        from keras_ssl import modalities
+
+        return {m: modalities.get(m).encoders for m in modalities.names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,21 +6,19 @@ before being renamed into place, so a server never sees half an export).
 
 The signatures are the model's declared endpoints
 (`MethodModel.serving_endpoints`, see `keras_ssl.models.endpoints`); names
-are stable API. Every model serves
+are stable API. Image models serve `serving_default` (encoded images ->
+`embedding`, L2-normalised) and `embed_pixels` (uint8 pixels); Siamese/triplet
+models add `verify`, models with an online probe `classify`, RotNet `rotation`,
+relative position `position`; audio models (CPC) serve `serving_default` on WAV
+bytes and `embed_waveforms`; a generative model may serve `sample(seeds)` and
+`decode(latent)` and no embedding at all. Each input is checked and decoded by
+its kind (`keras_ssl.modalities.input_kinds`).
 
-* `serving_default`: `images` tf.string `[batch]` of encoded PNG/JPEG/GIF/BMP/WebP
-  (what TF Serving's REST API sends as `{"b64": ...}`) -> `embedding` float32
-  `[batch, D]`, L2-normalised;
-* `embed_pixels`: `pixels` uint8 `[batch, H, W, C]` (any H, W) -> `embedding`;
-
-Siamese/triplet models add `verify`; models with an online probe (SimCLR,
-RotNet on labelled data) add `classify` (the dataset's classes); RotNet adds
-`rotation`, relative position `position` (its pretext heads).
-
-Preprocessing inside the graph is the evaluation preprocessing of training:
-decode in the file's own channel count, convert to C channels, bilinear
-resize to the model's H x W (rounded back to uint8, as the dataset loader
-does), then `/ 255`. Every signature checks its inputs before the encoder
+Preprocessing inside the graph is the evaluation preprocessing of training
+(images: decode in the file's own channel count, convert to C channels,
+bilinear resize to the model's H x W rounded back to uint8, as the dataset
+loader does, then `/ 255`; audio: decode, mix to mono, cut or zero-pad to the
+clip length). Every signature checks its inputs before the encoder
 runs (rank, channels, equal batch sizes, non-empty images, image magic bytes
 and end markers, WAV headers as the WAV decoder reads them, waveform range),
 refusing a batch in one line that names the signature and the items at fault
@@ -79,7 +77,7 @@ def _serving_function(endpoint, input_shape):
                 decoded = [kind.prepare(t, endpoint.name, input_shape, spec)
                            for kind, spec, t in zip(kinds, endpoint.inputs, checked)]
             out = endpoint.function(*decoded)
-            return [out[o.name] if o.dtype == "string" else tf.cast(out[o.name], o.dtype) for o in endpoint.outputs]
+            return [_as_declared(out[o.name], o.dtype) for o in endpoint.outputs]
 
         def empty():  # a varying dimension is 0 here
             with tf.control_dependencies(same_count):
@@ -89,6 +87,18 @@ def _serving_function(endpoint, input_shape):
         return {o.name: r for o, r in zip(endpoint.outputs, results)}
 
     return serve, specs
+
+
+def _as_declared(tensor, dtype):
+    """An endpoint's output in its declared dtype: strings as they are; integers saturated
+    (a float pixel of 300 serves as 255, not 44, which a plain cast to uint8 gives)."""
+    if dtype == "string":
+        return tensor
+    dtype = tf.as_dtype(dtype)
+    tensor = tf.convert_to_tensor(tensor)
+    if dtype.is_integer and tensor.dtype.is_floating:
+        return tf.saturate_cast(tf.round(tensor), dtype)
+    return tf.cast(tensor, dtype)
 
 
 def _describe_output(output):
@@ -103,13 +113,13 @@ def _warmup_request(endpoint, input_shape):
                            for spec in endpoint.inputs}
 
 
-def _endpoints(model, image_shape, threshold):
+def _endpoints(model, input_shape, threshold):
     """The model's declared endpoints; a plain Keras encoder gets the embedding ones."""
     from keras_ssl.models.common import MethodModel
     from keras_ssl.models.endpoints import embedding_endpoints
 
     if isinstance(model, MethodModel):
-        return model.serving_endpoints(image_shape, threshold)
+        return model.serving_endpoints(input_shape, threshold)
     if threshold is not None:
         raise UserError("a threshold only applies to models with a verify signature (Siamese, triplet)")
 
@@ -161,18 +171,21 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
 
     check_model(model, "the model to export")  # never ship NaN/Inf weights (batch-norm statistics included)
     encoder = getattr(model, "encoder", model)
-    image_shape = input_shape or image_shape
-    if image_shape is None:
+    input_shape = input_shape or image_shape
+    if input_shape is None:
         if len(encoder.input_shape) != 4 or None in encoder.input_shape[1:]:
             raise UserError(f"the encoder's input shape {encoder.input_shape} does not fix the input size; "
                             "pass input_shape=(H, W, C) for images or (samples,) for audio")
-        image_shape = tuple(encoder.input_shape[1:])
-    image_shape = tuple(int(d) for d in image_shape)
-    endpoints = _endpoints(model, image_shape, threshold)
+        input_shape = tuple(encoder.input_shape[1:])
+    input_shape = tuple(int(d) for d in input_shape)
+    endpoints = _endpoints(model, input_shape, threshold)
     from keras_ssl import modalities
 
     # the modality of the inputs the model decodes (generative inputs, latents and seeds, have none)
-    named = [input_kind(s.kind).modality for e in endpoints for s in e.inputs if input_kind(s.kind).modality]
+    named = sorted({input_kind(s.kind).modality for e in endpoints for s in e.inputs} - {None})
+    if len(named) > 1:
+        raise UserError(f"the model's signatures take inputs of several modalities ({', '.join(named)}); "
+                        "export one modality per model")
     modality = modalities.get(named[0]) if named else None
     predicts_classes = [e for e in endpoints if e.dataset_classes]
     if not predicts_classes or (class_names and len(class_names) != predicts_classes[0].outputs[0].shape[0]):
@@ -184,7 +197,7 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         archive = keras.export.ExportArchive()
         archive.track(model)
         for endpoint in endpoints:
-            function, signature = _serving_function(endpoint, image_shape)
+            function, signature = _serving_function(endpoint, input_shape)
             archive.add_endpoint(endpoint.name, function, input_signature=signature)
             if endpoint.variables:
                 archive.add_variable_collection(endpoint.variable_collection, list(endpoint.variables))
@@ -194,22 +207,22 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         by_name = {e.name: e for e in endpoints}
         verify = by_name.get("verify")
         facts = {
-            "signatures": {e.name: {"inputs": {s.name: input_kind(s.kind).describe(image_shape, s)
+            "signatures": {e.name: {"inputs": {s.name: input_kind(s.kind).describe(input_shape, s)
                                                for s in e.inputs},
                                     "outputs": {o.name: _describe_output(o) for o in e.outputs}}
                            for e in endpoints},
         }
-        embedding = next((o for o in by_name.get("serving_default", _NO_ENDPOINT).outputs if o.name == "embedding"),
-                         None)
+        default = by_name.get("serving_default")
+        embedding = next((o for o in default.outputs if o.name == "embedding"), None) if default else None
         if embedding is not None:  # only where an embedding is served
             facts.update(embedding_dim=embedding.shape[0], l2_normalized=True)
         # float32 in the graph; written with float32's 7 significant digits (0.9, not 0.8999999761)
         facts["threshold"] = float(f"{float(verify.variables[0].numpy()):.7g}") if verify is not None else None
         if modality is not None:
-            facts.update(modality.serving_facts(image_shape))
+            facts.update(modality.serving_facts(input_shape))
         if predicts_classes:
             facts["class_names"] = list(class_names) if class_names else None
-        facts["warmup_requests"] = _write_warmup(tmp, [_warmup_request(e, image_shape) for e in endpoints]) \
+        facts["warmup_requests"] = _write_warmup(tmp, [_warmup_request(e, input_shape) for e in endpoints]) \
             if warmup else None
         with open(os.path.join(extra, "preprocessing.json"), "w") as f:
             json.dump(facts, f, indent=2)
@@ -226,10 +239,6 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-class _NO_ENDPOINT:
-    outputs = ()
 
 
 def _pid_alive(pid):

@@ -50,17 +50,22 @@ def _count(n):
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
 
 
+def describe_examples(dataset, count):
+    """`60,000 images 28x28x1` / `2,880 clips of 1.0 s at 16 kHz` (the dataset's modality's words)."""
+    from keras_ssl import modalities
+
+    return modalities.of_dataset(dataset).describe_examples(dataset, count)
+
+
 def start_summary(config, dataset, train_size, model, *, steps, batch_size, peak_lr, replicas, strategy,
                   dtype_policy, dtype_reason, initial_epoch):
     """The block printed before training: what runs, on what, how long an epoch is."""
-    from keras_ssl import modalities
-
     method = config.method_spec
     labels = f", {len(dataset.class_names)} classes" if dataset.labelled else ", unlabelled"
     encoder = model.encoder
     lines = [
         f"keras-ssl-train: {config.method} ({method.summary})",
-        f"  data      {config.dataset}: {modalities.of_dataset(dataset).describe_examples(dataset, train_size)} for training{labels}",
+        f"  data      {config.dataset}: {describe_examples(dataset, train_size)} for training{labels}",
         f"  encoder   {config.encoder} x{config.width_multiplier:g}: {_count(encoder.count_params())} parameters "
         f"(whole model {_count(model.count_params())})",
         f"  precision {dtype_policy}: {dtype_reason}",

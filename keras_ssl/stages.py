@@ -14,8 +14,15 @@ A method may also declare `prepare(run, options, split, parent) -> {name: array}
 once before the first epoch on the training split (k-means targets of the parent's
 features, a vocabulary, a palette), its artefacts saved in the run directory
 (`prepared.npz`, written atomically by the chief) and read back on every resume, so a
-resumed run trains on exactly the targets it started with; and
-`preprocessor(artefacts) -> object` (a tokenizer layer, say) built from them.
+resumed run trains on exactly the targets it started with. The file carries a
+fingerprint of what they were made from (the run's settings beyond those a resume may
+change, and the parent's `model.keras` size and time): artefacts made for other
+settings or another parent (a refused start left them, the parent was retrained) are
+made again, never reused. Under MultiWorkerMirroredStrategy every worker prepares for
+itself (only the chief writes), so `prepare` must be deterministic: seed every random
+choice. Artefacts are plain numeric or string arrays (no objects), named like Python
+identifiers. `preprocessor(artefacts) -> object` (a tokenizer layer, say) is built from
+them.
 
 A chain is one flagfile per stage; checkpoints, resume, the run-directory lock and
 divergence handling are those of any run (`keras_ssl.training`).
@@ -29,6 +36,7 @@ import numpy as np
 from keras_ssl.errors import UserError
 
 PREPARED_FILE = "prepared.npz"
+_FINGERPRINT = "keras_ssl_fingerprint"  # the key in prepared.npz that is not an artefact
 
 
 @dataclasses.dataclass
@@ -44,7 +52,9 @@ class StageInputs:
     preprocessor: object = None
 
 
-NO_STAGE = StageInputs()
+def no_stage():
+    """The `StageInputs` of a method that is no stage: nothing (a fresh one each time)."""
+    return StageInputs()
 
 
 def check_parent_run(config):
@@ -96,35 +106,76 @@ def load_parent(config):
     return parent, parent_config
 
 
-def stage_inputs(config, train_split, chief=True):
+def is_stage(method):
+    """True for a method with a parent, a prepare step or a preprocessor."""
+    return method.parent is not None or method.prepare is not None or method.preprocessor is not None
+
+
+def stage_inputs(config, training_split, chief=True):
     """The `StageInputs` of a run: its parent (loaded frozen) and its prepared artefacts,
-    read from `<model_dir>/prepared.npz` when a previous start wrote them, else made by
-    the method's `prepare` (and written there by the chief)."""
+    read from `<model_dir>/prepared.npz` when a previous start wrote them for the same
+    settings and parent, else made by the method's `prepare` on `training_split()` (a
+    callable: the split is only made when needed) and written there by the chief."""
     method = config.method_spec
     parent, parent_config = load_parent(config)
     artefacts = {}
     if method.prepare is not None:
         path = os.path.join(config.model_dir, PREPARED_FILE)
-        if os.path.isfile(path):
-            with np.load(path, allow_pickle=False) as stored:
-                artefacts = {name: stored[name] for name in stored.files}
-        else:
+        fingerprint = _fingerprint(config)
+        artefacts = _read_artefacts(path, fingerprint)
+        if artefacts is None:
             artefacts = {name: np.asarray(value) for name, value in
-                         method.prepare(config, config.options, train_split, parent).items()}
+                         method.prepare(config, config.options, training_split(), parent).items()}
+            _check_artefacts(method.name, artefacts)
             if chief:
-                write_artefacts(path, artefacts)
+                write_artefacts(path, artefacts, fingerprint)
     preprocessor = method.preprocessor(artefacts) if method.preprocessor is not None else None
     return StageInputs(parent, parent_config, artefacts, preprocessor)
 
 
-def write_artefacts(path, artefacts):
-    """`np.savez` to a temporary file in the same directory, then renamed into place."""
+def _fingerprint(config):
+    """What a run's artefacts depend on: its settings (less those a resume may change)
+    and its parent's model file (size and modification time)."""
+    import json
+
+    from keras_ssl.run_directory import RESUMABLE_KEYS
+
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
+    if config.parent_run:
+        stat = os.stat(os.path.join(config.parent_run, "model.keras"))
+        settings["parent_model"] = [stat.st_size, stat.st_mtime_ns]
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _read_artefacts(path, fingerprint):
+    """The artefacts in `path` when they were made for `fingerprint`, else None."""
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        if _FINGERPRINT not in stored.files or str(stored[_FINGERPRINT]) != fingerprint:
+            return None  # made for other settings or another parent: made again
+        return {name: stored[name] for name in stored.files if name != _FINGERPRINT}
+
+
+def _check_artefacts(method_name, artefacts):
+    """A ValueError (a method's bug, not a user's) for artefacts `np.savez` cannot round-trip."""
+    for name, value in artefacts.items():
+        if not name.isidentifier() or name in ("file", "allow_pickle", _FINGERPRINT):
+            raise ValueError(f"{method_name}'s prepare returned an artefact named {name!r}; use another name")
+        if value.dtype == object:
+            raise ValueError(f"{method_name}'s prepare returned {name!r} as Python objects; return a numeric or "
+                             "string array")
+
+
+def write_artefacts(path, artefacts, fingerprint=""):
+    """`np.savez` (with the fingerprint) to a temporary file in the same directory, then
+    renamed into place."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **artefacts)
+            np.savez(f, **artefacts, **{_FINGERPRINT: np.asarray(fingerprint)})
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

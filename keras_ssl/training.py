@@ -38,7 +38,7 @@ from keras_ssl.run_directory import (
 # What users and the binaries import from here (the config and run-directory
 # helpers live in their own modules and are re-exported for them).
 __all__ = [
-    "DTYPE_POLICIES", "TrainConfig", "build_model", "check_modality", "latest_checkpoint", "load_run_dataset",
+    "DEFAULT_ENCODERS", "DTYPE_POLICIES", "TrainConfig", "build_model", "check_modality", "latest_checkpoint", "load_run_dataset",
     "method_data", "parse_classes", "read_config", "run_directory_lock", "run_modality", "train", "training_split",
 ]
 
@@ -74,20 +74,34 @@ def build_model(config, dataset, stage=None):
     if stage is None:
         stage = run_stage(config, dataset)
     encoder = run_modality(config).build_encoder(config, dataset, size_agnostic=method.patch_encoder)
-    return method.build(config, config.options, encoder, dataset, stage)
+    return _with_stage(method.build, stage, config, config.options, encoder, dataset)
+
+
+def _with_stage(function, stage, *args):
+    """`function(*args, stage)`, or `function(*args)` for a method written before stages
+    (its `build`/`training_data` takes no `stage` argument)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    takes_stage = len(parameters) > len(args) or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    return function(*args, stage) if takes_stage else function(*args)
 
 
 def run_stage(config, dataset=None, chief=False):
-    """The `StageInputs` of a run (`keras_ssl.stages.stage_inputs` on the training split
-    of `dataset`, by default the run's); `NO_STAGE` for a method that is no stage."""
-    from keras_ssl.stages import NO_STAGE, check_parent_run, stage_inputs
+    """The `StageInputs` of a run (`keras_ssl.stages.stage_inputs`; the training split of
+    `dataset`, by default the run's, is only loaded when artefacts must be made); an
+    empty one for a method that is no stage."""
+    from keras_ssl.stages import check_parent_run, is_stage, no_stage, stage_inputs
 
     method = config.method_spec
-    if method.parent is None and method.prepare is None:
+    if not is_stage(method):
         check_parent_run(config)  # refuses a --parent_run given to a method without a parent
-        return NO_STAGE
-    dataset = dataset if dataset is not None else load_run_dataset(config)
-    return stage_inputs(config, training_split(config, dataset)[0], chief)
+        return no_stage()
+
+    def split():
+        return training_split(config, dataset if dataset is not None else load_run_dataset(config))[0]
+
+    return stage_inputs(config, split, chief)
 
 
 def run_modality(config):
@@ -118,7 +132,7 @@ def method_data(config, split, stage=None):
     `build_model` (default: read for `config`)."""
     if stage is None:
         stage = run_stage(config)
-    return config.method_spec.training_data(config, config.options, split, stage)
+    return _with_stage(config.method_spec.training_data, stage, config, config.options, split)
 
 
 def train(config):
@@ -246,6 +260,7 @@ def _train(config, strategy, chief, own_dir):
         "examples_per_second": (method.images_per_example * epochs_run * steps * batch_size
                                 / elapsed) if epochs_run else None,
         "example_unit": modality.unit,
+        "images_per_second": None,  # and <unit>_per_second below (images_per_second for image runs)
         "final_metrics": {k: v[-1] for k, v in history.items()},
         # the epoch a rerun of a finished run found it at (nothing was trained), else None
         "already_finished_at": (latest_checkpoint(own_dir)[0] or initial_epoch) if not epochs_run else None,
@@ -260,3 +275,11 @@ def _train(config, strategy, chief, own_dir):
     save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
     write_json(os.path.join(config.model_dir, "training.json"), result)
     return result
+
+
+def __getattr__(name):
+    if name == "DEFAULT_ENCODERS":  # deprecated: keras_ssl.modalities.get(name).default_encoder
+        from keras_ssl import modalities
+
+        return {m: modalities.get(m).default_encoder for m in modalities.names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

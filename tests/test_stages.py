@@ -87,3 +87,37 @@ def test_the_binary_documents_and_refuses_parent_run(parent_root, tmp_path):
     helpfull = subprocess.run([sys.executable, "-m", "keras_ssl.bin.train", "--helpfull"], capture_output=True,
                               text=True, timeout=300, env=env)
     assert helpfull.returncode == 0 and "--parent_run: a stage's parent" in helpfull.stdout
+
+
+def test_artefacts_made_for_other_settings_are_made_again(parent_root, tmp_path):
+    parent = smoke_parent_run("rotation", parent_root)
+    model_dir = tmp_path / "child"
+    train(_child(model_dir, parent))
+    for entry in os.listdir(model_dir):  # as a start refused after prepare leaves it: the artefacts alone
+        if entry != "prepared.npz":
+            shutil.rmtree(model_dir / entry) if (model_dir / entry).is_dir() else os.remove(model_dir / entry)
+    train(_child(model_dir, parent, clusters=3))
+    with np.load(model_dir / "prepared.npz") as stored:
+        assert stored["centroids"].shape[0] == 3  # made again for 3 clusters, not the 4 left behind
+
+
+def test_a_method_written_before_stages_is_called_without_one():
+    from keras_ssl.stages import no_stage
+    from keras_ssl.training import _with_stage
+
+    assert _with_stage(lambda run, options, encoder, dataset: "old", no_stage(), 1, 2, 3, 4) == "old"
+    assert _with_stage(lambda run, options, encoder, dataset, stage: stage, no_stage(), 1, 2, 3, 4) == no_stage()
+    assert no_stage() is not no_stage()  # nothing shared between runs
+
+
+def test_generative_outputs_saturate_and_latents_need_a_shape():
+    import tensorflow as tf
+
+    from keras_ssl.export import _as_declared
+    from keras_ssl.models.endpoints import ServingInput
+
+    assert _as_declared(tf.constant([300.0, -1.0, 12.6]), "uint8").numpy().tolist() == [255, 0, 13]
+    assert _as_declared(tf.constant([b"a"]), "string").numpy().tolist() == [b"a"]
+    with pytest.raises(ValueError, match=r"the latent input 'z' needs its shape"):
+        ServingInput("z", "latent")
+    assert ServingInput("z", "latent", shape=(8,)).shape == (8,)

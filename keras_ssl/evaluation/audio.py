@@ -61,7 +61,7 @@ def _probes(train_x, test_x, train, test, probe_max_iter):
 
 
 def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="tsne", probe_max_iter=1000,
-                         train_limit=None, extra=None):
+                         train_limit=None, extra=None, write_report=True):
     """Word/speaker probes of `model`'s frame points, MFCCs and `untrained`,
     each mean-pooled and mean+std-pooled; kNN on the representation; a t-SNE
     of the test clips; `evaluation.json`.
@@ -111,7 +111,8 @@ def evaluate_audio_model(model, dataset, untrained=None, output_dir=None, plot="
             results["embedding_plot"] = embedding_plot(
                 test_x, test.labels, os.path.join(output_dir, "embedding.png"), dataset.class_names, method=plot,
                 title=f"{plot.upper()} of {len(test_x)} test clips ({name}), coloured by word")
-        write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
+        if write_report:
+            write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
     return results
 
 

@@ -135,7 +135,7 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes=None, knn_k=
 
 
 def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne", knn_k=(20, 200),
-                     probe_max_iter=1000, train_limit=None, extra=None):
+                     probe_max_iter=1000, train_limit=None, extra=None, write_report=True):
     """The shared evaluator: probe + kNN at each probe point, plot, `evaluation.json`.
 
     Args:
@@ -147,6 +147,8 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
       plot: `tsne`, `pca` or None.
       train_limit: use only the first N train images (quick checks).
       extra: more key/values to store in the report.
+      write_report: write `evaluation.json` in `output_dir` (the plots go there
+        either way).
     Returns the results dict (also written as JSON).
     """
     if not dataset.labelled:
@@ -176,7 +178,8 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
             results["embedding_plot"] = embedding_plot(
                 test_features, dataset.test.labels, os.path.join(output_dir, "embedding.png"),
                 dataset.class_names, method=plot)
-        write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
+        if write_report:
+            write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
     return results
 
 

@@ -1,55 +1,133 @@
-"""The evaluations a method declares (`Method.evaluations`), by name.
+"""The evaluations a method declares (`Method.evaluations`), by name: what
+`keras-ssl-evaluate` runs and what the contract test checks.
 
-Each takes `(model, dataset, config, model_dir, train_limit)`: the method
-model loaded from `model.keras`, the dataset at the encoder's image size, the
-run's `TrainConfig`, where to write plots, and the probe's train limit; and
-returns a dict merged into `evaluation.json`. The frozen-feature linear probe
-and kNN run for every method and are not listed.
+Each `Evaluation` takes an `EvaluationContext` (the method model loaded from
+`model.keras`, the dataset as the kept model takes it, the run's `TrainConfig`,
+the run directory, the evaluator's settings) and returns a dict merged into
+`evaluation.json`. It lists the report keys it always adds and the ones that
+hold a plot's path, and whether it needs class labels (on an unlabelled
+dataset only the label-free ones run, beside the clusters report of
+`keras_ssl.evaluation.unlabelled`).
+
+    probe          frozen-feature linear probe and kNN (the modality's: images,
+                   audio word/speaker probes against MFCCs); every method's default
+    verification   ROC AUC, EER, calibrated threshold, one-shot accuracy
+    retrieval      P@1, R-precision, MAP@R, recall@k
+    pretext        the pretext task's own test accuracy
+    info_nce       CPC's InfoNCE accuracy, loss and MI bound per step ahead
+
+A new kind (likelihood in bits/dim, reconstruction error, a samples grid,
+perplexity) is one more `Evaluation` in `EVALUATIONS`.
 """
 
+import dataclasses
+import os
+from typing import Callable
 
-def _verification(model, dataset, config, model_dir, train_limit):
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationContext:
+    """What an evaluation gets: `model`, `dataset`, `config` (the run's), `model_dir`
+    (where plots go; None: nowhere) and `request` (`EvaluationRequest`)."""
+
+    model: object
+    dataset: object
+    config: object
+    model_dir: str | None
+    request: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A declared evaluation: `function(context) -> dict`, the `report_keys` it always
+    adds, those of its `plots` (written when there is a run directory), whether it
+    `needs_labels`, and `table(context, results) -> str`, the printed table when it is
+    the report's main evaluation (the probe's)."""
+
+    name: str
+    summary: str
+    function: Callable
+    report_keys: tuple
+    plots: tuple = ()
+    needs_labels: bool = True
+    table: Callable | None = None
+
+
+def _modality(context):
+    from keras_ssl import modalities
+
+    return modalities.get(context.config.method_spec.modality)
+
+
+def _probe(context):
+    """The modality's frozen-feature evaluation: linear probe and kNN (and the audio probes)."""
+    return _modality(context).evaluate_labelled(context.config, context.model, context.model_dir, context.dataset,
+                                                context.request)
+
+
+def _probe_table(context, results):
+    return _modality(context).format_report(results)
+
+
+def _verification(context):
     """ROC/EER, the threshold calibrated on images the run never trained on, one-shot."""
-    from keras_ssl.evaluation.verification import evaluate_siamese
-    from keras_ssl.training import parse_classes, training_split
-
-    _, val = training_split(config, dataset)
-    if val is None:  # no held-out images: calibrate on training images (optimistic)
-        val = dataset.train.take(train_limit)
-    return evaluate_siamese(model, dataset.test, val, model_dir, parse_classes(config.train_classes))
-
-
-def _retrieval(model, dataset, config, model_dir, train_limit):
-    """P@1, R-precision, MAP@R, recall@k (and on held-out classes)."""
-    from keras_ssl.evaluation.retrieval import evaluate_retrieval
     from keras_ssl.config import parse_classes
+    from keras_ssl.evaluation.verification import evaluate_siamese
+    from keras_ssl.training import training_split
 
-    return evaluate_retrieval(model, dataset, model_dir, parse_classes(config.train_classes))
+    _, val = training_split(context.config, context.dataset)
+    if val is None:  # no held-out images: calibrate on training images (optimistic)
+        val = context.dataset.train.take(context.request.train_limit)
+    return evaluate_siamese(context.model, context.dataset.test, val, context.model_dir,
+                            parse_classes(context.config.train_classes))
 
 
-def _pretext(model, dataset, config, model_dir, train_limit):
+def _retrieval(context):
+    """P@1, R-precision, MAP@R, recall@k (and on held-out classes)."""
+    from keras_ssl.config import parse_classes
+    from keras_ssl.evaluation.retrieval import evaluate_retrieval
+
+    return evaluate_retrieval(context.model, context.dataset, context.model_dir,
+                              parse_classes(context.config.train_classes))
+
+
+def _pretext(context):
     """The pretext task's own accuracy on the test split."""
     from keras_ssl.evaluation.pretext import pretext_accuracy
 
-    return {"pretext_accuracy": pretext_accuracy(model, dataset.test)}
+    return {"pretext_accuracy": pretext_accuracy(context.model, context.dataset.test)}
 
 
-def _info_nce(model, dataset, config, model_dir, train_limit):
-    """CPC's own task on the test clips: InfoNCE accuracy, loss and MI bound per
+def _info_nce(context):
+    """CPC's own task on the test examples: InfoNCE accuracy, loss and MI bound per
     step k (batches of the training batch size), and their plot."""
-    import os
-
     from keras_ssl.evaluation.audio import prediction_plot
 
-    per_step = model.step_metrics(dataset.test.waveforms, batch_size=min(config.batch_size, len(dataset.test)))
+    test = context.dataset.test
+    inputs = _modality(context).examples(test)
+    per_step = context.model.step_metrics(inputs, batch_size=min(context.config.batch_size, len(test)))
     result = {"info_nce": per_step}
-    if model_dir:
-        result["info_nce_plot"] = prediction_plot(per_step, os.path.join(model_dir, "info_nce.png"))
+    if context.model_dir:
+        result["info_nce_plot"] = prediction_plot(per_step, os.path.join(context.model_dir, "info_nce.png"))
     return result
 
 
-# Those that need no class labels (they run on unlabelled datasets too).
-LABEL_FREE_EVALUATIONS = ("pretext", "info_nce")
+EVALUATIONS = {e.name: e for e in (
+    Evaluation("probe", "frozen-feature linear probe and kNN", _probe,
+               ("linear_probe_accuracy", "knn_accuracy", "feature_dim"), ("embedding_plot",), table=_probe_table),
+    Evaluation("verification", "ROC AUC, EER, calibrated threshold, one-shot accuracy", _verification,
+               ("roc_auc", "eer", "threshold", "one_shot_accuracy"), ("roc_plot",)),
+    Evaluation("retrieval", "P@1, R-precision, MAP@R, recall@k", _retrieval,
+               ("precision_at_1", "r_precision", "map_at_r", "recall_at_k"), ("retrieval_plot",)),
+    Evaluation("pretext", "the pretext task's test accuracy", _pretext, ("pretext_accuracy",), needs_labels=False),
+    Evaluation("info_nce", "InfoNCE accuracy, loss and MI bound per step ahead", _info_nce, ("info_nce",),
+               ("info_nce_plot",), needs_labels=False),
+)}
+DEFAULT_EVALUATIONS = ("probe",)
 
-METHOD_EVALUATIONS = {"verification": _verification, "retrieval": _retrieval, "pretext": _pretext,
-                      "info_nce": _info_nce}
+
+def evaluation(name):
+    """The declared `Evaluation` called `name` (a ValueError naming them otherwise)."""
+    if name not in EVALUATIONS:
+        raise ValueError(f"evaluation must be one of {', '.join(EVALUATIONS)}, got {name!r}")
+    return EVALUATIONS[name]

@@ -54,7 +54,8 @@ def cluster_features(features, clusters=10, seed=0, max_points=5000):
     return assignments, float(silhouette_score(x[sample], assignments[sample]))
 
 
-def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="tsne", clusters=10, extra=None):
+def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="tsne", clusters=10, extra=None,
+                        write_report=True):
     """The label-free report of a trained model (`encoder`: the kept encoder); the
     features and the neighbour grid are the dataset's modality's; see the module docstring."""
     from keras_ssl import modalities
@@ -85,7 +86,8 @@ def evaluate_unlabelled(model, encoder, dataset, config, output_dir=None, plot="
         neighbours = modality.neighbours_plot(test, features, os.path.join(output_dir, "neighbours.png"))
         if neighbours:
             results["neighbours_plot"] = neighbours
-        write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
+        if write_report:
+            write_json_atomic(os.path.join(output_dir, "evaluation.json"), results)
     return results
 
 

@@ -50,20 +50,24 @@ class AudioModality(Modality):
 
         return (int(round(config.audio_seconds * SAMPLE_RATE)),)  # served at the clip length it trained on
 
-    def evaluate_labelled(self, config, model, model_dir, dataset, request, extra=None):
+    def evaluate_labelled(self, config, model, model_dir, dataset, request):
         """Word/speaker probes of the model's probe points against MFCCs and the untrained
         model (rebuilt with seed 0), kNN on the representation, plot."""
         import keras
 
-        from keras_ssl.evaluation.audio import evaluate_audio_model, format_audio_table
+        from keras_ssl.evaluation.audio import evaluate_audio_model
         from keras_ssl.training import build_model
 
         keras.utils.set_random_seed(0)
         untrained = build_model(config, dataset)
-        results = evaluate_audio_model(model, dataset, untrained, request.output_dir, plot=request.plot,
-                                       probe_max_iter=request.probe_max_iter, train_limit=request.train_limit,
-                                       extra=extra)
-        return results, format_audio_table(results)
+        return evaluate_audio_model(model, dataset, untrained, request.output_dir, plot=request.plot,
+                                    probe_max_iter=request.probe_max_iter, train_limit=request.train_limit,
+                                    write_report=False)
+
+    def format_report(self, results):
+        from keras_ssl.evaluation.audio import format_audio_table
+
+        return format_audio_table(results)
 
     def unlabelled_features(self, model, encoder, split):
         from keras_ssl.evaluation.audio import clip_features

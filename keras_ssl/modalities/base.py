@@ -71,12 +71,18 @@ class Modality:
 
     # -- evaluation and tests ---------------------------------------------------
 
-    def evaluate_labelled(self, config, model, model_dir, dataset, request, extra=None):
-        """The default frozen-feature evaluation of a run on a labelled `dataset`:
-        `(results, printed table)`; `request` holds the evaluator's settings
-        (`keras_ssl.evaluation.request.EvaluationRequest`), `extra` the figures
-        gathered before (the method's own evaluations), added to the results."""
+    def evaluate_labelled(self, config, model, model_dir, dataset, request):
+        """The frozen-feature evaluation of a run on a labelled `dataset` (the declared
+        evaluation `probe`): its results (plots written to `request.output_dir`);
+        `request` holds the evaluator's settings
+        (`keras_ssl.evaluation.request.EvaluationRequest`)."""
         raise NotImplementedError
+
+    def format_report(self, results):
+        """The printed table of a labelled report."""
+        from keras_ssl.evaluation.report import format_table
+
+        return format_table(results)
 
     def unlabelled_features(self, model, encoder, split):
         """`[N, D]` features of `split` for the label-free report (clusters, plot)."""
@@ -86,6 +92,11 @@ class Modality:
         """A picture of test examples beside their nearest neighbours (cosine on
         `features`) written to `path`, or None where examples cannot be shown."""
         return None
+
+    def serving_facts(self, input_shape):
+        """What the export's `preprocessing.json` says of the model's inputs (their size,
+        rate, preprocessing)."""
+        return {}
 
     def smoke_dataset(self, root):
         """Run settings giving a method of this modality a tiny dataset (the contract

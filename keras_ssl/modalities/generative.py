@@ -16,6 +16,11 @@ class Latents(InputKind):
 
     name = "latent"
 
+    def check(self, serving_input):
+        if not serving_input.shape:
+            raise ValueError(f"the latent input {serving_input.name!r} needs its shape, e.g. "
+                             "ServingInput(name, 'latent', shape=(D,))")
+
     def spec(self, serving_input, input_shape):
         import tensorflow as tf
 

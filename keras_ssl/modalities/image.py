@@ -69,16 +69,15 @@ class ImageModality(Modality):
 
         return tuple(load_model(os.path.join(model_dir, "encoder.keras")).input_shape[1:])  # the size training kept
 
-    def evaluate_labelled(self, config, model, model_dir, dataset, request, extra=None):
+    def evaluate_labelled(self, config, model, model_dir, dataset, request):
         """Linear probe and kNN of the kept encoder's features (and `request.layers`), plot."""
-        from keras_ssl.evaluation import evaluate_encoder, format_table
+        from keras_ssl.evaluation import evaluate_encoder
         from keras_ssl.saving import load_model
 
         encoder = load_model(os.path.join(model_dir, "encoder.keras"))
-        results = evaluate_encoder(encoder, dataset, request.output_dir, layers=list(request.layers),
-                                   plot=request.plot, probe_max_iter=request.probe_max_iter,
-                                   train_limit=request.train_limit, extra=extra)
-        return results, format_table(results)
+        return evaluate_encoder(encoder, dataset, request.output_dir, layers=list(request.layers), plot=request.plot,
+                                probe_max_iter=request.probe_max_iter, train_limit=request.train_limit,
+                                write_report=False)
 
     def unlabelled_features(self, model, encoder, split):
         from keras_ssl.evaluation.classification import extract_features

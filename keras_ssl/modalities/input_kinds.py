@@ -3,10 +3,11 @@
 An endpoint (`keras_ssl.models.endpoints.ServingInput`) names each input by its
 *kind*; the exporter (`keras_ssl.export`) looks the kind up here and asks it for
 the input's `tf.TensorSpec`, the graph ops that check and decode a request into
-the float batch the endpoint's function takes, a line describing it, and a
-warmup value. Each modality registers its kinds (`keras_ssl.modalities.image`:
-`image`, `pixels`; `keras_ssl.modalities.audio`: `wav`, `waveform`); a new kind
-(token ids, strings, latents, seeds) is one more `InputKind` subclass.
+the batch the endpoint's function takes, a line describing it, and a warmup
+value. Each modality registers its kinds (`keras_ssl.modalities.image`: `image`,
+`pixels`; `keras_ssl.modalities.audio`: `wav`, `waveform`), and
+`keras_ssl.modalities.generative` the kinds of generative endpoints (`latent`,
+`seeds`); a new kind (token ids, strings) is one more `InputKind` subclass.
 
 Every refusal is one line that names the signature and the items at fault,
 `<signature>: <what is wrong> (indices): [i, j]; <what to do>` (`refuse`), so
@@ -34,6 +35,10 @@ class InputKind:
     name = None
     modality = None
     encoded = False
+
+    def check(self, serving_input):
+        """A ValueError when an endpoint declares `serving_input` without what this
+        kind needs (e.g. a latent's shape)."""
 
     def spec(self, serving_input, input_shape):
         """The input's `tf.TensorSpec` (named after the input)."""

@@ -282,7 +282,7 @@ register(Method(
     run_defaults=dict(model_dir="runs/cpc_audio", dataset="folder:data/spoken_digits", optimizer="adam",
                       learning_rate=2e-4, lr_scaling="none", warmup_epochs=0.0, weight_decay=0.0, augment="none",
                       batch_size=32),
-    evaluations=("info_nce",),
+    evaluations=("probe", "info_nce"),
     smoke_options=dict(batch_size=8, audio_seconds=0.2, prediction_steps=4, num_negatives=16, context_dim=16),
 ))
 

@@ -39,7 +39,14 @@ class ServingInput:
     def __post_init__(self):
         from keras_ssl.modalities.input_kinds import input_kind
 
-        input_kind(self.kind)  # a ValueError naming the registered kinds
+        input_kind(self.kind).check(self)  # a ValueError naming the registered kinds, or what is missing
+
+    @property
+    def audio(self):
+        """Deprecated: True for the audio input kinds (`wav`, `waveform`)."""
+        from keras_ssl.modalities.input_kinds import input_kind
+
+        return input_kind(self.kind).modality == "audio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +65,10 @@ class ServingOutput:
 class Endpoint:
     """A serving signature.
 
-    `function(*decoded_inputs) -> {output name: tensor}` gets one float32
-    batch per input (images in [0, 1], or waveforms; in the order of
-    `inputs`, all of the same batch size, at least 1). `variables` are tracked with the export (e.g. a
+    `function(*decoded_inputs) -> {output name: tensor}` gets one batch per
+    input, as its kind decodes it (float32 images in [0, 1], waveforms or
+    latents, int32 seeds; in the order of `inputs`, all of the same batch size,
+    at least 1). `variables` are tracked with the export (e.g. a
     verification threshold) and listed under `variable_collection`.
     `dataset_classes`: the outputs are over the training dataset's classes
     (their names are stored with the export).
@@ -104,3 +112,11 @@ def classify_endpoint(probabilities, num_classes, meaning, inputs=(ServingInput(
                     (ServingOutput("probabilities", "float32", (num_classes,), meaning),
                      ServingOutput("class", "int32", (), "index of the largest probability")),
                     function, dataset_classes=dataset_classes)
+
+
+def __getattr__(name):
+    if name == "INPUT_KINDS":  # deprecated: the registered kinds' names
+        from keras_ssl.modalities.input_kinds import input_kind_names
+
+        return input_kind_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

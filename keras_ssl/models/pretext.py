@@ -239,12 +239,12 @@ def _relative_position_data(run, options, split, stage=None):
 register(Method(
     name="rotation", summary="rotation prediction, RotNet (Gidaris et al. 2018)",
     options=RotationOptions, build=_build_rotation, training_data=_rotation_data, images_per_example=4,
-    evaluations=("pretext",),
+    evaluations=("probe", "pretext"),
     smoke_options=dict(augment="none", batch_size=8),
 ))
 register(Method(
     name="relative_position", summary="relative patch position (Doersch, Gupta, Efros 2015)",
     options=RelativePositionOptions, build=_build_relative_position, training_data=_relative_position_data,
-    images_per_example=2, evaluations=("pretext",), patch_encoder=True,
+    images_per_example=2, evaluations=("probe", "pretext"), patch_encoder=True,
     smoke_options=dict(augment="none", batch_size=16, image_size=24),
 ))

@@ -8,7 +8,8 @@ A method file in `keras_ssl/models/` defines
 * `build(run, options, encoder, dataset, stage) -> model` and
   `training_data(run, options, split, stage) -> TrainingData` (`stage`: the
   parent run and prepared artefacts of a method that is a stage, see
-  `keras_ssl.stages`; `NO_STAGE` otherwise),
+  `keras_ssl.stages`; an empty one otherwise; a method written without the
+  `stage` argument is still called without it),
 
 and calls `register(Method(...))`. Training (`keras_ssl.training`), the three
 binaries (their `--method` choices and the method flags, generated from the
@@ -97,8 +98,9 @@ class Method:
         `keras_ssl.audio_encoders`); the dataset must be of the same kind.
       run_defaults: run settings this method changes the default of (e.g.
         the optimizer of its paper); a value the user gives still wins.
-      evaluations: what `keras-ssl-evaluate` runs besides the frozen-feature
-        probe and kNN (names in `keras_ssl.evaluation.METHOD_EVALUATIONS`).
+      evaluations: what `keras-ssl-evaluate` runs, in order (names in
+        `keras_ssl.evaluation.method_evaluations.EVALUATIONS`; each lists its
+        report keys and plots); default the frozen-feature probe and kNN.
       requires_augmentation: `--augment=none` is refused (SimCLR's views).
       patch_encoder: the encoder trains on patches, so it is built
         size-agnostic (`(None, None, C)`); the kept encoder is a copy at the
@@ -124,7 +126,7 @@ class Method:
     images_per_example: int = 1
     modality: str = "image"
     run_defaults: dict = dataclasses.field(default_factory=dict)
-    evaluations: tuple = ()
+    evaluations: tuple = ("probe",)
     requires_augmentation: bool = False
     patch_encoder: bool = False
     needs_labels: bool = False

@@ -168,6 +168,6 @@ def _training_data(run, options, split, stage=None):
 register(Method(
     name="siamese", summary="Siamese network on same/different pairs (Hadsell et al. 2006; Koch et al. 2015)",
     options=SiameseOptions, build=_build, training_data=_training_data, images_per_example=2,
-    evaluations=("verification",), needs_labels=True,
+    evaluations=("probe", "verification"), needs_labels=True,
     smoke_options=dict(augment="none", batch_size=16, normalize_embeddings=True, embedding_dim=8),
 ))

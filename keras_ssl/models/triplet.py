@@ -218,13 +218,13 @@ def _explicit_data(run, options, split, stage=None):
 register(Method(
     name="triplet", summary="triplet network, online mining on P x K batches (FaceNet; Hermans et al. 2017)",
     options=TripletOptions, build=_build_online, training_data=_online_data, images_per_example=1,
-    evaluations=("verification", "retrieval"), needs_labels=True,
+    evaluations=("probe", "verification", "retrieval"), needs_labels=True,
     smoke_options=dict(augment="none", classes_per_batch=4, images_per_class=4, embedding_dim=8),
 ))
 register(Method(
     name="triplet_explicit", summary="triplet network on explicit (anchor, positive, negative) triplets "
     "(Hoffer & Ailon 2015)",
     options=TripletExplicitOptions, build=_build_explicit, training_data=_explicit_data, images_per_example=3,
-    evaluations=("verification", "retrieval"), needs_labels=True,
+    evaluations=("probe", "verification", "retrieval"), needs_labels=True,
     smoke_options=dict(augment="none", batch_size=16, embedding_dim=8),
 ))

@@ -1,0 +1,74 @@
+"""The report of a finished run: what `keras-ssl-evaluate` does, callable from code.
+
+    from keras_ssl.evaluation.run_report import evaluate_run
+    results, table, plots = evaluate_run("runs/simclr_fashion_mnist")
+
+It reads the run's files (`config.json`, `model.keras`, `encoder.keras`) and its
+dataset (or another one), refuses a diverged or collapsed model, runs the
+evaluations the method declares (`keras_ssl.evaluation.method_evaluations`; on an
+unlabelled dataset the label-free ones and the clusters report of
+`keras_ssl.evaluation.unlabelled`), and writes `evaluation.json` and the plots in
+the run directory (`request.output_dir`).
+"""
+
+import os
+
+from keras_ssl.errors import UserError
+
+
+def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
+    """`(results, printed table, {plot name: path})` of the finished run in `model_dir`; `request` an
+    `EvaluationRequest` (default: plots and report in `model_dir`); `dataset`/`data_dir`
+    evaluate on another dataset than the run's."""
+    from keras_ssl.evaluation.method_evaluations import EvaluationContext, evaluation
+    from keras_ssl.evaluation.report import write_json_atomic
+    from keras_ssl.evaluation.request import EvaluationRequest
+    from keras_ssl.health import check_model, check_representation
+    from keras_ssl.run_directory import diverged_run, read_config
+    from keras_ssl.saving import load_model
+    from keras_ssl.training import run_modality
+
+    request = request or EvaluationRequest(output_dir=model_dir)
+    config = read_config(model_dir)
+    encoder_path = os.path.join(model_dir, "encoder.keras")
+    if not os.path.isfile(encoder_path):
+        diverged = diverged_run(model_dir)
+        if diverged:
+            raise UserError(f"the run in {model_dir} stopped: {diverged.get('message', 'it diverged')}")
+        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    model = load_model(os.path.join(model_dir, "model.keras"))
+    # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
+    check_model(model, f"the model in {model_dir}")
+    modality = run_modality(config)
+    # as the kept model takes it (an image run is evaluated at the size its encoder kept)
+    dataset = modality.load_run_dataset(config, dataset, data_dir, modality.serving_input_shape(config, model_dir))
+    results = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
+    spread, even = check_representation(model.predict(modality.examples(dataset.test.take(1000)), verbose=0),
+                                        f"the model in {model_dir}")
+    results["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health
+    context = EvaluationContext(model, dataset, config, request.output_dir, request)
+    declared = [evaluation(name) for name in config.method_spec.evaluations]
+    ran = [e for e in declared if dataset.labelled or not e.needs_labels]
+    for e in ran:
+        results.update(e.function(context))
+    if dataset.labelled:
+        main = next((e for e in ran if e.table is not None), None)
+        table = main.table(context, results) if main else _plain_table(results)
+    else:  # no probe or kNN: the method's own metrics, clusters (and for images a neighbour grid)
+        from keras_ssl.evaluation.unlabelled import evaluate_unlabelled, format_unlabelled_table
+
+        results.update(evaluate_unlabelled(model, load_model(encoder_path), dataset, config, request.output_dir,
+                                           plot=request.plot, extra=results, write_report=False))
+        table = format_unlabelled_table(results)
+    if request.output_dir:
+        os.makedirs(request.output_dir, exist_ok=True)
+        write_json_atomic(os.path.join(request.output_dir, "evaluation.json"), results)
+    plot_keys = [key for e in ran for key in e.plots] + ([] if dataset.labelled else ["embedding_plot",
+                                                                                       "neighbours_plot"])
+    return results, table, {key: results[key] for key in plot_keys if results.get(key)}
+
+
+def _plain_table(results):
+    from keras_ssl.evaluation.report import format_table
+
+    return format_table(results)
