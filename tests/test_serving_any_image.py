@@ -96,11 +96,18 @@ def test_large_image_and_pixels_of_other_sizes(served):
     out = loaded.signatures["serving_default"](images=tf.constant([data]))["embedding"]
     expected = loaded.signatures["embed_pixels"](pixels=_expected_pixels(data, channels))["embedding"]
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    # embed_pixels resizes a batch of another size; at the model's size it is the identity
+    # embed_pixels resizes a batch of another size as the loader does (resize_uint8), and at the
+    # model's size the resize is the identity
+    from keras_ssl.data.sources import resize_uint8
+
     pixels = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, channels), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_uint8(tf.constant(pixels), SIZE, SIZE).numpy(), pixels)
     same = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"]
-    double = loaded.signatures["embed_pixels"](pixels=tf.constant(np.repeat(np.repeat(pixels, 2, 1), 2, 2)))
-    assert double["embedding"].shape == same.shape
+    doubled = np.repeat(np.repeat(pixels, 2, 1), 2, 2)
+    double = loaded.signatures["embed_pixels"](pixels=tf.constant(doubled))["embedding"]
+    resized = resize_uint8(tf.constant(doubled), SIZE, SIZE)
+    np.testing.assert_allclose(double, loaded.signatures["embed_pixels"](pixels=resized)["embedding"], atol=1e-6)
+    assert double.shape == same.shape and not np.allclose(same[0], same[1])  # two different images
 
 
 def _declaring(fmt, height, width):
