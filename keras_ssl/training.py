@@ -192,6 +192,7 @@ def _train(config, strategy, chief, own_dir):
     with strategy.scope():
         model = build_model(config, dataset, stage)
         optimizer = build_optimizer(config.optimizer, schedule, config.weight_decay, config.momentum)
+        model.total_steps = total_steps  # the momentum pairs' schedule (keras_ssl.models.hooks)
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model.build()
         model.optimizer.build(model.trainable_variables)

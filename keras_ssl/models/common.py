@@ -20,7 +20,11 @@ class MethodModel(keras.Model):
         replica's batch, already scaled for the global batch (see each method),
         updating its metric trackers, which it lists in `metrics`;
       * may override `after_apply()` (called after every optimizer step: the
-        place for EMA/momentum encoders and codebook updates),
+        place for codebook updates),
+        `parameter_groups()` (variables with their own gradient scale or no
+        weight decay; default: the online probe takes no weight decay) and
+        `momentum_pairs()` (online/target networks the base updates after every
+        step by a moving average; see `keras_ssl.models.hooks`),
         `representation(images)` (default: the encoder's features) and
         `serving_endpoints(...)` (default: the embedding signatures);
       * may have an online linear probe (`init_probe` in its constructor,
@@ -141,6 +145,10 @@ class MethodModel(keras.Model):
                             f"e.g. model.compile(optimizer=\"adam\"), not {', '.join(f'{g}=' for g in given)}")
         super().compile(optimizer=optimizer, **kwargs)
         self._compile_loss = self._compile_metrics = None
+        from keras_ssl.models.hooks import exclude_from_weight_decay
+
+        if self.optimizer is not None and not self.optimizer.built:
+            exclude_from_weight_decay(self.optimizer, self.parameter_groups())
 
     def compile_from_config(self, config):
         """What Keras does when loading a compiled `.keras` file (it skips a model whose
@@ -165,7 +173,39 @@ class MethodModel(keras.Model):
         raise NotImplementedError(f"{type(self).__name__} must implement method_loss(data, training)")
 
     def after_apply(self):
-        """Called after every optimizer step (inside the replica context)."""
+        """Called after every optimizer step (inside the replica context), after the
+        momentum pairs are updated."""
+
+    # -- hooks: parameter groups, momentum pairs (keras_ssl.models.hooks) ---------
+
+    # the training steps of the run (set by keras_ssl.training): the momentum schedule's length
+    total_steps = None
+
+    def parameter_groups(self):
+        """`ParameterGroup`s of trainable variables treated apart: by default the online
+        probe's, without weight decay (a linear evaluation has none)."""
+        from keras_ssl.models.hooks import ParameterGroup
+
+        if self.probe is None:
+            return []
+        return [ParameterGroup("probe", tuple(self.probe.trainable_variables), weight_decay=False)]
+
+    def momentum_pairs(self):
+        """`MomentumPair`s (online, target) updated after every step; none by default."""
+        return []
+
+    def _scaled_gradients(self, gradients, variables):
+        from keras_ssl.models.hooks import gradient_scales
+
+        scales = gradient_scales(self.parameter_groups())
+        return [g if g is None or id(v) not in scales else g * scales[id(v)] for g, v in zip(gradients, variables)]
+
+    def _update_momentum_pairs(self):
+        from keras_ssl.models.hooks import momentum_tau, update_momentum_pair
+
+        for pair in self.momentum_pairs():
+            update_momentum_pair(pair, momentum_tau(self.optimizer.iterations, self.total_steps, pair.base_tau,
+                                                    pair.final_tau))
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
@@ -174,7 +214,9 @@ class MethodModel(keras.Model):
                 loss = loss + tf.add_n(self.losses) / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        gradients = self._scaled_gradients(tape.gradient(scaled, variables), variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self._update_momentum_pairs()
         self.after_apply()
         return self._logs()
 
