@@ -177,10 +177,49 @@ def build_encoder(name, input_shape, width_multiplier=1.0, cifar_stem=True, sync
     raise UserError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
 
 
+_POOLING = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
+            "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+_GLOBAL_POOLING = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+
+
+def _downsamples(layer):
+    """True for a pooling layer or a strided convolution: where a stage of an encoder ends."""
+    strides = getattr(layer, "strides", None) or (1,)
+    return type(layer).__name__ in _POOLING or any(int(s) > 1 for s in strides)
+
+
 def feature_layer_names(encoder):
-    """Names of the encoder's probe points: its `blockN` layers, then `features`."""
-    names = [layer.name for layer in encoder.layers if layer.name.startswith("block")]
-    return names + ["features"]
+    """Names of the encoder's probe points: the end of every stage (a layer whose output
+    a pooling layer or a strided convolution reads), then the output layer. Found from
+    the graph, not from layer names (keras_ssl's encoders call their stage ends `blockN`
+    and their output `features`, but any functional encoder works)."""
+    output = encoder.layers[-1]
+    names, computed = [], False  # before the first layer with weights there is only the (normalised) input
+    for layer in encoder.layers[:-1]:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        computed = computed or bool(layer.weights)
+        readers = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+        if computed and any(_downsamples(reader) for reader in readers) and layer.name not in names:
+            names.append(layer.name)
+    return names + [output.name]
+
+
+def with_unpooled(encoder):
+    """A model of the encoder's inputs giving `{"unpooled": ..., "pooled": ...}`: the grid
+    `[B, h, w, C]` (or sequence `[B, T, C]`) before the encoder's global pooling, and the
+    pooled representation. An encoder whose output is already a sequence or grid (the
+    audio encoders' frames) gives it as `unpooled` and its mean over time or space as
+    `pooled`. Layers are shared: the model trains the encoder's weights."""
+    last = encoder.layers[-1]
+    if type(last).__name__ in _GLOBAL_POOLING:
+        unpooled, pooled = last.input, encoder.output
+    else:
+        unpooled = encoder.output
+        pool = keras.layers.GlobalAveragePooling1D if len(unpooled.shape) == 3 else keras.layers.GlobalAveragePooling2D
+        pooled = pool(name=f"{encoder.name}_pooled")(unpooled) if len(unpooled.shape) in (3, 4) else unpooled
+    inputs = encoder.inputs[0] if len(encoder.inputs) == 1 else encoder.inputs
+    return keras.Model(inputs, {"unpooled": unpooled, "pooled": pooled}, name=f"{encoder.name}_unpooled")
 
 
 def __getattr__(name):

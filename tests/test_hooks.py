@@ -103,3 +103,28 @@ def test_byol_schedule_and_probe_without_weight_decay():
     model.compile(optimizer=keras.optimizers.AdamW(0.1, weight_decay=0.5))
     model.optimizer.build(model.trainable_variables)
     assert not model.optimizer._use_weight_decay(probe_kernel) and model.optimizer._use_weight_decay(encoder_kernel)
+
+
+def test_encoders_give_their_probe_points_and_unpooled_output_from_the_graph():
+    """Probe points are found from the graph (stage ends read by a pooling layer or a strided
+    convolution), not from `blockN` names; `with_unpooled` gives the grid or sequence
+    before pooling beside the pooled representation, and the pooled one is its mean."""
+    from keras_ssl.audio_encoders import build_audio_encoder
+    from keras_ssl.encoders import feature_layer_names, resnet, small_cnn, with_unpooled
+
+    assert feature_layer_names(small_cnn((28, 28, 1), 0.25)) == ["block1", "block2", "block3", "features"]
+    assert feature_layer_names(resnet(18, (64, 64, 3), cifar_stem=False, width_multiplier=0.25)) == [
+        "stem_relu", "block1", "block2", "block3", "block4", "features"]
+    renamed = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, name="a"),
+                                keras.layers.Conv2D(4, 3, strides=2, name="b"),
+                                keras.layers.GlobalAveragePooling2D(name="out")])
+    assert feature_layer_names(renamed) == ["a", "b", "out"]  # any names
+    images = np.random.default_rng(SEED).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+    encoder = small_cnn((28, 28, 1), 0.25)
+    out = with_unpooled(encoder)(images)
+    assert out["unpooled"].shape == (2, 7, 7, 32)
+    np.testing.assert_allclose(out["pooled"], encoder(images), atol=1e-5, err_msg=f"seed {SEED}")
+    np.testing.assert_allclose(out["pooled"], np.mean(out["unpooled"], axis=(1, 2)), atol=1e-5)
+    audio = build_audio_encoder("cpc_conv", 0.25)
+    frames = with_unpooled(audio)(np.zeros((2, 1600), np.float32))
+    assert frames["unpooled"].shape == (2, 10, 128) and frames["pooled"].shape == (2, 128)

@@ -20,8 +20,9 @@ def feature_model(encoder, layer=None):
     try:
         output = encoder.get_layer(layer).output
     except ValueError:
-        names = [lyr.name for lyr in encoder.layers if lyr.name.startswith("block")]
-        raise UserError(f"encoder has no layer {layer!r}; probe points are {names + ['features']}")
+        from keras_ssl.encoders import feature_layer_names
+
+        raise UserError(f"encoder has no layer {layer!r}; probe points are {feature_layer_names(encoder)}")
     import keras
 
     if len(output.shape) == 4:
