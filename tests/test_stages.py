@@ -103,7 +103,7 @@ def test_artefacts_made_for_other_settings_are_made_again(parent_root, tmp_path)
 
 def test_a_method_written_before_stages_is_called_without_one():
     from keras_ssl.stages import no_stage
-    from keras_ssl.training import _with_stage
+    from keras_ssl.run_setup import _with_stage
 
     assert _with_stage(lambda run, options, encoder, dataset: "old", no_stage(), 1, 2, 3, 4) == "old"
     assert _with_stage(lambda run, options, encoder, dataset, stage: stage, no_stage(), 1, 2, 3, 4) == no_stage()

@@ -30,7 +30,7 @@ def _check_not_collapsed(model, config, input_shape):
     itself checks them)."""
     from keras_ssl.errors import UserError
     from keras_ssl.health import check_representation
-    from keras_ssl.training import run_modality
+    from keras_ssl.run_setup import run_modality
 
     modality = run_modality(config)
     try:
@@ -52,7 +52,7 @@ def main(argv):
     from keras_ssl.saving import load_model
 
     model = load_model(os.path.join(FLAGS.model_dir, "model.keras"))  # its declared endpoints are served
-    from keras_ssl.training import run_modality
+    from keras_ssl.run_setup import run_modality
 
     input_shape = run_modality(config).serving_input_shape(config, FLAGS.model_dir)
     _check_not_collapsed(model, config, input_shape)

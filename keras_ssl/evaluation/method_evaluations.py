@@ -73,7 +73,7 @@ def _verification(context):
     """ROC/EER, the threshold calibrated on images the run never trained on, one-shot."""
     from keras_ssl.config import parse_classes
     from keras_ssl.evaluation.verification import evaluate_siamese
-    from keras_ssl.training import training_split
+    from keras_ssl.run_setup import training_split
 
     _, val = training_split(context.config, context.dataset)
     if val is None:  # no held-out images: calibrate on training images (optimistic)

@@ -26,7 +26,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     from keras_ssl.health import check_model, check_representation
     from keras_ssl.run_directory import diverged_run, read_config
     from keras_ssl.saving import load_model
-    from keras_ssl.training import run_modality
+    from keras_ssl.run_setup import run_modality
 
     request = request or EvaluationRequest(output_dir=model_dir)
     config = read_config(model_dir)

@@ -24,7 +24,7 @@ from keras_ssl.errors import UserError
 def method_test_metrics(model, config, split):
     """`model.evaluate` on the method's own batches of `split` (one pass, batches of
     `min(batch_size, len(split))`): `{metric: value}`."""
-    from keras_ssl.training import method_data
+    from keras_ssl.run_setup import method_data
 
     batch = min(config.batch_size, len(split))
     if batch < 2:

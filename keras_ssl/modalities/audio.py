@@ -56,7 +56,7 @@ class AudioModality(Modality):
         import keras
 
         from keras_ssl.evaluation.audio import evaluate_audio_model
-        from keras_ssl.training import build_model
+        from keras_ssl.run_setup import build_model
 
         keras.utils.set_random_seed(0)
         untrained = build_model(config, dataset)
