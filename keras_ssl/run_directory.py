@@ -76,6 +76,19 @@ def read_config(model_dir):
     return TrainConfig.from_dict(stored, strict=False)
 
 
+def finished_run(model_dir):
+    """`(config, encoder_path)` of a finished training run in `model_dir`, or a `UserError`
+    naming why it is not one (no run, diverged, not finished)."""
+    config = read_config(model_dir)
+    encoder_path = os.path.join(model_dir, "encoder.keras")
+    if not os.path.isfile(encoder_path):
+        diverged = diverged_run(model_dir)
+        if diverged:
+            raise UserError(f"the run in {model_dir} stopped: {diverged.get('message', 'it diverged')}")
+        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    return config, encoder_path
+
+
 def check_resume(config):
     """A `UserError` when `config.model_dir` holds a run with other settings
     (beyond `RESUMABLE_KEYS`)."""

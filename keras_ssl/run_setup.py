@@ -58,11 +58,10 @@ def run_stage(config, dataset=None, chief=False):
     """The `StageInputs` of a run (`keras_ssl.stages.stage_inputs`; the training split of
     `dataset`, by default the run's, is only loaded when artefacts must be made); an
     empty one for a method that is no stage."""
-    from keras_ssl.stages import check_parent_run, is_stage, no_stage, stage_inputs
+    from keras_ssl.stages import is_stage, no_stage, stage_inputs
 
     method = config.method_spec
-    if not is_stage(method):
-        check_parent_run(config)  # refuses a --parent_run given to a method without a parent
+    if not is_stage(method):  # a --parent_run given to it is refused by TrainConfig.validate()
         return no_stage()
 
     def split():

@@ -208,17 +208,11 @@ def run_main(main, resumable=False):
 
 
 def load_run(model_dir):
-    """`(config, encoder_path)` of a finished training run, or a UserError."""
-    from keras_ssl.run_directory import diverged_run, read_config
+    """`(config, encoder_path)` of a finished training run, or a UserError
+    (`keras_ssl.run_directory.finished_run`)."""
+    from keras_ssl.run_directory import finished_run
 
-    config = read_config(model_dir)
-    encoder_path = os.path.join(model_dir, "encoder.keras")
-    if not os.path.isfile(encoder_path):
-        diverged = diverged_run(model_dir)
-        if diverged:
-            raise UserError(f"the run in {model_dir} stopped: {diverged.get('message', 'it diverged')}")
-        raise UserError(f"{encoder_path} not found; the run has not finished training")
-    return config, encoder_path
+    return finished_run(model_dir)
 
 
 _DEFINE = {bool: "DEFINE_boolean", int: "DEFINE_integer", float: "DEFINE_float", str: "DEFINE_string"}

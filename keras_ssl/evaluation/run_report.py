@@ -13,8 +13,6 @@ the run directory (`request.output_dir`).
 
 import os
 
-from keras_ssl.errors import UserError
-
 
 def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     """`(results, printed table, {plot name: path})` of the finished run in `model_dir`; `request` an
@@ -24,18 +22,12 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     from keras_ssl.evaluation.report import write_json_atomic
     from keras_ssl.evaluation.request import EvaluationRequest
     from keras_ssl.health import check_model, check_representation
-    from keras_ssl.run_directory import diverged_run, read_config
+    from keras_ssl.run_directory import finished_run
     from keras_ssl.saving import load_model
     from keras_ssl.run_setup import run_modality
 
     request = request or EvaluationRequest(output_dir=model_dir)
-    config = read_config(model_dir)
-    encoder_path = os.path.join(model_dir, "encoder.keras")
-    if not os.path.isfile(encoder_path):
-        diverged = diverged_run(model_dir)
-        if diverged:
-            raise UserError(f"the run in {model_dir} stopped: {diverged.get('message', 'it diverged')}")
-        raise UserError(f"{encoder_path} not found; the run has not finished training")
+    config, encoder_path = finished_run(model_dir)
     model = load_model(os.path.join(model_dir, "model.keras"))
     # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
     check_model(model, f"the model in {model_dir}")

@@ -41,13 +41,6 @@ class ServingInput:
 
         input_kind(self.kind).check(self)  # a ValueError naming the registered kinds, or what is missing
 
-    @property
-    def audio(self):
-        """Deprecated: True for the audio input kinds (`wav`, `waveform`)."""
-        from keras_ssl.modalities.input_kinds import input_kind
-
-        return input_kind(self.kind).modality == "audio"
-
 
 @dataclasses.dataclass(frozen=True)
 class ServingOutput:
