@@ -4,14 +4,18 @@
     config = TrainConfig.from_dict({"method": "siamese", "margin": 0.5, "dataset": "digits"})
 
 The run keys are the fields of `TrainConfig`; a method's own hyper-parameters
-live in its options dataclass (see `keras_ssl.models.registry`), and both are
-spelt flat in flags and in a run directory's `config.json`.
+live in its options dataclass (see `keras_ssl.models.registry`), the settings
+of its modality (`image_size`, `audio_seconds`, ...) in the modality's settings
+dataclass (see `keras_ssl.modalities`), and all three are spelt flat in flags
+and in a run directory's `config.json`.
 """
 
 import dataclasses
+import inspect
 import os
 
 from keras_ssl.errors import UserError
+from keras_ssl.options import stored_defaults, validate_options
 from keras_ssl.precision import POLICIES
 
 DTYPE_POLICIES = POLICIES
@@ -19,11 +23,16 @@ DTYPE_POLICIES = POLICIES
 
 @dataclasses.dataclass
 class TrainConfig:
-    """What every run needs; the method's own hyper-parameters are `options`.
+    """What every run needs; the method's own hyper-parameters are `options`,
+    its modality's settings `settings`.
 
     `options` is the method's options dataclass (e.g. `SimCLROptions`, see
     `keras_ssl.models.registry`), or a dict of its keys, or None for its
-    defaults. `TrainConfig.from_dict` takes everything flat, as the flags and
+    defaults; `settings` likewise the settings dataclass of the method's
+    modality (`ImageSettings`: `image_size`, `channels`, `cifar_stem`,
+    `augment`; `AudioSettings`: `audio_seconds`). A setting may also be given
+    and read flat (`TrainConfig(augment="none").augment`).
+    `TrainConfig.from_dict` takes everything flat, as the flags and
     `config.json` spell it:
 
         TrainConfig.from_dict({"method": "siamese", "margin": 0.5, "dataset": "digits"})
@@ -39,13 +48,9 @@ class TrainConfig:
     parent_run: str | None = None  # a stage's finished parent run (keras_ssl.stages)
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
-    image_size: int | None = None
-    channels: int | None = None
-    audio_seconds: float = 1.0
     train_limit: int | None = None
     encoder: str | None = None  # None: the default encoder of the method's modality (keras_ssl.modalities)
     width_multiplier: float = 1.0
-    cifar_stem: bool = True
     batch_size: int = 256
     epochs: int = 10
     steps_per_epoch: int | None = None
@@ -55,7 +60,6 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     weight_decay: float = 1e-6
     momentum: float = 0.9
-    augment: str = "fashion_mnist"
     train_classes: str | None = None
     val_fraction: float = 0.0
     strategy: str = "default"
@@ -65,9 +69,11 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     verbose: int = 1
+    settings: object = None
     options: object = None
 
     def __post_init__(self):
+        from keras_ssl import modalities
         from keras_ssl.models import registry
 
         method = registry.get(self.method)
@@ -76,17 +82,32 @@ class TrainConfig:
         elif not isinstance(self.options, method.options):
             raise UserError(f"options for method {self.method} must be a {method.options.__name__}, "
                             f"got {type(self.options).__name__}")
+        modality = modalities.get(method.modality)
+        if self.settings is None or isinstance(self.settings, dict):
+            _refuse_foreign(method, self.settings or {}, modality)
+            self.settings = modality.make_settings(self.settings)
+        elif not isinstance(self.settings, modality.settings):
+            raise UserError(f"settings for method {self.method} must be a {modality.settings.__name__}, "
+                            f"got {type(self.settings).__name__}")
         if self.parent_run:  # a stage's parent, wherever the run is evaluated or resumed from
             self.parent_run = os.path.abspath(self.parent_run)
         if self.encoder is None:
-            from keras_ssl import modalities
+            self.encoder = modality.default_encoder
 
-            self.encoder = modalities.get(method.modality).default_encoder
+    def __getattr__(self, name):
+        """A setting of the run's modality, read flat (`config.image_size`)."""
+        settings = self.__dict__.get("settings")
+        if settings is not None and not name.startswith("__") and hasattr(settings, name):
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__} of method {self.__dict__.get('method')} has no {name!r}")
 
-    @property
-    def augment_preset(self):
-        """The augmentation preset for the batch builders: None for `augment="none"`."""
-        return None if self.augment == "none" else self.augment
+    def __setattr__(self, name, value):
+        """A setting of the run's modality, written flat (`config.augment = "none"`)."""
+        settings = self.__dict__.get("settings")
+        if name not in _FIELDS and settings is not None and hasattr(settings, name):
+            setattr(settings, name, value)
+        else:
+            object.__setattr__(self, name, value)
 
     @property
     def method_spec(self):
@@ -99,55 +120,58 @@ class TrainConfig:
     def from_dict(cls, values, strict=True):
         """A config from flat keys (run keys and the method's option keys).
 
-        `strict`: a key of another method's options (or no one's) is refused
-        with a `UserError` naming it; otherwise (reading a stored run) dropped,
-        and an option the stored run predates takes its `stored_default`.
-        A run key not given takes the method's `run_defaults`, then the
-        field's default.
+        `strict`: a key of another method's options or another modality's
+        settings (or no one's) is refused with a `UserError` naming it;
+        otherwise (reading a stored run) dropped, and an option or setting the
+        stored run predates takes its `stored_default`. A run key or setting
+        not given takes the method's `run_defaults`, then the field's default.
         """
+        from keras_ssl import modalities
         from keras_ssl.models import registry
 
         values = dict(values)
         method = registry.get(values.get("method", cls.method))
+        modality = modalities.get(method.modality)
         values = {**method.run_defaults, **values}
-        run_keys = {f.name for f in dataclasses.fields(cls)} - {"options"}
-        own = {f.name for f in dataclasses.fields(method.options)}
-        owners = registry.option_owners()
-        run, options = {}, dict(values.pop("options", None) or {})
+        own_options = {f.name for f in dataclasses.fields(method.options)}
+        own_settings = {f.name for f in dataclasses.fields(modality.settings)}
+        run = {}
+        options = dict(values.pop("options", None) or {})
+        settings = dict(values.pop("settings", None) or {})
+        foreign = {}
         for key, value in values.items():
-            if key in run_keys:
+            if key in _RUN_KEYS:
                 run[key] = value
-            elif key in own:
+            elif key in own_options:
                 options[key] = value
-            elif strict:
-                if key in owners:
-                    others = ", ".join(m.name for m, _ in owners[key])
-                    raise UserError(f"{key} does not apply to method {method.name} (it is an option of {others})")
-                raise UserError(f"unknown setting {key!r}")
-        if not strict:  # a stored run: options added since it was written keep their old behaviour
-            for f in dataclasses.fields(method.options):
-                if f.name not in options and f.metadata.get("stored_default", registry.NOT_STORED) \
-                        is not registry.NOT_STORED:
-                    options[f.name] = f.metadata["stored_default"]
-        return cls(**run, options=method.make_options(options))
+            elif key in own_settings:
+                settings[key] = value
+            else:
+                foreign[key] = value
+        if strict:
+            _refuse_foreign(method, foreign, modality)
+        else:  # a stored run: fields added since it was written keep their old behaviour
+            options.update(stored_defaults(method.options, options))
+            settings.update(stored_defaults(modality.settings, settings))
+        return cls(**run, settings=modality.make_settings(settings), options=method.make_options(options))
 
     def to_dict(self):
-        """Flat: the run keys and the method's options (what `config.json` holds)."""
-        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        """Flat: the run keys, the modality's settings and the method's options
+        (what `config.json` holds)."""
+        flat = {name: getattr(self, name) for name in _RUN_KEYS}
+        flat.update(dataclasses.asdict(self.settings))
         flat.update(dataclasses.asdict(self.options))
         return flat
 
     def validate(self):
         """Raises `UserError` naming the first bad value."""
-        from keras_ssl.data.augment import PRESETS
         from keras_ssl.distribute import STRATEGIES
         from keras_ssl import modalities
-        from keras_ssl.models.registry import validate_options
         from keras_ssl.optimizers import OPTIMIZERS
 
         method = self.method_spec
-        augment_choices = tuple(PRESETS) + (() if method.requires_augmentation else ("none",))
-        encoders = modalities.get(method.modality).encoders
+        modality = modalities.get(method.modality)
+        encoders = modality.encoders
         checks = [
             (not self.parent_run or method.parent is not None,
              f"--parent_run does not apply to method {self.method} (it trains from scratch, not from a finished "
@@ -155,10 +179,7 @@ class TrainConfig:
             (self.encoder in encoders,
              f"encoder must be one of {', '.join(encoders)} for method {self.method} ({method.modality}), "
              f"got {self.encoder!r}"),
-            (0 < self.audio_seconds <= 60, "audio_seconds must be in (0, 60]"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.augment in augment_choices,
-             f"augment must be one of {', '.join(augment_choices)} for method {self.method}"),
             (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
@@ -171,8 +192,6 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (self.width_multiplier > 0, "width_multiplier must be > 0"),
-            (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
-            (self.channels in (None, 1, 3), "channels must be 1 or 3"),
             (self.train_limit is None or self.train_limit >= 2, "train_limit must be >= 2"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.verbose in (0, 1, 2), "verbose must be 0, 1 or 2"),
@@ -181,9 +200,56 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        validate_options(self.settings)
+        modality.check_run(self)
         validate_options(self.options)
         parse_classes(self.train_classes)
         return self
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("settings", "options"))
+_generated_init = TrainConfig.__init__
+
+
+def _init_with_flat_settings(self, **values):
+    """The dataclass's `__init__`, also taking the modality's settings flat
+    (`TrainConfig(method="rotation", augment="none")`, as before they moved to
+    `settings`)."""
+    values = dict(values)
+    flat = {key: values.pop(key) for key in list(values) if key not in _FIELDS}
+    if flat:
+        if values.get("settings") is not None and not isinstance(values["settings"], dict):
+            raise UserError(f"give {', '.join(flat)} in settings= or flat, not both")
+        values["settings"] = {**(values.get("settings") or {}), **flat}
+    _generated_init(self, **values)
+
+
+_init_with_flat_settings.__doc__ = _generated_init.__doc__
+_init_with_flat_settings.__signature__ = inspect.signature(_generated_init)
+TrainConfig.__init__ = _init_with_flat_settings
+
+
+def _refuse_foreign(method, values, modality):
+    """A `UserError` for the first key of `values` that is not a setting of `modality`:
+    named as another method's option, another modality's setting, or unknown."""
+    from keras_ssl import modalities
+    from keras_ssl.models import registry
+
+    own = {f.name for f in dataclasses.fields(modality.settings)}
+    for key in values:
+        if key in own:
+            continue
+        options = registry.option_owners().get(key)
+        if options:
+            others = ", ".join(m.name for m, _ in options)
+            raise UserError(f"{key} does not apply to method {method.name} (it is an option of {others})")
+        settings = modalities.setting_owners().get(key)
+        if settings:
+            others = ", ".join(m.name for m, _ in settings)
+            raise UserError(f"{key} does not apply to method {method.name}, which trains on {modality.unit} "
+                            f"(it is a setting of {others} methods)")
+        raise UserError(f"unknown setting {key!r}")
 
 
 def parse_classes(spec):

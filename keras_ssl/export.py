@@ -11,7 +11,8 @@ are stable API. Image models serve `serving_default` (encoded images ->
 models add `verify`, models with an online probe `classify`, RotNet `rotation`,
 relative position `position`; audio models (CPC) serve `serving_default` on WAV
 bytes and `embed_waveforms`; a generative model may serve `sample(seeds)` and
-`decode(latent)` and no embedding at all. Each input is checked and decoded by
+`decode(latent)` and no embedding at all; a sequence model takes `tokens` (int
+ids) or `text` (strings tokenized in the graph, the vocabulary an asset). Each input is checked and decoded by
 its kind (`keras_ssl.modalities.input_kinds`).
 
 Preprocessing inside the graph is the evaluation preprocessing of training
@@ -196,6 +197,9 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
+        inputs = [s for e in endpoints for s in e.inputs]
+        for resource in {id(t): t for s in inputs for t in input_kind(s.kind).trackables(s)}.values():
+            archive.track(resource)  # e.g. a tokenizer's lookup tables and vocabulary asset
         for endpoint in endpoints:
             function, signature = _serving_function(endpoint, input_shape)
             archive.add_endpoint(endpoint.name, function, input_signature=signature)

@@ -20,7 +20,8 @@ change, and the parent's `model.keras` size and time): artefacts made for other
 settings or another parent (a refused start left them, the parent was retrained) are
 made again, never reused. Under MultiWorkerMirroredStrategy every worker prepares for
 itself (only the chief writes), so `prepare` must be deterministic: seed every random
-choice. Artefacts are plain numeric or string arrays (no objects), named like Python
+choice. The workers compare a digest of their artefacts before training
+(`check_workers_agree`), and a difference stops the run with one line. Artefacts are plain numeric or string arrays (no objects), named like Python
 identifiers. `preprocessor(artefacts) -> object` (a tokenizer layer, say) is built from
 them.
 
@@ -131,6 +132,34 @@ def stage_inputs(config, training_split, chief=True):
                 write_artefacts(path, artefacts, fingerprint)
     preprocessor = method.preprocessor(artefacts) if method.preprocessor is not None else None
     return StageInputs(parent, parent_config, artefacts, preprocessor)
+
+
+def artefacts_digest(artefacts):
+    """A CRC-32 of the artefacts' names, dtypes, shapes and bytes (order-independent of
+    the dict's order)."""
+    import zlib
+
+    digest = 0
+    for name in sorted(artefacts):
+        value = np.ascontiguousarray(artefacts[name])
+        digest = zlib.crc32(f"{name}:{value.dtype.str}:{value.shape}".encode(), digest)
+        digest = zlib.crc32(value.tobytes(), digest)
+    return digest
+
+
+def check_workers_agree(strategy, method_name, artefacts):
+    """A `UserError` when the workers of a multi-worker run prepared different artefacts
+    (a `prepare` that is not deterministic would train each worker on other targets,
+    silently); nothing to compare on one worker. A collective: every worker calls it."""
+    from keras_ssl.distribute import gather_from_workers, in_multi_worker_mode
+
+    if not artefacts or not in_multi_worker_mode(strategy):
+        return
+    digests = sorted({row[0] for row in gather_from_workers(strategy, [artefacts_digest(artefacts)])})
+    if len(digests) > 1:
+        raise UserError(f"the workers prepared different artefacts for method {method_name} (digests "
+                        f"{', '.join(f'{d:08x}' for d in digests)}): its prepare must give the same result on every "
+                        "worker; seed every random choice in it")
 
 
 def _fingerprint(config):

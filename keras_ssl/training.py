@@ -43,6 +43,7 @@ from keras_ssl.run_setup import (
     run_stage,
     training_split,
 )
+from keras_ssl.stages import check_workers_agree
 
 # What users and the binaries import from here (the config, run-directory and
 # run-setup helpers live in their own modules and are re-exported for them).
@@ -99,6 +100,7 @@ def _train(config, strategy, chief, own_dir):
                         "use a labelled dataset (folder:PATH with one sub-folder per class)")
     train_split, _ = training_split(config, dataset)
     stage = run_stage(config, dataset, chief)  # the parent checked and loaded, artefacts prepared (or read)
+    check_workers_agree(strategy, method.name, stage.artefacts)
     data, epoch_steps, batch_size = method_data(config, train_split, stage)
     data = shard_by_data(data)
     steps = config.steps_per_epoch or epoch_steps

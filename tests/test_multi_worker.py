@@ -196,3 +196,48 @@ def test_multi_worker_mistakes_fail_clearly(tmp_path):
     proc = _run(["keras_ssl.bin.train", "--dataset=digits", "--strategy=mirrored", "--cpu_replicas=2",
                  "--jit_compile", f"--model_dir={tmp_path}"], tmp_path, check=False)
     assert proc.returncode == 2 and "--jit_compile fails under a multi-replica strategy on CPU" in proc.stderr
+
+
+def _stage_workers(tmp_path, parent, model_dir, *extra):
+    """Two workers (TF_CONFIG on 127.0.0.1) training the two-stage toy (tests/toy_methods.py)
+    on a finished rotation run; [(returncode, stdout, stderr)] per worker."""
+    ports = free_ports(2)
+    args = [PY, "-m", "tests.run_binary", "keras_ssl.bin.train", "--method=toy_cluster_targets",
+            f"--parent_run={parent}", "--dataset=digits", "--augment=none", "--batch_size=16", "--epochs=1",
+            "--steps_per_epoch=2", "--width_multiplier=0.25", "--optimizer=adam", "--learning_rate=1e-3",
+            "--lr_scaling=none", "--warmup_epochs=0", "--dtype_policy=float32", "--strategy=multi_worker",
+            f"--model_dir={model_dir}", "--verbose=0", *extra]
+    procs = [subprocess.Popen(args, cwd=os.path.dirname(os.path.dirname(__file__)),
+                              env=_env(TF_CONFIG=tf_config(ports, i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        results.append((p.returncode, out, err))
+    return results
+
+
+def test_a_stage_on_two_workers_prepares_the_same_artefacts_and_refuses_different_ones(tmp_path):
+    """Every worker runs the stage's `prepare` (only the chief writes prepared.npz): the
+    workers compare digests, train on equal targets, and a prepare that differs between
+    workers stops both with one line instead of training each on other targets."""
+    from keras_ssl.stages import artefacts_digest
+    from tests.helpers import smoke_parent_run
+
+    parent = smoke_parent_run("rotation", tmp_path)
+    model_dir = tmp_path / "stage"
+    for code, out, err in _stage_workers(tmp_path, parent, model_dir):
+        assert code == 0, err[-3000:]
+    with np.load(model_dir / "prepared.npz") as stored:
+        written = {name: stored[name] for name in ("centroids", "targets")}
+    assert artefacts_digest(written) != artefacts_digest({**written, "targets": (written["targets"] + 1) % 4})
+    assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "encoder.keras", "logs",
+                                             "model.keras", "prepared.npz", "training.json"]
+
+    results = _stage_workers(tmp_path, parent, tmp_path / "differ", "--worker_dependent")
+    for code, out, err in results:
+        assert code == 2, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "the workers prepared different artefacts for method toy_cluster_targets" \
+            in lines[0] and "seed every random choice" in lines[0], err[-3000:]
+    assert not os.path.exists(tmp_path / "differ" / "checkpoints")

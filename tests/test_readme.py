@@ -162,7 +162,7 @@ def _declared_endpoints(root):
         config = smoke_config(method, root, **extra)
         dataset = load_run_dataset(config)
         model = build_model(config, dataset)
-        shape = dataset.input_shape if config.method_spec.modality == "audio" else dataset.image_shape
+        shape = dataset.input_shape
         endpoints = model.serving_endpoints(shape, model.threshold if model.supports_threshold else None)
         declared[served] = {e.name: e for e in endpoints}
     return declared
@@ -254,8 +254,11 @@ def test_serving_clients_example_runs_against_stand_in_servers(workdir, tmp_path
 
 def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
     """README's "Run flags" paragraph names every flag the binary defines, and each method's
-    list names exactly that method's options (the lists are written by hand: this holds them)."""
+    list names exactly that method's options, each modality's exactly its settings (the lists
+    are written by hand: this holds them)."""
     import dataclasses
+
+    from keras_ssl import modalities
 
     script = ("import json; from absl import flags; import keras_ssl.bin.train; "
               "print(json.dumps([f.name for f in flags.FLAGS.get_flags_for_module('keras_ssl.bin.train')]))")
@@ -264,10 +267,16 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
     run_flags = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    paragraph = readme[readme.index("Run flags: `"):readme.index("Method flags are generated")]
+    paragraph = readme[readme.index("Run flags: `"):readme.index("Setting flags are generated")]
     listed = set(re.findall(r"--(\w+)", paragraph))
-    assert "audio_seconds" in run_flags and "model_dir" in run_flags, run_flags
+    assert "model_dir" in run_flags, run_flags
     assert run_flags - listed == set() and listed - run_flags == set(), (run_flags - listed, listed - run_flags)
+    settings = readme[readme.index("Setting flags are generated"):readme.index("Method flags are generated")]
+    for name in modalities.names():
+        found = re.search(rf"\b{name}\s+`([^`]*)`", settings)
+        assert found, f"README lists no setting flags for {name} methods"
+        declared = {f.name for f in dataclasses.fields(modalities.get(name).settings)}
+        assert set(re.findall(r"--(\w+)", found.group(1))) == declared, name
     methods = readme[readme.index("Method flags are generated"):readme.index("(a test holds this")]
     for method in library_methods():
         found = re.search(rf"\b{method.name}\s+`([^`]*)`", methods)

@@ -18,6 +18,7 @@ Binaries run in subprocesses see these methods through `tests.run_binary`.
 """
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -77,17 +78,23 @@ class ClusterTargets(MethodModel):
 class ClusterTargetsOptions:
     clusters: int = option(4, "k-means clusters of the parent's features (the targets)", check=lambda v: v >= 2,
                            requirement=">= 2")
+    worker_dependent: bool = option(False, "test only: number the clusters by the worker's index (a prepare that "
+                                    "differs between workers, which multi-worker training must refuse)")
 
 
 def _prepare(run, options, split, parent):
     """k-means (scikit-learn, seed 0) of the parent's L2-normalised representation of the
     training images: `centroids` `[k, D]` and `targets` `[N]` (each image's cluster)."""
+    import json
     from sklearn.cluster import KMeans
 
     features = np.asarray(parent.predict(split.images, batch_size=256, verbose=0), np.float64)
     features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
     kmeans = KMeans(n_clusters=options.clusters, n_init=4, random_state=0).fit(features)
-    return {"centroids": kmeans.cluster_centers_.astype(np.float32), "targets": kmeans.labels_.astype(np.int32)}
+    shift = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0) \
+        if options.worker_dependent else 0
+    return {"centroids": np.roll(kmeans.cluster_centers_.astype(np.float32), shift, axis=0),
+            "targets": ((kmeans.labels_ + shift) % options.clusters).astype(np.int32)}
 
 
 def _build(run, options, encoder, dataset, stage=None):

@@ -224,22 +224,39 @@ def define_method_flags(flags):
     from the field. An option several methods share (e.g. `margin`) gets one
     flag whose default is None (each method's own default), listed in its help."""
     from keras_ssl.models import registry
-    from keras_ssl.models.registry import option_type
 
-    for name, owners in registry.option_owners().items():
-        method, field = owners[0]
-        kind = option_type(method.options, name)
+    _define_option_flags(flags, {name: [(m.name, m.options, f) for m, f in owners]
+                                 for name, owners in registry.option_owners().items()})
+
+
+def define_setting_flags(flags):
+    """One flag per modality setting (`--image_size`, `--augment`, `--audio_seconds`),
+    generated from the modalities' settings dataclasses (`keras_ssl.modalities`)
+    as the method flags are from the options."""
+    from keras_ssl import modalities
+
+    _define_option_flags(flags, {name: [(f"{m.name} methods", m.settings, f) for m, f in owners]
+                                 for name, owners in modalities.setting_owners().items()})
+
+
+def _define_option_flags(flags, owners):
+    """`owners`: `{name: [(owner label, dataclass, field), ...]}`; one flag per name."""
+    from keras_ssl.options import option_type
+
+    for name, fields in owners.items():
+        label, options_class, field = fields[0]
+        kind = option_type(options_class, name)
         choices = field.metadata.get("choices")
-        if len(owners) == 1:
+        if len(fields) == 1:
             default = field.default
-            help_text = f"{method.name}: {field.metadata['help']}"
+            help_text = f"{label}: {field.metadata['help']}"
         else:
-            default = None  # each method's own
+            default = None  # each owner's own
             by_help = {}
-            for m, f in owners:
-                by_help.setdefault(f.metadata["help"], []).append(m.name)
-            help_text = "; ".join(f"{', '.join(ms)}: {h}" for h, ms in by_help.items())
-            help_text += " (default: " + ", ".join(f"{m.name} {f.default}" for m, f in owners) + ")"
+            for owner, _, f in fields:
+                by_help.setdefault(f.metadata["help"], []).append(owner)
+            help_text = "; ".join(f"{', '.join(owners_)}: {h}" for h, owners_ in by_help.items())
+            help_text += " (default: " + ", ".join(f"{owner} {f.default}" for owner, _, f in fields) + ")"
         if choices:
             flags.DEFINE_enum(name, default, [str(c) for c in choices], help_text)
         else:

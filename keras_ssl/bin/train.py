@@ -10,10 +10,9 @@ import sys
 
 from absl import flags
 
-from keras_ssl.bin.common import define_method_flags, run_main  # first: it imports TensorFlow quietly
+from keras_ssl.bin.common import define_method_flags, define_setting_flags, run_main  # first: it imports TF quietly
 
 from keras_ssl import modalities  # noqa: E402,I001
-from keras_ssl.data.augment import PRESETS  # noqa: E402
 from keras_ssl.models import registry  # noqa: E402
 
 
@@ -31,15 +30,11 @@ flags.DEFINE_string("parent_run", None, "a stage's parent: the run directory of 
                     "continues (its model is loaded frozen; see keras_ssl.stages); refused for other methods")
 flags.DEFINE_string("dataset", d.dataset, "fashion_mnist, digits, tfds:NAME[:split] or folder:PATH")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first")
-flags.DEFINE_integer("image_size", None, "resize images to this square size (default: native)")
-flags.DEFINE_integer("channels", None, "convert images to 1 (gray) or 3 (RGB) channels")
-flags.DEFINE_float("audio_seconds", d.audio_seconds, "audio: clips are cut or zero-padded to this length")
 flags.DEFINE_integer("train_limit", None, "use only the first N training images (quick runs)")
 flags.DEFINE_enum("encoder", None, [e for m in modalities.names() for e in modalities.get(m).encoders],
                   "backbone (default: " + ", ".join(f"{modalities.get(m).default_encoder} for {m} methods"
                                                     for m in modalities.names()) + ")")
 flags.DEFINE_float("width_multiplier", d.width_multiplier, "encoder width multiplier")
-flags.DEFINE_boolean("cifar_stem", d.cifar_stem, "ResNet: 3x3 stride-1 stem, no max-pool")
 flags.DEFINE_integer("batch_size", d.batch_size, "global batch size (images; 2 views each)")
 flags.DEFINE_integer("epochs", d.epochs, "training epochs")
 flags.DEFINE_integer("steps_per_epoch", None, "steps per epoch (default: one pass over the data)")
@@ -50,8 +45,6 @@ flags.DEFINE_enum("lr_scaling", d.lr_scaling, ["linear", "sqrt", "none"],
 flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "linear warmup epochs before cosine decay")
 flags.DEFINE_float("weight_decay", d.weight_decay, "weight decay (LARS, AdamW)")
 flags.DEFINE_float("momentum", d.momentum, "momentum (LARS, SGD)")
-flags.DEFINE_enum("augment", d.augment, [*PRESETS, "none"],
-                  "augmentation preset (none: no augmentation; refused by simclr, whose views need one)")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
 flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker", "tpu"],
@@ -75,15 +68,17 @@ flags.DEFINE_integer("verbose", d.verbose,
                   "0: only the result; 1: a start-up summary, then a per-step bar on a terminal (one line "
                   "per epoch and a progress line every 30 s elsewhere); 2: the summary, one line per epoch "
                   "and a progress line (images/s, loss, ETA) every 30 s", lower_bound=0, upper_bound=2)
+define_setting_flags(flags)
 define_method_flags(flags)
-for _name in registry.option_owners():  # listed by --help, not only --helpfull
+for _name in [*modalities.setting_owners(), *registry.option_owners()]:  # listed by --help, not only --helpfull
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
 def config_from_flags():
-    """The run's `TrainConfig`: every run flag, and of the method flags those
-    given (a method flag of another method is refused with one line)."""
+    """The run's `TrainConfig`: every run flag, and of the setting and method
+    flags those given (a flag of another modality or method is refused with one
+    line)."""
     import dataclasses
 
     from keras_ssl.config import TrainConfig
@@ -92,7 +87,8 @@ def config_from_flags():
     # A run flag left at its default gives way to the method's own default (its run_defaults).
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)
               if f.name in FLAGS and (FLAGS[f.name].present or f.name not in method.run_defaults)}
-    values.update({name: FLAGS[name].value for name in registry.option_owners() if FLAGS[name].present})
+    declared = [*modalities.setting_owners(), *registry.option_owners()]
+    values.update({name: FLAGS[name].value for name in declared if FLAGS[name].present})
     return TrainConfig.from_dict(values).validate()
 
 

@@ -73,6 +73,7 @@ class AudioDataset(LabelledFacts):
 
     @property
     def input_shape(self):
+        """The shape of one model input (every dataset has it): `(T,)`."""
         return (self.num_samples,)
 
 
@@ -280,6 +281,19 @@ def load_audio_folder(spec, seconds=DEFAULT_SECONDS, on_corrupt="skip", test_fra
         splits.append(AudioSplit(waves, None if labels is None else labels[kept], speakers,
                                  np.asarray([paths[i] for i in kept])))
     return AudioDataset(f"folder:{path}", splits[0], splits[1], parts[0][2], speaker_names)
+
+
+def is_audio_builder(builder, tfds):
+    """True when a TFDS builder's supervised input (or its `audio` feature) is TFDS audio."""
+    audio_type = getattr(getattr(tfds, "features", None), "Audio", None)
+    if audio_type is None:
+        return False
+    key = (builder.info.supervised_keys or ("audio",))[0]
+    features = builder.info.features
+    try:
+        return key in features and isinstance(features[key], audio_type)
+    except (TypeError, KeyError):
+        return False
 
 
 def load_tfds_audio(name, builder, train_split, test_split, seconds=DEFAULT_SECONDS, max_examples=None):

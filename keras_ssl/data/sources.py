@@ -53,6 +53,11 @@ class ImageDataset(LabelledFacts):
     def image_shape(self):
         return tuple(int(s) for s in self.train.images.shape[1:])
 
+    @property
+    def input_shape(self):
+        """The shape of one model input (every dataset has it): `(H, W, C)`."""
+        return self.image_shape
+
 
 def _read_idx(path):
     """Reads an IDX file (the MNIST format), gzipped, into a numpy array."""
@@ -133,15 +138,20 @@ def load_digits():
     return ImageDataset("digits", Split(xtr, ytr), Split(xte, yte), tuple(str(i) for i in range(10)))
 
 
-def load_tfds(spec, data_dir=None, allow_download=True, audio_seconds=None):
+def load_tfds(spec, data_dir=None, allow_download=True, **settings):
     """`tfds:NAME[:split]` through TensorFlow Datasets (needs network the first time).
 
     `split` (default `train`) is the training split; the test split is `test`
-    when the dataset has one. Install with `pip install keras_ssl[tfds]`.
-    A set whose supervised input is audio (e.g. `tfds:speech_commands`) is an
-    `AudioDataset` of 16 kHz clips of `audio_seconds` (see
-    `keras_ssl.data.audio.load_tfds_audio`).
+    when the dataset has one. Install with `pip install keras_ssl[tfds]`. The
+    modality that recognises the builder's features loads it
+    (`keras_ssl.modalities`): a set whose supervised input is audio (e.g.
+    `tfds:speech_commands`) is an `AudioDataset` of 16 kHz clips of
+    `audio_seconds` (see `keras_ssl.data.audio.load_tfds_audio`), any other an
+    `ImageDataset` (`load_tfds_images`). `settings`: the loader settings of
+    `load_source` (`audio_seconds`), each modality taking its own.
     """
+    from keras_ssl import modalities
+
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1]:
         raise UserError(f"bad dataset {spec!r}; write tfds:NAME or tfds:NAME:SPLIT")
@@ -156,19 +166,21 @@ def load_tfds(spec, data_dir=None, allow_download=True, audio_seconds=None):
             builder.download_and_prepare()
         splits = list(builder.info.splits.keys())
         test_split = "test" if "test" in splits else None
-        if _is_audio_builder(builder, tfds):
-            from keras_ssl.data.audio import DEFAULT_SECONDS, load_tfds_audio
-
-            return load_tfds_audio(name, builder, train_split, test_split, audio_seconds or DEFAULT_SECONDS)
-        wanted = [train_split] + ([test_split] if test_split else [])
-        arrays = [tfds.as_numpy(builder.as_dataset(split=s, as_supervised=True, batch_size=-1))
-                  for s in wanted]
-        label_feature = builder.info.features["label"]
-        class_names = tuple(label_feature.names)
+        modality = modalities.for_tfds(builder, tfds)
+        return modality.load_tfds(name, builder, train_split, test_split, **settings)
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"cannot load {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def load_tfds_images(name, builder, train_split, test_split):
+    """An `ImageDataset` of a TFDS builder's supervised `(image, label)` pairs."""
+    import tensorflow_datasets as tfds
+
+    wanted = [train_split] + ([test_split] if test_split else [])
+    arrays = [tfds.as_numpy(builder.as_dataset(split=s, as_supervised=True, batch_size=-1)) for s in wanted]
+    class_names = tuple(builder.info.features["label"].names)
 
     def to_split(pair):
         images, labels = pair
@@ -180,19 +192,6 @@ def load_tfds(spec, data_dir=None, allow_download=True, audio_seconds=None):
     train = to_split(arrays[0])
     test = to_split(arrays[1]) if test_split else Split(train.images[:0], train.labels[:0])
     return ImageDataset(f"tfds:{name}", train, test, class_names)
-
-
-def _is_audio_builder(builder, tfds):
-    """True when the builder's supervised input (or its `audio` feature) is TFDS audio."""
-    audio_type = getattr(getattr(tfds, "features", None), "Audio", None)
-    if audio_type is None:
-        return False
-    key = (builder.info.supervised_keys or ("audio",))[0]
-    features = builder.info.features
-    try:
-        return key in features and isinstance(features[key], audio_type)
-    except (TypeError, KeyError):
-        return False
 
 
 def _list_images(directory):
@@ -372,24 +371,24 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
         image_size = tuple(int(s) for s in image_size)
         if len(image_size) != 2 or min(image_size) < 1:
             raise UserError(f"image_size must be (height, width), got {image_size}")
+    from keras_ssl import modalities
+
+    # what each modality's loader takes (images: size and channels; audio: the clip length)
+    settings = {k: v for k, v in dict(image_size=image_size, channels=channels, audio_seconds=audio_seconds).items()
+                if v is not None}
     if spec == "fashion_mnist":
         ds = load_fashion_mnist(data_dir, allow_download)
     elif spec == "digits":
         ds = load_digits()
     elif spec.startswith("tfds:"):
-        ds = load_tfds(spec, data_dir, allow_download, audio_seconds)
+        ds = load_tfds(spec, data_dir, allow_download, **settings)
     elif spec.startswith("folder:"):
-        from keras_ssl import modalities
-
         # the modality whose files the folder holds (WAVs: audio), else images
         modality = modalities.for_folder(spec[len("folder:"):])
-        return modality.load_folder(spec, image_size=image_size, channels=channels, on_corrupt=on_corrupt,
-                                    audio_seconds=audio_seconds)
+        return modality.load_folder(spec, on_corrupt=on_corrupt, **settings)
     else:
         raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")
-    from keras_ssl import modalities
-
-    return modalities.of_dataset(ds).converted(ds, image_size=image_size, channels=channels)
+    return modalities.of_dataset(ds).converted(ds, **settings)
 
 
 def convert_images(ds, image_size=None, channels=None):

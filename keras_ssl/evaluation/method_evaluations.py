@@ -102,10 +102,11 @@ def _info_nce(context):
     """CPC's own task on the test examples: InfoNCE accuracy, loss and MI bound per
     step k (batches of the training batch size), and their plot."""
     from keras_ssl.evaluation.audio import prediction_plot
+    from keras_ssl.evaluation.predictive_coding import step_metrics
 
     test = context.dataset.test
     inputs = _modality(context).examples(test)
-    per_step = context.model.step_metrics(inputs, batch_size=min(context.config.batch_size, len(test)))
+    per_step = step_metrics(context.model, inputs, batch_size=min(context.config.batch_size, len(test)))
     result = {"info_nce": per_step}
     if context.model_dir:
         result["info_nce_plot"] = prediction_plot(per_step, os.path.join(context.model_dir, "info_nce.png"))

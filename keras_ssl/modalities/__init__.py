@@ -1,7 +1,9 @@
 """Modalities: what kind of examples a method trains on, declared once per kind.
 
 A module here subclasses `Modality` (`keras_ssl.modalities.base`) and registers
-one instance: its example unit, encoders and default encoder, how its datasets
+one instance: its example unit, encoders and default encoder, its run settings
+(a dataclass of `keras_ssl.options.option` fields: flags and `config.json` keys
+generated from it), how its datasets
 are recognised and loaded for a run, the encoder it builds and keeps, the model
 inputs of a split, its default evaluation and the tiny dataset of the contract
 test. Training, the binaries, evaluation and the exporter look a modality up
@@ -15,10 +17,12 @@ Adding a modality: one module here (and its source in `keras_ssl/data/`), import
 below so that it registers itself.
 """
 
-from keras_ssl.modalities.base import Modality, for_folder, get, names, of_dataset, register
+from keras_ssl.modalities.base import (Modality, for_folder, for_tfds, get, names, of_dataset, register,
+                                      setting_owners)
 
 from keras_ssl.modalities import image  # noqa: E402,F401  (registers "image")
 from keras_ssl.modalities import audio  # noqa: E402,F401  (registers "audio")
 from keras_ssl.modalities import generative  # noqa: E402,F401  (the latent and seeds input kinds)
+from keras_ssl.modalities import token_kinds  # noqa: E402,F401  (the tokens and text input kinds)
 
-__all__ = ["Modality", "for_folder", "get", "names", "of_dataset", "register"]
+__all__ = ["Modality", "for_folder", "for_tfds", "get", "names", "of_dataset", "register", "setting_owners"]

@@ -4,9 +4,22 @@
 speaker probes against MFCC statistics and the untrained model as the default
 evaluation (`keras_ssl.evaluation.audio`)."""
 
+import dataclasses
+
+from keras_ssl.data.audio import DEFAULT_SECONDS
 from keras_ssl.encoders import AUDIO_ENCODERS
 from keras_ssl.modalities.base import Modality, register
 from keras_ssl.modalities.input_kinds import InputKind, register_input_kind
+from keras_ssl.options import option
+
+
+@dataclasses.dataclass
+class AudioSettings:
+    """The run settings of audio methods (flag `--audio_seconds`). Source of the
+    default: 1 s holds one spoken word (Speech Commands' clips are 1 s)."""
+
+    audio_seconds: float = option(DEFAULT_SECONDS, "clips are cut or zero-padded to this length in seconds",
+                                  check=lambda v: 0 < v <= 60, requirement="in (0, 60]")
 
 
 class AudioModality(Modality):
@@ -14,22 +27,33 @@ class AudioModality(Modality):
     unit = "clips"
     encoders = AUDIO_ENCODERS
     default_encoder = "cpc_conv"  # CPC's strided convolutions (van den Oord et al. 2018)
+    settings = AudioSettings
 
     def recognises_folder(self, path):
         from keras_ssl.data.audio import is_audio_folder
 
         return is_audio_folder(path)  # .wav files at the top, in class folders or train/
 
-    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
-        from keras_ssl.data.audio import DEFAULT_SECONDS, load_audio_folder
+    def load_folder(self, spec, on_corrupt="skip", audio_seconds=None, **others):
+        from keras_ssl.data.audio import load_audio_folder
 
         return load_audio_folder(spec, audio_seconds or DEFAULT_SECONDS, on_corrupt)
+
+    def recognises_tfds(self, builder, tfds):
+        from keras_ssl.data.audio import is_audio_builder
+
+        return is_audio_builder(builder, tfds)
+
+    def load_tfds(self, name, builder, train_split, test_split, audio_seconds=None, **others):
+        from keras_ssl.data.audio import load_tfds_audio
+
+        return load_tfds_audio(name, builder, train_split, test_split, audio_seconds or DEFAULT_SECONDS)
 
     def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
         from keras_ssl.data import load_source
 
         return load_source(dataset or config.dataset, data_dir or config.data_dir,
-                           audio_seconds=config.audio_seconds)
+                           audio_seconds=config.settings.audio_seconds)
 
     def examples(self, split):
         return split.waveforms
@@ -48,7 +72,7 @@ class AudioModality(Modality):
     def serving_input_shape(self, config, model_dir):
         from keras_ssl.data.audio import SAMPLE_RATE
 
-        return (int(round(config.audio_seconds * SAMPLE_RATE)),)  # served at the clip length it trained on
+        return (int(round(config.settings.audio_seconds * SAMPLE_RATE)),)  # served at the clip length it trained on
 
     def evaluate_labelled(self, config, model, model_dir, dataset, request):
         """Word/speaker probes of the model's probe points against MFCCs and the untrained

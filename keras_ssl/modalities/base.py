@@ -1,8 +1,16 @@
 """The `Modality` base class and the registry of modalities."""
 
+import dataclasses
+
 from keras_ssl.errors import UserError
+from keras_ssl.options import make_options
 
 _REGISTRY = {}
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """The settings of a modality that has none."""
 
 
 class Modality:
@@ -14,14 +22,28 @@ class Modality:
       unit: the plural noun of one example in messages and rates ("images").
       encoders: the `--encoder` names of this modality; `default_encoder` is the
         one a run gets when `--encoder` is not given.
+      settings: the dataclass of the run settings of this modality's methods
+        (`image_size`, `audio_seconds`), its fields made with
+        `keras_ssl.options.option`: each becomes a flag of `keras-ssl-train`
+        and a flat key of `TrainConfig.from_dict` and `config.json`, and a run
+        holds its values as `TrainConfig.settings`.
     """
 
     name = None
     unit = None
     encoders = ()
     default_encoder = None
-    # The modality a `folder:` is read as when no other recognises its files (images).
+    settings = NoSettings
+    # The modality a `folder:` or `tfds:` set is read as when no other recognises it (images).
     folder_fallback = False
+
+    def make_settings(self, values=None):
+        """The settings dataclass from a dict of its keys (others refused)."""
+        return make_options(self.settings, values, f"{self.name} methods")
+
+    def check_run(self, config):
+        """A `UserError` for settings this run's method cannot train with (e.g.
+        no augmentation for a method whose views need it); nothing by default."""
 
     # -- data ------------------------------------------------------------------
 
@@ -29,12 +51,22 @@ class Modality:
         """True when `folder:PATH` holds this modality's files (e.g. `.wav` clips)."""
         return False
 
-    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
-        """`folder:PATH` as a dataset of this modality (each takes the settings it has)."""
+    def load_folder(self, spec, on_corrupt="skip", **settings):
+        """`folder:PATH` as a dataset of this modality; `settings`: the loader settings
+        `load_source` was given (`image_size`, `audio_seconds`, ...), each modality
+        taking its own."""
         raise NotImplementedError
 
-    def converted(self, dataset, *, image_size=None, channels=None):
-        """A loaded dataset brought to the run's settings (images: resized, channels
+    def recognises_tfds(self, builder, tfds):
+        """True when a TFDS builder's supervised input is of this modality (audio)."""
+        return False
+
+    def load_tfds(self, name, builder, train_split, test_split, **settings):
+        """A TFDS builder's splits as a dataset of this modality."""
+        raise NotImplementedError
+
+    def converted(self, dataset, **settings):
+        """A loaded dataset brought to the loader settings (images: resized, channels
         converted); unchanged by default."""
         return dataset
 
@@ -127,15 +159,36 @@ def names():
     return tuple(_REGISTRY)
 
 
-def for_folder(path):
-    """The `Modality` that reads `folder:PATH`: the first that recognises its files, else
-    the fallback (images)."""
+def _recognising(recognises):
+    """The first modality for which `recognises(modality)` holds, else the fallback (images)."""
     import keras_ssl.modalities  # noqa: F401
 
     for modality in _REGISTRY.values():
-        if not modality.folder_fallback and modality.recognises_folder(path):
+        if not modality.folder_fallback and recognises(modality):
             return modality
     return next(m for m in _REGISTRY.values() if m.folder_fallback)
+
+
+def for_folder(path):
+    """The `Modality` that reads `folder:PATH`: the first that recognises its files, else
+    the fallback (images)."""
+    return _recognising(lambda m: m.recognises_folder(path))
+
+
+def for_tfds(builder, tfds):
+    """The `Modality` that reads a TFDS builder: the first that recognises its features,
+    else the fallback (images)."""
+    return _recognising(lambda m: m.recognises_tfds(builder, tfds))
+
+
+def setting_owners():
+    """`{setting name: [(modality, field), ...]}` over every modality: one flag per name."""
+    owners = {}
+    for name in names():
+        modality = _REGISTRY[name]
+        for f in dataclasses.fields(modality.settings):
+            owners.setdefault(f.name, []).append((modality, f))
+    return owners
 
 
 def of_dataset(dataset):

@@ -3,11 +3,44 @@
 image encoders of `keras_ssl.encoders`, a linear probe and kNN as the default
 evaluation (`keras_ssl.evaluation.classification`)."""
 
+import dataclasses
 import os
 
+from keras_ssl.data.augment import PRESETS
 from keras_ssl.encoders import ENCODERS
+from keras_ssl.errors import UserError
 from keras_ssl.modalities.base import Modality, register
 from keras_ssl.modalities.input_kinds import InputKind, register_input_kind
+from keras_ssl.options import option
+
+NO_AUGMENTATION = "none"
+
+
+@dataclasses.dataclass
+class ImageSettings:
+    """The run settings of image methods (flags `--image_size` ... `--augment`).
+
+    Sources of the defaults: images at their native size and channels (what the
+    dataset holds); `cifar_stem=True` is SimCLR's CIFAR-10 ResNet variant
+    (Chen et al. 2020, B.9: a 3x3 stride-1 stem, no max-pool), the right one for
+    images of 32 px and less; `augment="fashion_mnist"` is our preset for 28x28
+    grayscale images (SimCLR's recipe with crops of at least 20% of the area, no
+    colour jitter; measured in `keras_ssl.data.augment`).
+    """
+
+    image_size: int | None = option(None, "resize images to this square size (default: native)",
+                                    check=lambda v: v >= 8, requirement=">= 8")
+    channels: int | None = option(None, "convert images to 1 (gray) or 3 (RGB) channels (default: native)",
+                                  check=lambda v: v in (1, 3), requirement="1 or 3")
+    cifar_stem: bool = option(True, "ResNet: 3x3 stride-1 stem, no max-pool (SimCLR's CIFAR-10 variant)")
+    augment: str = option("fashion_mnist", "augmentation preset (keras_ssl.data.augment.PRESETS); none: no "
+                          "augmentation, refused by methods whose views need one (simclr)",
+                          choices=(*PRESETS, NO_AUGMENTATION))
+
+    @property
+    def augment_preset(self):
+        """The preset name the batch builders take: None for `augment="none"`."""
+        return None if self.augment == NO_AUGMENTATION else self.augment
 
 
 class ImageModality(Modality):
@@ -16,13 +49,26 @@ class ImageModality(Modality):
     encoders = ENCODERS
     default_encoder = "small_cnn"  # 280k parameters: trains in minutes on a laptop CPU
     folder_fallback = True  # a folder is images unless another modality recognises its files
+    settings = ImageSettings
 
-    def load_folder(self, spec, *, image_size=None, channels=None, on_corrupt="skip", audio_seconds=None):
+    def check_run(self, config):
+        method = config.method_spec
+        if method.requires_augmentation and config.settings.augment == NO_AUGMENTATION:
+            choices = ", ".join(PRESETS)
+            raise UserError(f"augment must be one of {choices} for method {method.name} (its views need "
+                            f"augmentation; --augment={NO_AUGMENTATION} is refused)")
+
+    def load_folder(self, spec, on_corrupt="skip", image_size=None, channels=None, **others):
         from keras_ssl.data.sources import load_folder
 
         return load_folder(spec, image_size, channels, on_corrupt)
 
-    def converted(self, dataset, *, image_size=None, channels=None):
+    def load_tfds(self, name, builder, train_split, test_split, **settings):
+        from keras_ssl.data.sources import load_tfds_images
+
+        return load_tfds_images(name, builder, train_split, test_split)  # resized by `converted`
+
+    def converted(self, dataset, image_size=None, channels=None, **others):
         from keras_ssl.data.sources import convert_images
 
         return convert_images(dataset, image_size, channels)
@@ -33,8 +79,9 @@ class ImageModality(Modality):
         if input_shape is not None:  # the size and channels the kept encoder takes
             image_size, channels = tuple(input_shape[:2]), input_shape[2]
         else:
-            image_size = (config.image_size, config.image_size) if config.image_size else None
-            channels = config.channels
+            side = config.settings.image_size
+            image_size = (side, side) if side else None
+            channels = config.settings.channels
         return load_source(dataset or config.dataset, data_dir or config.data_dir, image_size, channels)
 
     def examples(self, split):
@@ -49,7 +96,7 @@ class ImageModality(Modality):
         shape = dataset.image_shape
         if size_agnostic:  # trains on patches
             shape = (None, None, shape[-1])
-        return build_encoder(config.encoder, shape, config.width_multiplier, config.cifar_stem)
+        return build_encoder(config.encoder, shape, config.width_multiplier, config.settings.cifar_stem)
 
     def encoder_to_keep(self, config, encoder, dataset):
         """At the dataset's image size: a size-agnostic patch encoder's weights are
@@ -59,7 +106,7 @@ class ImageModality(Modality):
 
         if encoder.input_shape[1] is not None:
             return with_keras_batch_norm(encoder)
-        fixed = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.cifar_stem,
+        fixed = build_encoder(config.encoder, dataset.image_shape, config.width_multiplier, config.settings.cifar_stem,
                               sync_bn=False)
         fixed.set_weights(encoder.get_weights())
         return with_keras_batch_norm(fixed)

@@ -7,7 +7,8 @@ the batch the endpoint's function takes, a line describing it, and a warmup
 value. Each modality registers its kinds (`keras_ssl.modalities.image`: `image`,
 `pixels`; `keras_ssl.modalities.audio`: `wav`, `waveform`), and
 `keras_ssl.modalities.generative` the kinds of generative endpoints (`latent`,
-`seeds`); a new kind (token ids, strings) is one more `InputKind` subclass.
+`seeds`), and `keras_ssl.modalities.token_kinds` those of sequence models
+(`tokens`, `text`); a new kind is one more `InputKind` subclass.
 
 Every refusal is one line that names the signature and the items at fault,
 `<signature>: <what is wrong> (indices): [i, j]; <what to do>` (`refuse`), so
@@ -39,6 +40,11 @@ class InputKind:
     def check(self, serving_input):
         """A ValueError when an endpoint declares `serving_input` without what this
         kind needs (e.g. a latent's shape)."""
+
+    def trackables(self, serving_input):
+        """What the export must hold besides the model for this input (e.g. a
+        tokenizer's lookup tables and vocabulary asset); none by default."""
+        return []
 
     def spec(self, serving_input, input_shape):
         """The input's `tf.TensorSpec` (named after the input)."""

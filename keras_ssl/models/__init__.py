@@ -10,9 +10,10 @@ from keras_ssl.models.siamese import Siamese  # isort: skip
 from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork  # isort: skip
 from keras_ssl.models.pretext import RelativePosition, RotationPrediction  # isort: skip
 from keras_ssl.models.cpc import CPC  # isort: skip
+from keras_ssl.models.cpc_image import ImageCPC  # isort: skip
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "METHODS", "registry"]
+           "ImageCPC", "METHODS", "registry"]

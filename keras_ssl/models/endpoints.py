@@ -12,8 +12,10 @@ files) and `pixels` (uint8 of any size) decode to float32 `[batch, H, W, C]`
 in [0, 1]; `wav` (16-bit PCM WAV files at 16 kHz) and `waveform` (float32
 samples in [-1, 1]) to float32 `[batch, samples]`, cut or zero-padded to the
 model's clip length; `latent` (float32 `[batch, *shape]`) and `seeds` (int
-`[batch]`) feed generative endpoints (`decode`, `sample`). Each kind's
-docstring gives its checks.
+`[batch]`) feed generative endpoints (`decode`, `sample`); `tokens` (int ids)
+and `text` (UTF-8 strings, tokenized in the graph) become int32
+`[batch, length]` token ids for sequence models. Each kind's docstring gives
+its checks.
 
 Outputs are float32, int32, bool, uint8 (decoded images) or string tensors; a
 `None` in an output's shape is a dimension that varies between calls.
@@ -29,12 +31,16 @@ from typing import Callable
 class ServingInput:
     """One input tensor of an endpoint: its `name`, `kind` (see the module
     docstring), for images the `(height, width)` it is resized to (None: the
-    model's image size), and for latents their `shape` after the batch axis."""
+    model's image size), for latents and token ids their `shape` after the
+    batch axis, for token ids their `vocabulary_size`, and for text the
+    `tokenizer` (a `keras_ssl.tokenizers.WordTokenizer`) that turns it into ids."""
 
     name: str
     kind: str = "image"
     size: tuple | None = None
-    shape: tuple | None = None  # after the batch axis, for kinds that need it (latent: (D,))
+    shape: tuple | None = None  # after the batch axis, for kinds that need it (latent: (D,), tokens: (L,))
+    vocabulary_size: int | None = None  # tokens
+    tokenizer: object = None  # text
 
     def __post_init__(self):
         from keras_ssl.modalities.input_kinds import input_kind

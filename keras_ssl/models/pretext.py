@@ -9,19 +9,45 @@ from keras_ssl.data.augment import to_float01
 from keras_ssl.data.pretext import center_square, rotate_all
 from keras_ssl.errors import UserError
 from keras_ssl.heads import mlp_classifier
-from keras_ssl.models.common import MethodModel, classification_loss, split_data
 from keras_ssl.models.endpoints import ServingInput, classify_endpoint
+from keras_ssl.models.global_batch import classification_loss, split_data
+from keras_ssl.models.hyper_parameters import option_arguments
+from keras_ssl.models.method_model import MethodModel
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
+
+
+@dataclasses.dataclass
+class RotationOptions:
+    """RotNet (Gidaris et al. 2018): a 4-way head on the encoder features;
+    the 256-unit MLP head is ours (the paper classifies from conv blocks)."""
+
+    head_hidden_dim: int = option(256, "classification head hidden size (0: a linear head)",
+                                  check=lambda v: v >= 0, requirement=">= 0")
+    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)",
+                                stored_default=False)  # runs before the probe existed had none
+
+
+@dataclasses.dataclass
+class RelativePositionOptions:
+    """Relative patch position (Doersch, Gupta, Efros 2015): the paper's 3x3
+    grid with gaps and jitter, scaled to the image (`small`: 28-64 px images;
+    `imagenet`: the paper's 96 px patches); the 512-unit head is ours."""
+
+    patch_preset: str = option("small", "patch, gap and jitter sizes relative to the image (small: 28-64 px)",
+                               choices=("small", "imagenet"))
+    head_hidden_dim: int = option(512, "classification head hidden size (0: a linear head)",
+                                  check=lambda v: v >= 0, requirement=">= 0")
 
 
 class _PretextModel(MethodModel):
     """Encoder + classification head on self-made labels: loss, accuracy, config.
 
-    Subclasses set `ACCURACY` (the metric's name) and `_default_head()`, and
-    implement `method_loss` with `_classify(logits, labels)`.
+    Subclasses set `TRACKED` (`("loss", <the accuracy's name>)`) and
+    `_default_head()`, and implement `method_loss` with `_classify(logits, labels)`.
     """
 
-    ACCURACY = "accuracy"
+    SUB_MODELS = ("encoder", "head")
+    TRACKED = ("loss", "accuracy")
 
     def __init__(self, encoder, hidden_dim, head=None, num_classes=None, probe=None, **kwargs):
         super().__init__(**kwargs)
@@ -31,24 +57,12 @@ class _PretextModel(MethodModel):
         if (num_classes or probe is not None) and "probe" not in self.SUB_MODELS:
             raise UserError(f"{type(self).__name__} has no online probe; drop num_classes/probe")
         self.init_probe(int(encoder.output_shape[-1]), num_classes, probe)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name=self.ACCURACY)
         self.build()
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
-
-    SUB_MODELS = ("encoder", "head")
 
     def _classify(self, logits, labels):
         """Cross-entropy scaled for the global batch; updates loss and accuracy."""
-        return classification_loss(logits, labels, self.loss_tracker, self.accuracy_tracker)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_dim=self.hidden_dim)
-        return config
+        loss, accuracy = self.TRACKED
+        return classification_loss(logits, labels, self.trackers[loss], self.trackers[accuracy])
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -65,25 +79,23 @@ class RotationPrediction(_PretextModel):
     rather than read as rotations.
 
     The head is an MLP on the encoder features (`hidden_dim` units, BN, ReLU;
-    0 = linear), the encoder is what the user keeps. Metrics: `loss`,
+    0 = linear; default `RotationOptions.head_hidden_dim`), the encoder is what
+    the user keeps. Metrics: `loss`,
     `rotation_accuracy` (and `probe_loss`, `probe_accuracy`). Under R replicas
     each replica returns `sum(local losses) / N_global`. Serves the embedding,
     `rotation` (images -> probabilities of the four rotations) and, with the
     probe, `classify`.
     """
 
-    ACCURACY = "rotation_accuracy"
     SUB_MODELS = ("encoder", "head", "probe")
+    TRACKED = ("loss", "rotation_accuracy")
 
-    def __init__(self, encoder, hidden_dim=256, head=None, num_classes=None, probe=None, **kwargs):
+    def __init__(self, encoder, hidden_dim=RotationOptions.head_hidden_dim, head=None, num_classes=None, probe=None,
+                 **kwargs):
         super().__init__(encoder, hidden_dim, head, num_classes, probe, **kwargs)
 
     def _default_head(self):
         return mlp_classifier(int(self.encoder.output_shape[-1]), self.hidden_dim, 4, name="rotation_head")
-
-    @property
-    def metrics(self):
-        return super().metrics + self.probe_metrics()
 
     def probe_features(self, images, training=False):
         """The encoder's features of the images' centre square, as the probe saw them
@@ -124,25 +136,22 @@ class RelativePosition(_PretextModel):
     Both patches go through the one shared `encoder` (build it with input
     shape `(None, None, C)` so the same weights also embed whole images); the
     two feature vectors are concatenated and an MLP head (`hidden_dim`, BN,
-    ReLU) classifies the 8 positions. `fit()` takes
+    ReLU; default `RelativePositionOptions.head_hidden_dim`) classifies the 8
+    positions. `fit()` takes
     `((centre, neighbour), labels)` from
     `keras_ssl.data.pretext.relative_position_batches`. Metrics: `loss`,
     `position_accuracy` (chance 1/8).
     """
 
-    ACCURACY = "position_accuracy"
+    TRACKED = ("loss", "position_accuracy")
 
-    def __init__(self, encoder, hidden_dim=512, head=None, patch_size=None, preset="small", **kwargs):
+    def __init__(self, encoder, hidden_dim=RelativePositionOptions.head_hidden_dim, head=None, patch_size=None,
+                 preset=RelativePositionOptions.patch_preset, **kwargs):
         """`patch_size` and `preset`: the training patches' side in pixels and
         the patch preset they came from (recorded for evaluation and export)."""
         super().__init__(encoder, hidden_dim, head, **kwargs)
         self.patch_size = None if patch_size is None else int(patch_size)
         self.preset = preset
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(patch_size=self.patch_size, preset=self.preset)
-        return config
 
     def _default_head(self):
         return mlp_classifier(2 * int(self.encoder.output_shape[-1]), self.hidden_dim, 8, name="position_head")
@@ -184,32 +193,10 @@ class RelativePosition(_PretextModel):
         return self._classify(self._logits(x[0], x[1], training), tf.cast(tf.reshape(y, [-1]), tf.int32))
 
 
-@dataclasses.dataclass
-class RotationOptions:
-    """RotNet (Gidaris et al. 2018): a 4-way head on the encoder features;
-    the 256-unit MLP head is ours (the paper classifies from conv blocks)."""
-
-    head_hidden_dim: int = option(256, "classification head hidden size (0: a linear head)",
-                                  check=lambda v: v >= 0, requirement=">= 0")
-    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)",
-                                stored_default=False)  # runs before the probe existed had none
-
-
-@dataclasses.dataclass
-class RelativePositionOptions:
-    """Relative patch position (Doersch, Gupta, Efros 2015): the paper's 3x3
-    grid with gaps and jitter, scaled to the image (`small`: 28-64 px images;
-    `imagenet`: the paper's 96 px patches); the 512-unit head is ours."""
-
-    patch_preset: str = option("small", "patch, gap and jitter sizes relative to the image (small: 28-64 px)",
-                               choices=("small", "imagenet"))
-    head_hidden_dim: int = option(512, "classification head hidden size (0: a linear head)",
-                                  check=lambda v: v >= 0, requirement=">= 0")
-
-
 def _build_rotation(run, options, encoder, dataset, stage=None):
     num_classes = dataset.num_classes if (options.online_probe and dataset.labelled) else None
-    return RotationPrediction(encoder, hidden_dim=options.head_hidden_dim, num_classes=num_classes)
+    return RotationPrediction(encoder, num_classes=num_classes, **option_arguments(
+        options, RotationPrediction, renamed={"head_hidden_dim": "hidden_dim"}))
 
 
 def _rotation_data(run, options, split, stage=None):
@@ -224,8 +211,8 @@ def _build_relative_position(run, options, encoder, dataset, stage=None):
     from keras_ssl.data.pretext import patch_geometry
 
     patch = patch_geometry(dataset.image_shape[0], options.patch_preset)[1]
-    return RelativePosition(encoder, hidden_dim=options.head_hidden_dim, patch_size=patch,
-                            preset=options.patch_preset)
+    return RelativePosition(encoder, patch_size=patch, **option_arguments(
+        options, RelativePosition, renamed={"head_hidden_dim": "hidden_dim", "patch_preset": "preset"}))
 
 
 def _relative_position_data(run, options, split, stage=None):

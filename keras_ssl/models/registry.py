@@ -22,43 +22,9 @@ import typing
 from typing import Callable
 
 from keras_ssl.errors import UserError
+from keras_ssl.options import NOT_STORED, make_options, option, option_type, validate_options  # noqa: F401
 
 _REGISTRY = {}
-
-
-NOT_STORED = object()
-
-
-def option(default, help, choices=None, check=None, requirement=None, stored_default=NOT_STORED):
-    """A method hyper-parameter: a dataclass field carrying its flag help text,
-    its allowed `choices` and a `check(value) -> bool` with the `requirement`
-    it states (e.g. "> 0"); `None` values are not checked (None means "the
-    method's default" where a field allows it). `stored_default`: for an option
-    added later, the value that reproduces runs whose `config.json` predates it
-    (used when such a file is read)."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "choices": tuple(choices) if choices else None, "check": check, "requirement": requirement,
-        "stored_default": stored_default})
-
-
-def validate_options(options):
-    """Raises `UserError` naming the first option outside its choices or failing its check."""
-    for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise UserError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        check = f.metadata.get("check")
-        if check is not None and value is not None and not check(value):
-            raise UserError(f"{f.name} must be {f.metadata['requirement']}, got {value!r}")
-    return options
-
-
-def option_type(options_class, name):
-    """The Python type of an option (`int`, `float`, `bool` or `str`; `X | None` -> `X`)."""
-    hint = typing.get_type_hints(options_class)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
 
 
 class TrainingData(typing.NamedTuple):
@@ -137,13 +103,7 @@ class Method:
 
     def make_options(self, values=None):
         """The method's options from a dict of its own keys (others refused)."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(self.options)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"{unknown[0]} is not an option of method {self.name} (its options: "
-                            f"{', '.join(sorted(known)) or 'none'})")
-        return self.options(**values)
+        return make_options(self.options, values, f"method {self.name}")
 
 
 def register(method):

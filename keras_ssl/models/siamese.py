@@ -8,10 +8,29 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import MetricModel, check_threshold, embed_images, global_batch_size, split_data
+from keras_ssl.models.global_batch import global_batch_size, split_data
+from keras_ssl.models.hyper_parameters import option_arguments
+from keras_ssl.models.metric_model import MetricModel, check_threshold, embed_images
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 HEADS = ("distance", "l1_sigmoid")
+
+
+@dataclasses.dataclass
+class SiameseOptions:
+    """Siamese hyper-parameters. Sources: the contrastive loss and margin 1.0
+    (Hadsell, Chopra, LeCun 2006); the `l1_sigmoid` head (Koch et al. 2015);
+    no embedding head and no normalisation by default (the encoder's features)."""
+
+    head: str = option("distance", "siamese: contrastive loss on the distance, or Koch's weighted-L1 + sigmoid",
+                       choices=HEADS)
+    margin: float = option(1.0, "contrastive margin (Hadsell et al. 2006: 1.0)", check=lambda v: v > 0,
+                           requirement="> 0")
+    negative_hinge: str = option("distance", "max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)",
+                                 choices=losses.NEGATIVE_HINGES)
+    embedding_dim: int | None = option(None, "Dense embedding head size (default: none, the encoder features)",
+                                       check=lambda v: v >= 1, requirement=">= 1")
+    normalize_embeddings: bool = option(False, "L2-normalise the embeddings")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -35,11 +54,16 @@ class Siamese(MetricModel):
     different pairs: a distance, or p for `l1_sigmoid`), `pair_accuracy` at
     the current threshold. Under R replicas each replica returns
     `sum(local pair losses) / N_global`, so loss and gradients equal one
-    device on the whole batch.
+    device on the whole batch. Defaults: `SiameseOptions`'s.
     """
 
-    def __init__(self, encoder, embedding_dim=None, head="distance", margin=1.0, negative_hinge="distance",
-                 normalize=False, threshold=None, embedding_head=None, score_head=None, **kwargs):
+    SUB_MODELS = ("encoder", "embedding_head", "score_head")
+    TRACKED = ("loss", "pos_distance", "neg_distance", "pair_accuracy")
+
+    def __init__(self, encoder, embedding_dim=SiameseOptions.embedding_dim, head=SiameseOptions.head,
+                 margin=SiameseOptions.margin, negative_hinge=SiameseOptions.negative_hinge,
+                 normalize=SiameseOptions.normalize_embeddings, threshold=None, embedding_head=None, score_head=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise UserError(f"head must be one of {HEADS}, got {head!r}")
@@ -67,17 +91,7 @@ class Siamese(MetricModel):
         if threshold is None:
             threshold = self.margin / 2.0 if head == "distance" else 0.5
         self.threshold = check_threshold(threshold)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.pos_tracker = keras.metrics.Mean(name="pos_distance")
-        self.neg_tracker = keras.metrics.Mean(name="neg_distance")
-        self.accuracy_tracker = keras.metrics.Mean(name="pair_accuracy")
         self.build()
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.pos_tracker, self.neg_tracker, self.accuracy_tracker]
-
-    SUB_MODELS = ("encoder", "embedding_head", "score_head")
 
     @property
     def SCORE_NAME(self):  # noqa: N802 (the MetricModel constant, per head here)
@@ -120,39 +134,15 @@ class Siamese(MetricModel):
         loss = tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
         score = tf.stop_gradient(self.pair_score(e_a, e_b))
         correct = tf.cast(tf.equal(self.decide(score), same > 0.5), tf.float32)
-        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=tf.cast(n_local, tf.float32))
-        self.pos_tracker.update_state(score, sample_weight=same)
-        self.neg_tracker.update_state(score, sample_weight=1.0 - same)
-        self.accuracy_tracker.update_state(correct)
+        self.trackers["loss"].update_state(tf.reduce_mean(terms), sample_weight=tf.cast(n_local, tf.float32))
+        self.trackers["pos_distance"].update_state(score, sample_weight=same)
+        self.trackers["neg_distance"].update_state(score, sample_weight=1.0 - same)
+        self.trackers["pair_accuracy"].update_state(correct)
         return loss
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(embedding_dim=self.embedding_dim, head=self.head, margin=self.margin,
-                      negative_hinge=self.negative_hinge, normalize=self.normalize, threshold=self.threshold)
-        return config
-
-
-@dataclasses.dataclass
-class SiameseOptions:
-    """Siamese hyper-parameters. Sources: the contrastive loss and margin 1.0
-    (Hadsell, Chopra, LeCun 2006); the `l1_sigmoid` head (Koch et al. 2015);
-    no embedding head and no normalisation by default (the encoder's features)."""
-
-    head: str = option("distance", "siamese: contrastive loss on the distance, or Koch's weighted-L1 + sigmoid",
-                       choices=HEADS)
-    margin: float = option(1.0, "contrastive margin (Hadsell et al. 2006: 1.0)", check=lambda v: v > 0,
-                           requirement="> 0")
-    negative_hinge: str = option("distance", "max(0, m - d)^2 (distance) or max(0, m^2 - d^2) (squared)",
-                                 choices=losses.NEGATIVE_HINGES)
-    embedding_dim: int | None = option(None, "Dense embedding head size (default: none, the encoder features)",
-                                       check=lambda v: v >= 1, requirement=">= 1")
-    normalize_embeddings: bool = option(False, "L2-normalise the embeddings")
 
 
 def _build(run, options, encoder, dataset, stage=None):
-    return Siamese(encoder, embedding_dim=options.embedding_dim, head=options.head, margin=options.margin,
-                   negative_hinge=options.negative_hinge, normalize=options.normalize_embeddings)
+    return Siamese(encoder, **option_arguments(options, Siamese, renamed={"normalize_embeddings": "normalize"}))
 
 
 def _training_data(run, options, split, stage=None):

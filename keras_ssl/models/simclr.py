@@ -9,8 +9,28 @@ from keras_ssl import losses
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
 from keras_ssl.errors import UserError
 from keras_ssl.heads import projection_head
-from keras_ssl.models.common import MethodModel, global_batch_size, split_data
+from keras_ssl.models.global_batch import global_batch_size, split_data
+from keras_ssl.models.hyper_parameters import option_arguments
+from keras_ssl.models.method_model import MethodModel
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
+
+
+@dataclasses.dataclass
+class SimCLROptions:
+    """SimCLR's hyper-parameters. Sources: temperature 0.5 and a 128-d output
+    (Chen et al. 2020, B.9 for CIFAR-10); a 2-layer projection MLP whose hidden
+    width is the feature width (SimCLR v1); the online probe is SimCLR's
+    in-run linear evaluation on `stop_gradient(h)`."""
+
+    temperature: float = option(0.5, "NT-Xent temperature (SimCLR CIFAR-10: 0.5)", check=lambda v: v > 0,
+                                requirement="> 0")
+    projection_dim: int = option(128, "projection head output size (SimCLR: 128)", check=lambda v: v >= 1,
+                                 requirement=">= 1")
+    projection_hidden_dim: int | None = option(None, "projection hidden size (default: the feature size)",
+                                               check=lambda v: v >= 1, requirement=">= 1")
+    projection_layers: int = option(2, "projection head depth in Dense layers (SimCLR v1: 2)",
+                                    check=lambda v: v >= 1, requirement=">= 1")
+    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -45,10 +65,14 @@ class SimCLR(MethodModel):
     replicas' gradients, so loss and gradients equal one device on the whole
     batch, also when the split is uneven.
 
-    Defaults: `temperature=0.5` (SimCLR CIFAR-10), projection to 128 dims.
+    Defaults: `SimCLROptions`'s (temperature 0.5, SimCLR CIFAR-10), projection
+    to 128 dims (`projection_head`).
     """
 
-    def __init__(self, encoder, projector=None, temperature=0.5, num_classes=None,
+    SUB_MODELS = ("encoder", "projector", "probe")
+    TRACKED = ("loss", "contrastive_accuracy", "output_std")
+
+    def __init__(self, encoder, projector=None, temperature=SimCLROptions.temperature, num_classes=None,
                  augment="imagenet", seed=0, probe=None, **kwargs):
         super().__init__(**kwargs)
         if temperature <= 0:
@@ -61,18 +85,9 @@ class SimCLR(MethodModel):
         self._augment_name = augment if isinstance(augment, str) else None
         self.seed = int(seed)
         self.init_probe(feature_dim, num_classes, probe)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="contrastive_accuracy")
-        self.std_tracker = keras.metrics.Mean(name="output_std")
         # Built from the start: a custom train_step leaves a model unbuilt after
         # fit, and saving an unbuilt model silently drops optimizer state.
         self.build()
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.std_tracker] + self.probe_metrics()
-
-    SUB_MODELS = ("encoder", "projector", "probe")
 
     def _views(self, x):
         if isinstance(x, (tuple, list)):
@@ -104,18 +119,16 @@ class SimCLR(MethodModel):
         z_norm = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
         output_std = tf.reduce_mean(tf.math.reduce_std(z_norm, axis=0))
         weight = tf.cast(2 * n_local, tf.float32)
-        self.loss_tracker.update_state(local_mean, sample_weight=weight)
-        self.accuracy_tracker.update_state(tf.reduce_mean(tf.cast(correct, tf.float32)), sample_weight=weight)
-        self.std_tracker.update_state(output_std)
+        self.trackers["loss"].update_state(local_mean, sample_weight=weight)
+        self.trackers["contrastive_accuracy"].update_state(tf.reduce_mean(tf.cast(correct, tf.float32)),
+                                                           sample_weight=weight)
+        self.trackers["output_std"].update_state(output_std)
         return loss + self.probe_loss(h[:n_local], y, training)  # the first view's features
 
     def get_config(self):
+        """The base's config and `augment`: the preset's name, or the `AugmentConfig`'s fields."""
         config = super().get_config()
-        config.update(
-            temperature=self.temperature,
-            augment=self._augment_name or dict(vars(self.augment_config)),
-            seed=self.seed,
-        )
+        config["augment"] = self._augment_name or dict(vars(self.augment_config))
         return config
 
     @classmethod
@@ -129,31 +142,13 @@ class SimCLR(MethodModel):
         return super().from_config(config)
 
 
-@dataclasses.dataclass
-class SimCLROptions:
-    """SimCLR's hyper-parameters. Sources: temperature 0.5 and a 128-d output
-    (Chen et al. 2020, B.9 for CIFAR-10); a 2-layer projection MLP whose hidden
-    width is the feature width (SimCLR v1); the online probe is SimCLR's
-    in-run linear evaluation on `stop_gradient(h)`."""
-
-    temperature: float = option(0.5, "NT-Xent temperature (SimCLR CIFAR-10: 0.5)", check=lambda v: v > 0,
-                                requirement="> 0")
-    projection_dim: int = option(128, "projection head output size (SimCLR: 128)", check=lambda v: v >= 1,
-                                 requirement=">= 1")
-    projection_hidden_dim: int | None = option(None, "projection hidden size (default: the feature size)",
-                                               check=lambda v: v >= 1, requirement=">= 1")
-    projection_layers: int = option(2, "projection head depth in Dense layers (SimCLR v1: 2)",
-                                    check=lambda v: v >= 1, requirement=">= 1")
-    online_probe: bool = option(True, "train a linear probe on frozen features in-run (labelled datasets)")
-
-
 def _build(run, options, encoder, dataset, stage=None):
     feature_dim = int(encoder.output_shape[-1])
     projector = projection_head(feature_dim, options.projection_hidden_dim, options.projection_dim,
                                 options.projection_layers)
     num_classes = dataset.num_classes if (options.online_probe and dataset.labelled) else None
-    return SimCLR(encoder, projector, temperature=options.temperature, num_classes=num_classes,
-                  augment=run.augment, seed=run.seed)
+    return SimCLR(encoder, projector, num_classes=num_classes, augment=run.augment, seed=run.seed,
+                  **option_arguments(options, SimCLR))
 
 
 def _training_data(run, options, split, stage=None):

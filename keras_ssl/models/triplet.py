@@ -8,8 +8,36 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.data.augment import to_float01
 from keras_ssl.errors import UserError
-from keras_ssl.models.common import MetricModel, embed_images, global_batch_size, split_data
+from keras_ssl.models.global_batch import global_batch_size, split_data
+from keras_ssl.models.hyper_parameters import option_arguments
+from keras_ssl.models.metric_model import MetricModel, embed_images
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
+
+
+@dataclasses.dataclass
+class TripletOptions:
+    """Online triplet mining. Sources: margin 0.2 and 128-d L2-normalised
+    embeddings (FaceNet, Schroff et al. 2015); P x K batches and the batch-hard
+    variant (Hermans et al. 2017); P = 8, K = 4 are ours (a 10-class dataset)."""
+
+    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
+    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
+                                requirement=">= 1")
+    mining: str = option("semi_hard", "online mining strategy", choices=losses.MINING)
+    soft_margin: bool = option(False, "softplus instead of the hinge (Hermans et al. 2017)")
+    classes_per_batch: int = option(8, "P classes per batch", check=lambda v: v >= 2, requirement=">= 2")
+    images_per_class: int = option(4, "K images per class (batch = P*K; every anchor needs a positive)",
+                                   check=lambda v: v >= 2, requirement=">= 2")
+
+
+@dataclasses.dataclass
+class TripletExplicitOptions:
+    """Explicit (anchor, positive, negative) triplets. Sources: margin 0.2 and
+    128-d L2-normalised embeddings (FaceNet); triplets as in Hoffer & Ailon 2015."""
+
+    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
+    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
+                                requirement=">= 1")
 
 
 class _Embedding(MetricModel):
@@ -18,8 +46,9 @@ class _Embedding(MetricModel):
     exported with a calibrated or given one)."""
 
     SUB_MODELS = ("encoder", "embedding_head")
+    TRACKED = ("loss", "active_fraction", "pos_distance", "neg_distance", "embedding_std")
 
-    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, embedding_head=None, **kwargs):
+    def __init__(self, encoder, embedding_dim, normalize, margin, embedding_head=None, **kwargs):
         super().__init__(**kwargs)
         if margin < 0:
             raise UserError(f"margin must be >= 0, got {margin}")
@@ -32,15 +61,6 @@ class _Embedding(MetricModel):
                 [keras.Input((int(encoder.output_shape[-1]),)),
                  keras.layers.Dense(self.embedding_dim, name="embedding")], name="embedding_head")
         self.embedding_head = embedding_head
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.active_tracker = keras.metrics.Mean(name="active_fraction")
-        self.pos_tracker = keras.metrics.Mean(name="pos_distance")
-        self.neg_tracker = keras.metrics.Mean(name="neg_distance")
-        self.std_tracker = keras.metrics.Mean(name="embedding_std")
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.active_tracker, self.pos_tracker, self.neg_tracker, self.std_tracker]
 
     def embed(self, images, training=False):
         """Embeddings `[B, D]` (L2-normalised by default) of uint8 or [0, 1] images."""
@@ -51,12 +71,8 @@ class _Embedding(MetricModel):
         return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(e_a - e_b), axis=-1), 1e-12))
 
     def _track_std(self, e):
-        self.std_tracker.update_state(tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(e, -1), axis=0)))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(embedding_dim=self.embedding_dim, normalize=self.normalize, margin=self.margin)
-        return config
+        self.trackers["embedding_std"].update_state(
+            tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(e, -1), axis=0)))
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -65,7 +81,7 @@ class OnlineTriplet(_Embedding):
 
     `fit()` takes `(images, labels)` batches, best class-balanced P x K
     batches (`keras_ssl.data.sampling.pk_batches`). Defaults: L2-normalised
-    128-d embeddings and margin 0.2 (FaceNet), `mining="semi_hard"`.
+    embeddings and `TripletOptions`'s: 128-d, margin 0.2 (FaceNet), `mining="semi_hard"`.
 
     Under R replicas mining sees the GLOBAL batch: embeddings and labels are
     all-gathered, each replica computes the loss of the whole batch and returns
@@ -77,7 +93,8 @@ class OnlineTriplet(_Embedding):
     same- and different-class pairs in the batch), `embedding_std`.
     """
 
-    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, mining="semi_hard", soft=False,
+    def __init__(self, encoder, embedding_dim=TripletOptions.embedding_dim, normalize=True,
+                 margin=TripletOptions.margin, mining=TripletOptions.mining, soft=TripletOptions.soft_margin,
                  **kwargs):
         if mining not in losses.MINING:
             raise UserError(f"mining must be one of {losses.MINING}, got {mining!r}")
@@ -111,30 +128,27 @@ class OnlineTriplet(_Embedding):
         d = tf.sqrt(tf.maximum(losses.pairwise_squared_distances(e_all), 1e-12))
         same = tf.cast(tf.equal(labels_all[:, None], labels_all[None, :]), tf.float32)
         off_diag = 1.0 - tf.eye(tf.shape(d)[0])
-        self.loss_tracker.update_state(full_loss)
-        self.active_tracker.update_state(active)
-        self.pos_tracker.update_state(d, sample_weight=same * off_diag)
-        self.neg_tracker.update_state(d, sample_weight=1.0 - same)
+        self.trackers["loss"].update_state(full_loss)
+        self.trackers["active_fraction"].update_state(active)
+        self.trackers["pos_distance"].update_state(d, sample_weight=same * off_diag)
+        self.trackers["neg_distance"].update_state(d, sample_weight=1.0 - same)
         self._track_std(e)
         # Every replica holds the same full loss: each contributes 1/R of it.
         return full_loss / replicas
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(mining=self.mining, soft=self.soft)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class TripletNetwork(_Embedding):
     """Explicit triplets `(anchor, positive, negative)` through one shared encoder
-    (Hoffer & Ailon 2015), loss `losses.triplet` (FaceNet margin 0.2).
+    (Hoffer & Ailon 2015), loss `losses.triplet`. Defaults: L2-normalised
+    embeddings and `TripletExplicitOptions`'s (128-d, FaceNet's margin 0.2).
 
     `fit()` takes batches `(x_a, x_p, x_n)` (no labels needed). Under R
     replicas each returns `sum(local triplet losses) / N_global`.
     """
 
-    def __init__(self, encoder, embedding_dim=128, normalize=True, margin=0.2, **kwargs):
+    def __init__(self, encoder, embedding_dim=TripletExplicitOptions.embedding_dim, normalize=True,
+                 margin=TripletExplicitOptions.margin, **kwargs):
         super().__init__(encoder, embedding_dim, normalize, margin, **kwargs)
         self.build()
 
@@ -154,43 +168,17 @@ class TripletNetwork(_Embedding):
         terms = tf.nn.relu(d_ap - d_an + self.margin)
         loss = tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
         weight = tf.cast(n_local, tf.float32)
-        self.loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
-        self.active_tracker.update_state(tf.reduce_mean(tf.cast(terms > 0, tf.float32)), sample_weight=weight)
-        self.pos_tracker.update_state(tf.sqrt(tf.maximum(d_ap, 1e-12)))
-        self.neg_tracker.update_state(tf.sqrt(tf.maximum(d_an, 1e-12)))
+        self.trackers["loss"].update_state(tf.reduce_mean(terms), sample_weight=weight)
+        self.trackers["active_fraction"].update_state(tf.reduce_mean(tf.cast(terms > 0, tf.float32)),
+                                                      sample_weight=weight)
+        self.trackers["pos_distance"].update_state(tf.sqrt(tf.maximum(d_ap, 1e-12)))
+        self.trackers["neg_distance"].update_state(tf.sqrt(tf.maximum(d_an, 1e-12)))
         self._track_std(e)
         return loss
 
 
-@dataclasses.dataclass
-class TripletOptions:
-    """Online triplet mining. Sources: margin 0.2 and 128-d L2-normalised
-    embeddings (FaceNet, Schroff et al. 2015); P x K batches and the batch-hard
-    variant (Hermans et al. 2017); P = 8, K = 4 are ours (a 10-class dataset)."""
-
-    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
-    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
-                                requirement=">= 1")
-    mining: str = option("semi_hard", "online mining strategy", choices=losses.MINING)
-    soft_margin: bool = option(False, "softplus instead of the hinge (Hermans et al. 2017)")
-    classes_per_batch: int = option(8, "P classes per batch", check=lambda v: v >= 2, requirement=">= 2")
-    images_per_class: int = option(4, "K images per class (batch = P*K; every anchor needs a positive)",
-                                   check=lambda v: v >= 2, requirement=">= 2")
-
-
-@dataclasses.dataclass
-class TripletExplicitOptions:
-    """Explicit (anchor, positive, negative) triplets. Sources: margin 0.2 and
-    128-d L2-normalised embeddings (FaceNet); triplets as in Hoffer & Ailon 2015."""
-
-    margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
-    embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
-                                requirement=">= 1")
-
-
 def _build_online(run, options, encoder, dataset, stage=None):
-    return OnlineTriplet(encoder, embedding_dim=options.embedding_dim, margin=options.margin,
-                         mining=options.mining, soft=options.soft_margin)
+    return OnlineTriplet(encoder, **option_arguments(options, OnlineTriplet, renamed={"soft_margin": "soft"}))
 
 
 def _online_data(run, options, split, stage=None):
@@ -204,7 +192,7 @@ def _online_data(run, options, split, stage=None):
 
 
 def _build_explicit(run, options, encoder, dataset, stage=None):
-    return TripletNetwork(encoder, embedding_dim=options.embedding_dim, margin=options.margin)
+    return TripletNetwork(encoder, **option_arguments(options, TripletNetwork))
 
 
 def _explicit_data(run, options, split, stage=None):

@@ -1,0 +1,27 @@
+"""Losses of keras_ssl: pure functions plus thin `keras.losses.Loss` wrappers.
+
+Each function's docstring gives its formula and source; tests check each
+against an independent NumPy computation. Every loss computes in
+float32 whatever the compute dtype (mixed precision safe).
+
+By family, one module each (every name is importable from here):
+
+    replicas           gather_across_replicas
+    predictive_coding  info_nce_terms, info_nce; CPC's cpc_negative_rows, cpc_info_nce_terms
+    simclr             nt_xent_terms, nt_xent, NTXent
+    metric_learning    contrastive_terms, contrastive, triplet, pairwise_squared_distances,
+                       batch_triplet_terms, batch_triplet, Contrastive, BatchTriplet
+                       (NEGATIVE_HINGES, MINING: their allowed values)
+"""
+
+from keras_ssl.losses.metric_learning import (MINING, NEGATIVE_HINGES, BatchTriplet, Contrastive, batch_triplet,
+                                              batch_triplet_terms, contrastive, contrastive_terms,
+                                              pairwise_squared_distances, triplet)
+from keras_ssl.losses.predictive_coding import cpc_info_nce_terms, cpc_negative_rows, info_nce, info_nce_terms
+from keras_ssl.losses.replicas import gather_across_replicas
+from keras_ssl.losses.simclr import NTXent, nt_xent, nt_xent_terms
+
+__all__ = ["gather_across_replicas", "info_nce_terms", "info_nce", "cpc_negative_rows", "cpc_info_nce_terms",
+           "nt_xent_terms", "nt_xent", "NTXent", "NEGATIVE_HINGES", "MINING", "contrastive_terms", "contrastive",
+           "triplet", "pairwise_squared_distances", "batch_triplet_terms", "batch_triplet", "Contrastive",
+           "BatchTriplet"]
