@@ -61,6 +61,14 @@ def library_methods():
     return [m for m in registry.methods() if not m.build.__module__.startswith("tests.")]
 
 
+def library_modalities():
+    """The registered modalities of keras_ssl itself (not tests.toy_modality's)."""
+    from keras_ssl import modalities
+
+    return [modalities.get(n) for n in modalities.names()
+            if not type(modalities.get(n)).__module__.startswith("tests.")]
+
+
 def smoke_dataset(method, root):
     """The run settings that give `method` its tiny dataset: its modality's smoke
     dataset (the 8x8 digits for images, a chirp folder under `root` for audio)."""

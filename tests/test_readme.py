@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import library_methods, write_chirp_folder
+from tests.helpers import library_methods, library_modalities, write_chirp_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = re.compile(r"<!-- example: (\w+)(?: after (\w+))?(?: skip: (.*?))? -->")
@@ -258,8 +258,6 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
     are written by hand: this holds them)."""
     import dataclasses
 
-    from keras_ssl import modalities
-
     script = ("import json; from absl import flags; import keras_ssl.bin.train; "
               "print(json.dumps([f.name for f in flags.FLAGS.get_flags_for_module('keras_ssl.bin.train')]))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -272,11 +270,11 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
     assert "model_dir" in run_flags, run_flags
     assert run_flags - listed == set() and listed - run_flags == set(), (run_flags - listed, listed - run_flags)
     settings = readme[readme.index("Setting flags are generated"):readme.index("Method flags are generated")]
-    for name in modalities.names():
-        found = re.search(rf"\b{name}\s+`([^`]*)`", settings)
-        assert found, f"README lists no setting flags for {name} methods"
-        declared = {f.name for f in dataclasses.fields(modalities.get(name).settings)}
-        assert set(re.findall(r"--(\w+)", found.group(1))) == declared, name
+    for modality in library_modalities():
+        found = re.search(rf"\b{modality.name}\s+`([^`]*)`", settings)
+        assert found, f"README lists no setting flags for {modality.name} methods"
+        declared = {f.name for f in dataclasses.fields(modality.settings)}
+        assert set(re.findall(r"--(\w+)", found.group(1))) == declared, modality.name
     methods = readme[readme.index("Method flags are generated"):readme.index("(a test holds this")]
     for method in library_methods():
         found = re.search(rf"\b{method.name}\s+`([^`]*)`", methods)

@@ -217,3 +217,5 @@ register(Method(
     options=ToyAutoencoderOptions, build=_build_autoencoder, training_data=_autoencoder_data,
     smoke_options=dict(augment="none", batch_size=16),
 ))
+
+import tests.toy_modality  # noqa: E402,F401  (a third modality and its method: tests/toy_modality.py)

@@ -76,7 +76,8 @@ class InputKind:
         raise NotImplementedError
 
     def bad_value(self, examples, input_shape, serving_input):
-        """A request value to refuse (a damaged item, a wrong rank or channel count)."""
+        """A request value to refuse: its item at index 1 bad (a damaged file, a value out of range),
+        or the whole of the wrong rank or channel count."""
         raise NotImplementedError
 
 
