@@ -46,3 +46,36 @@ def test_vector_quantize_picks_the_nearest_code_with_the_references_losses_and_g
     for vector, k in zip(z.reshape(-1, 4), indices.reshape(-1)):
         expected[k] += 2.0 * (codebook[k] - vector) / z.size
     np.testing.assert_allclose(grad_codes, expected, rtol=1e-4, atol=1e-7)
+
+
+def _log_cdf(x):
+    return -np.logaddexp(0.0, -x)  # log(1 / (1 + exp(-x)))
+
+
+def test_discretized_logistic_nll_is_the_bin_mass_and_sums_to_one_over_the_256_values():
+    from keras_ssl.losses import bits_per_dim, discretized_logistic_nll
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(3, 4, 4, 1))
+    pixels[0, 0, 0, 0], pixels[0, 0, 1, 0] = 0, 255  # the open-ended bins
+    mean = rng.uniform(0, 1, size=pixels.shape)
+    log_scale = rng.uniform(-5, -1, size=pixels.shape)
+    scale = np.exp(log_scale)
+    x = pixels / 255.0
+    # P(k) = F(u) - F(l) = S(l) - S(u), F the logistic CDF and S = 1 - F, in float64 logs (the tails
+    # underflow): through F below the mean, through S above it
+    u = np.where(pixels == 255, np.inf, (x + 0.5 / 255 - mean) / scale)
+    l = np.where(pixels == 0, -np.inf, (x - 0.5 / 255 - mean) / scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = _log_cdf(u) + np.log1p(-np.exp(_log_cdf(l) - _log_cdf(u)))
+        above = _log_cdf(-l) + np.log1p(-np.exp(_log_cdf(-u) - _log_cdf(-l)))
+    expected = -np.where(u + l < 0, below, above).reshape(3, -1).sum(axis=1)
+    got = discretized_logistic_nll(tf.constant(pixels, tf.uint8), tf.constant(mean, tf.float32),
+                                   tf.constant(log_scale, tf.float32)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # a distribution over the 256 values: the probabilities of every value sum to 1
+    every = np.arange(256).reshape(256, 1)
+    for m, ls in ((0.3, -3.0), (0.0, -6.0), (0.999, -2.0), (0.5, -9.0)):
+        nll = discretized_logistic_nll(tf.constant(every), tf.fill([256, 1], m), tf.fill([256, 1], ls)).numpy()
+        np.testing.assert_allclose(np.exp(-nll.astype(np.float64)).sum(), 1.0, atol=2e-3)
+    np.testing.assert_allclose(bits_per_dim(tf.constant([784 * np.log(2.0)]), 784).numpy(), [1.0], rtol=1e-6)

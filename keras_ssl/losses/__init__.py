@@ -12,10 +12,11 @@ By family, one module each (every name is importable from here):
     metric_learning    contrastive_terms, contrastive, triplet, pairwise_squared_distances,
                        batch_triplet_terms, batch_triplet, Contrastive, BatchTriplet
                        (NEGATIVE_HINGES, MINING: their allowed values)
-    generative         gaussian_kl (VAE), vector_quantize (VQ-VAE)
+    generative         gaussian_kl (VAE), vector_quantize (VQ-VAE), discretized_logistic_nll,
+                       bits_per_dim (likelihoods of 8-bit images)
 """
 
-from keras_ssl.losses.generative import gaussian_kl, vector_quantize
+from keras_ssl.losses.generative import bits_per_dim, discretized_logistic_nll, gaussian_kl, vector_quantize
 from keras_ssl.losses.metric_learning import (MINING, NEGATIVE_HINGES, BatchTriplet, Contrastive, batch_triplet,
                                               batch_triplet_terms, contrastive, contrastive_terms,
                                               pairwise_squared_distances, triplet)
@@ -26,4 +27,5 @@ from keras_ssl.losses.simclr import NTXent, nt_xent, nt_xent_terms
 __all__ = ["gather_across_replicas", "info_nce_terms", "info_nce", "cpc_negative_rows", "cpc_info_nce_terms",
            "nt_xent_terms", "nt_xent", "NTXent", "NEGATIVE_HINGES", "MINING", "contrastive_terms", "contrastive",
            "triplet", "pairwise_squared_distances", "batch_triplet_terms", "batch_triplet", "Contrastive",
-           "BatchTriplet", "gaussian_kl", "vector_quantize"]
+           "BatchTriplet", "gaussian_kl", "vector_quantize",
+           "discretized_logistic_nll", "bits_per_dim"]
