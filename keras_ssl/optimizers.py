@@ -48,11 +48,14 @@ class LARS(keras.optimizers.Optimizer):
         """Excludes these variables from weight decay and trust-ratio adaptation."""
         if self.built:
             raise RuntimeError("exclude_variables() must be called before the optimizer is built")
-        self._excluded_ids.update(id(v) for v in variables)
+        # Keyed as Keras keys the optimizer's own slots (`_var_key`): `update_step` receives the
+        # backend variable (a tf.Variable, a replica's component under a strategy), not the
+        # Keras variable the caller holds, so `id()` would never match there.
+        self._excluded_ids.update(self._var_key(v) for v in variables)
 
     def is_excluded(self, variable):
         """True when `variable` gets neither weight decay nor layer adaptation."""
-        return len(variable.shape) <= self.exclude_rank_at_most or id(variable) in self._excluded_ids
+        return len(variable.shape) <= self.exclude_rank_at_most or self._var_key(variable) in self._excluded_ids
 
     def build(self, var_list):
         if self.built:

@@ -67,6 +67,42 @@ def test_lars_steps_match_numpy():
         np.testing.assert_allclose(bias.numpy(), b_np, rtol=1e-5, atol=1e-6)
 
 
+def test_an_excluded_matrix_steps_without_decay_or_trust_ratio_through_apply_gradients():
+    # The exclusion used to be keyed by id() of the Keras variable while update_step sees the
+    # backend variable: is_excluded() said True and every step still decayed and rescaled.
+    rng = np.random.default_rng(1)
+    kernel0, other0 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    lr, momentum, wd, eta = 0.5, 0.9, 1e-1, 0.001
+    kernel, other = keras.Variable(kernel0), keras.Variable(other0)
+    opt = LARS(lr, momentum=momentum, weight_decay=wd, eta=eta)
+    opt.exclude_variables([kernel])
+    w_np, o_np = kernel0.astype(np.float64), other0.astype(np.float64)
+    vw, vo = np.zeros_like(w_np), np.zeros_like(o_np)
+    for step in range(2):
+        gk, go = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+        opt.apply_gradients([(gk, kernel), (go, other)])
+        w_np, vw = numpy_lars(w_np, gk, vw, lr, momentum, wd, eta, excluded=True)
+        o_np, vo = numpy_lars(o_np, go, vo, lr, momentum, wd, eta, excluded=False)
+        np.testing.assert_allclose(kernel.numpy(), w_np, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(other.numpy(), o_np, rtol=1e-5, atol=1e-6)
+
+
+def test_an_exclusion_holds_for_the_variable_a_replica_updates(two_cpu_strategy):
+    import tensorflow as tf
+
+    with two_cpu_strategy.scope():
+        kernel, other = keras.Variable(np.ones((4, 3), np.float32)), keras.Variable(np.ones((4, 3), np.float32))
+        opt = LARS(0.1)
+        opt.exclude_variables([kernel])
+        opt.build([kernel, other])
+
+    def replica():  # what update_step receives: the replica's component of the mirrored variable
+        return tf.constant([opt.is_excluded(kernel.value), opt.is_excluded(other.value)])
+
+    for flags in two_cpu_strategy.experimental_local_results(two_cpu_strategy.run(replica)):
+        assert flags.numpy().tolist() == [True, False]
+
+
 def test_lars_zero_weights_use_ratio_one():
     w = keras.Variable(np.zeros((2, 2), np.float32))
     opt = LARS(0.1, momentum=0.0, weight_decay=0.0)
