@@ -89,6 +89,8 @@ class TrainConfig:
         elif not isinstance(self.settings, modality.settings):
             raise UserError(f"settings for method {self.method} must be a {modality.settings.__name__}, "
                             f"got {type(self.settings).__name__}")
+        else:  # its own copy: a config made by dataclasses.replace must not share (and change) another's
+            self.settings = dataclasses.replace(self.settings)
         if self.parent_run:  # a stage's parent, wherever the run is evaluated or resumed from
             self.parent_run = os.path.abspath(self.parent_run)
         if self.encoder is None:
@@ -102,12 +104,19 @@ class TrainConfig:
         raise AttributeError(f"{type(self).__name__} of method {self.__dict__.get('method')} has no {name!r}")
 
     def __setattr__(self, name, value):
-        """A setting of the run's modality, written flat (`config.augment = "none"`)."""
+        """A setting of the run's modality, written flat (`config.augment = "none"`);
+        any other name that is not a run key is refused (it would be lost silently:
+        `to_dict` and `config.json` hold only the run keys, settings and options)."""
         settings = self.__dict__.get("settings")
-        if name not in _FIELDS and settings is not None and hasattr(settings, name):
+        if name in _FIELDS or name.startswith("_"):
+            object.__setattr__(self, name, value)
+        elif settings is not None and hasattr(settings, name):
             setattr(settings, name, value)
         else:
-            object.__setattr__(self, name, value)
+            try:
+                _refuse_foreign(self.method_spec, {name: value}, _modality_of(self.method_spec))
+            except UserError as e:
+                raise AttributeError(str(e)) from None
 
     @property
     def method_spec(self):
@@ -212,22 +221,39 @@ _RUN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not 
 _generated_init = TrainConfig.__init__
 
 
-def _init_with_flat_settings(self, **values):
-    """The dataclass's `__init__`, also taking the modality's settings flat
-    (`TrainConfig(method="rotation", augment="none")`, as before they moved to
-    `settings`)."""
+def _init_with_flat_settings(self, *args, **values):
+    """The dataclass's `__init__`, also taking the modality's settings and the
+    method's options flat (`TrainConfig(method="rotation", augment="none")`, as
+    before the settings moved to `settings`; `dataclasses.replace(config,
+    image_size=64)`)."""
+    from keras_ssl.models import registry
+
     values = dict(values)
     flat = {key: values.pop(key) for key in list(values) if key not in _FIELDS}
     if flat:
-        if values.get("settings") is not None and not isinstance(values["settings"], dict):
-            raise UserError(f"give {', '.join(flat)} in settings= or flat, not both")
-        values["settings"] = {**(values.get("settings") or {}), **flat}
-    _generated_init(self, **values)
+        method = registry.get(values.get("method", args[1] if len(args) > 1 else TrainConfig.method))
+        modality = _modality_of(method)
+        own_options = {f.name for f in dataclasses.fields(method.options)}
+        options = {key: flat.pop(key) for key in list(flat) if key in own_options}
+        _refuse_foreign(method, flat, modality)
+        for field, given in (("options", options), ("settings", flat)):
+            if not given:
+                continue
+            current = values.get(field)
+            values[field] = {**(current or {}), **given} if current is None or isinstance(current, dict) \
+                else dataclasses.replace(current, **given)
+    _generated_init(self, *args, **values)
 
 
 _init_with_flat_settings.__doc__ = _generated_init.__doc__
 _init_with_flat_settings.__signature__ = inspect.signature(_generated_init)
 TrainConfig.__init__ = _init_with_flat_settings
+
+
+def _modality_of(method):
+    from keras_ssl import modalities
+
+    return modalities.get(method.modality)
 
 
 def _refuse_foreign(method, values, modality):

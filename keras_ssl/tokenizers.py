@@ -84,7 +84,21 @@ def _vocabulary_file(vocabulary):
     return path
 
 
-def _check_vocabulary(vocabulary):
+def producible(token, lowercase=True):
+    """True when `split_words` can give `token`: one character that is neither a
+    letter, a digit nor a space, or a run of letters and digits (lowercase when
+    the tokenizer lowercases)."""
+    import unicodedata
+
+    def word_char(c):
+        return unicodedata.category(c)[0] in "LN"
+
+    if len(token) == 1 and not word_char(token) and not token.isspace():
+        return True
+    return all(word_char(c) for c in token) and (not lowercase or token == token.lower())
+
+
+def _check_vocabulary(vocabulary, lowercase=True):
     vocabulary = [str(token) for token in vocabulary]
     if tuple(vocabulary[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
         raise UserError(f"a vocabulary starts with the special tokens {', '.join(SPECIAL_TOKENS)} (ids 0-"
@@ -95,6 +109,10 @@ def _check_vocabulary(vocabulary):
             raise UserError(f"vocabulary token {token!r} is empty or holds white space")
         if token in seen:
             raise UserError(f"vocabulary token {token!r} appears twice")
+        if token not in SPECIAL_TOKENS and not producible(token, lowercase):
+            raise UserError(f"vocabulary token {token!r} can never come out of the split (lowercased words of "
+                            "letters and digits, or one punctuation mark); build the vocabulary with "
+                            "keras_ssl.tokenizers.word_vocabulary")
         seen.add(token)
     return vocabulary
 
@@ -117,7 +135,7 @@ class WordTokenizer(keras.layers.Layer):
         kwargs.setdefault("trainable", False)
         kwargs.setdefault("dtype", "int32")
         super().__init__(**kwargs)
-        self.vocabulary = _check_vocabulary(vocabulary)
+        self.vocabulary = _check_vocabulary(vocabulary, lowercase)
         if sequence_length is not None and sequence_length < 1 + 2 * bool(add_ends):
             raise UserError(f"sequence_length must leave room for a token, got {sequence_length}")
         self.sequence_length = sequence_length
@@ -138,7 +156,9 @@ class WordTokenizer(keras.layers.Layer):
         return list(self.vocabulary)
 
     def __call__(self, texts, *args, **kwargs):
-        if isinstance(texts, (str, bytes, list, tuple)):  # Python strings: as a batch tensor
+        if isinstance(texts, (str, bytes)):  # one string: a batch of one
+            texts = [texts]
+        if isinstance(texts, (list, tuple)):  # Python strings: as a batch tensor
             texts = tf.constant(texts, tf.string)
         return super().__call__(texts, *args, **kwargs)
 

@@ -98,3 +98,21 @@ def test_the_binary_refuses_another_modalitys_setting_in_one_line(tmp_path):
         "error: audio_seconds does not apply to method simclr, which trains on images (it is a setting of audio "
         "methods)"], proc.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_settings_and_options_given_flat_to_the_constructor_or_replace_land_in_their_own_copy():
+    from keras_ssl.config import TrainConfig
+
+    base = TrainConfig(method="siamese", margin=0.5, augment="none")
+    assert base.options.margin == 0.5 and base.settings.augment == "none"
+    larger = dataclasses.replace(base, image_size=64, margin=0.7)  # worked when image_size was a field
+    assert larger.image_size == 64 and larger.options.margin == 0.7
+    assert base.image_size is None and base.options.margin == 0.5
+    larger.augment = "cifar"  # the copy's settings are its own
+    assert base.augment == "none"
+    positional = TrainConfig("runs/x", "rotation", image_size=32)
+    assert positional.model_dir == "runs/x" and positional.image_size == 32
+    with pytest.raises(AttributeError, match="audio_seconds does not apply to method siamese"):
+        base.audio_seconds = 2.0  # would be dropped from config.json without a word
+    with pytest.raises(AttributeError, match="unknown setting 'imag_size'"):
+        base.imag_size = 32

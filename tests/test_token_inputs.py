@@ -182,3 +182,16 @@ def test_a_text_or_tokens_input_without_what_it_needs_is_refused_where_it_is_dec
         ServingInput("text", "text", tokenizer=WordTokenizer(list(SPECIAL_TOKENS)))
     with pytest.raises(ValueError, match="needs its length and vocabulary size"):
         ServingInput("tokens", "tokens", shape=(8,))
+    with pytest.raises(ValueError, match="every dimension fixed"):
+        ServingInput("latent", "latent", shape=(None,))
+
+
+def test_one_string_is_a_batch_of_one_and_a_token_the_split_cannot_make_is_refused():
+    from keras_ssl.errors import UserError
+
+    tokenizer = WordTokenizer(word_vocabulary(CORPUS), sequence_length=4)
+    np.testing.assert_array_equal(tokenizer("the cat"), tokenizer(["the cat"]))
+    for token in ("Cat", "cat's", "a-b"):
+        with pytest.raises(UserError, match="can never come out of the split"):
+            WordTokenizer([*SPECIAL_TOKENS, token])
+    assert WordTokenizer([*SPECIAL_TOKENS, "Cat"], lowercase=False).vocabulary_size() == 6

@@ -17,9 +17,10 @@ class Latents(InputKind):
     name = "latent"
 
     def check(self, serving_input):
-        if not serving_input.shape:
-            raise ValueError(f"the latent input {serving_input.name!r} needs its shape, e.g. "
-                             "ServingInput(name, 'latent', shape=(D,))")
+        shape = serving_input.shape
+        if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+            raise ValueError(f"the latent input {serving_input.name!r} needs its shape (every dimension fixed), "
+                             f"e.g. ServingInput(name, 'latent', shape=(D,)), got {shape}")
 
     def spec(self, serving_input, input_shape):
         import tensorflow as tf

@@ -97,13 +97,16 @@ class Text(InputKind):
     def prepare(self, tensor, endpoint_name, input_shape, serving_input):
         import tensorflow as tf
 
-        too_long = tf.strings.length(tensor) > MAX_TEXT_BYTES
-        clean = tf.strings.unicode_transcode(tensor, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+        def not_utf8():  # made after the length check passed: the bound holds for this work too
+            clean = tf.strings.unicode_transcode(tensor, "UTF-8", "UTF-8", errors="replace",
+                                                 replacement_char=0xFFFD)
+            return refuse(tf.logical_not(tf.equal(clean, tensor)), f"{endpoint_name}: texts that are not valid "
+                          "UTF-8", "send text encoded as UTF-8")
+
         checks = in_order(
-            lambda: refuse(too_long, f"{endpoint_name}: texts over {MAX_TEXT_BYTES:,} bytes",
-                           "send shorter texts"),
-            lambda: refuse(tf.logical_not(tf.equal(clean, tensor)), f"{endpoint_name}: texts that are not valid "
-                           "UTF-8", "send text encoded as UTF-8"))
+            lambda: refuse(tf.strings.length(tensor) > MAX_TEXT_BYTES, f"{endpoint_name}: texts over "
+                           f"{MAX_TEXT_BYTES:,} bytes", "send shorter texts"),
+            not_utf8)
         with tf.control_dependencies(checks):
             return serving_input.tokenizer(tf.identity(tensor))
 
