@@ -17,8 +17,9 @@ features, a vocabulary, a palette), its artefacts saved in the run directory
 resumed run trains on exactly the targets it started with. The file carries a
 fingerprint of what they were made from (the run's settings beyond those a resume may
 change, and the parent's `model.keras` size and time): artefacts made for other
-settings or another parent (a refused start left them, the parent was retrained) are
-made again, never reused. Under MultiWorkerMirroredStrategy every worker prepares for
+settings or another parent are made again when the run has not trained yet (a refused
+start left them), and refused once it has (the parent was retrained: resuming would
+change the run's targets mid-run). Under MultiWorkerMirroredStrategy every worker prepares for
 itself (only the chief writes), so `prepare` must be deterministic: seed every random
 choice. The workers compare a digest of their artefacts before training
 (`check_workers_agree`), and a difference stops the run with one line. Artefacts are plain numeric or string arrays (no objects), named like Python
@@ -124,6 +125,11 @@ def stage_inputs(config, training_split, chief=True):
         path = os.path.join(config.model_dir, PREPARED_FILE)
         fingerprint = _fingerprint(config)
         artefacts = _read_artefacts(path, fingerprint)
+        if artefacts is None and os.path.isfile(path) and _has_checkpoints(config.model_dir):
+            # the run trained on the stored artefacts; others now would change its targets mid-run
+            raise UserError(f"{config.model_dir} trained on artefacts prepared from another state of its parent "
+                            f"{config.parent_run} (retrained since?); resuming would change its targets: start a "
+                            "new --model_dir")
         if artefacts is None:
             artefacts = {name: np.asarray(value) for name, value in
                          method.prepare(config, config.options, training_split(), parent).items()}
@@ -160,6 +166,12 @@ def check_workers_agree(strategy, method_name, artefacts):
         raise UserError(f"the workers prepared different artefacts for method {method_name} (digests "
                         f"{', '.join(f'{d:08x}' for d in digests)}): its prepare must give the same result on every "
                         "worker; seed every random choice in it")
+
+
+def _has_checkpoints(model_dir):
+    from keras_ssl.run_directory import latest_checkpoint
+
+    return latest_checkpoint(model_dir)[0] > 0
 
 
 def _fingerprint(config):

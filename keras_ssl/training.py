@@ -191,9 +191,13 @@ def _train(config, strategy, chief, own_dir):
     if not chief:  # a worker's scratch checkpoints are only for restarting the group
         shutil.rmtree(own_dir, ignore_errors=True)
         return result
-    save_keras_atomic(modality.encoder_to_keep(config, model.encoder, dataset), encoder_path)
-    save_keras_atomic(model, os.path.join(config.model_dir, "model.keras"))
-    write_json(os.path.join(config.model_dir, "training.json"), result)
+    model_path = os.path.join(config.model_dir, "model.keras")
+    if epochs_run or not (os.path.isfile(encoder_path) and os.path.isfile(model_path)):
+        # a rerun of a finished run trained nothing: its files stay as they are (a stage's
+        # artefacts are fingerprinted by its parent's model.keras)
+        save_keras_atomic(modality.encoder_to_keep(config, model.encoder, dataset), encoder_path)
+        save_keras_atomic(model, model_path)
+        write_json(os.path.join(config.model_dir, "training.json"), result)
     return result
 
 

@@ -44,6 +44,20 @@ def test_a_stage_prepares_once_and_resumes_on_the_same_artefacts(parent_root, tm
     resumed = train(_child(model_dir, parent, epochs=2))
     assert resumed["epochs_run"] == 1 and os.path.getmtime(prepared) == written  # read back, not made again
     assert np.isfinite(resumed["final_metrics"]["loss"])
+    # a rerun of the finished parent trains nothing and leaves its model.keras alone
+    parent_model = os.path.join(parent, "model.keras")
+    before = os.stat(parent_model).st_mtime_ns
+    again = train(TrainConfig.from_dict({**json.load(open(os.path.join(parent, "config.json"))), "verbose": 0}))
+    assert again["epochs_run"] == 0 and os.stat(parent_model).st_mtime_ns == before
+    # a parent retrained since: the stage's artefacts no longer match, and it has trained on them
+    retrained = shutil.copytree(parent, tmp_path / "retrained_parent")
+    resumed_dir = shutil.copytree(model_dir, tmp_path / "child_of_retrained")
+    config = json.load(open(resumed_dir / "config.json"))
+    (resumed_dir / "config.json").write_text(json.dumps({**config, "parent_run": str(retrained),
+                                                         "model_dir": str(resumed_dir)}))
+    os.utime(retrained / "model.keras", ns=(before + 10**9, before + 10**9))
+    with pytest.raises(UserError, match="trained on artefacts prepared from another state of its parent"):
+        train(_child(resumed_dir, str(retrained), epochs=3))
     # a different parent for the same directory is another run: refused like any other change
     other = shutil.copytree(parent, tmp_path / "other_parent")
     with pytest.raises(UserError, match=r"holds a run with parent_run="):

@@ -24,13 +24,13 @@ from keras_ssl.errors import UserError
 def method_test_metrics(model, config, split):
     """`model.evaluate` on the method's own batches of `split` (one pass, batches of
     `min(batch_size, len(split))`): `{metric: value}`."""
-    from keras_ssl.run_setup import method_data
+    from keras_ssl.run_setup import method_data, run_stage
 
     batch = min(config.batch_size, len(split))
     if batch < 2:
         raise UserError(f"the test split holds {len(split)} example(s); the method's metrics need at least 2")
     run = dataclasses.replace(config, batch_size=batch)
-    data = method_data(run, split)
+    data = method_data(run, split, run_stage(config))  # the run's own stage: its prepared artefacts, read back
     logs = model.evaluate(data.dataset, steps=max(1, data.steps_per_epoch), verbose=0, return_dict=True)
     # the probe's metrics need labels: never updated here, so not reported
     return {k: float(np.ravel(v)[0]) for k, v in logs.items() if not k.startswith("probe_")}
