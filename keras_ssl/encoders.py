@@ -190,19 +190,43 @@ def _downsamples(layer):
 
 def feature_layer_names(encoder):
     """Names of the encoder's probe points: the end of every stage (a layer whose output
-    a pooling layer or a strided convolution reads), then the output layer. Found from
-    the graph, not from layer names (keras_ssl's encoders call their stage ends `blockN`
-    and their output `features`, but any functional encoder works)."""
+    a pooling layer or a strided convolution reads, and that every path from the input
+    to the output goes through: not a layer inside a residual block, which the
+    shortcut bypasses, as the strided 3x3 of a ResNet-50 bottleneck reads), then the
+    output layer. Found from the graph, not from layer names (keras_ssl's encoders call
+    their stage ends `blockN` and their output `features`, but any functional encoder
+    works)."""
     output = encoder.layers[-1]
     names, computed = [], False  # before the first layer with weights there is only the (normalised) input
     for layer in encoder.layers[:-1]:
         if type(layer).__name__ == "InputLayer":
             continue
         computed = computed or bool(layer.weights)
-        readers = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
-        if computed and any(_downsamples(reader) for reader in readers) and layer.name not in names:
+        readers = _readers(layer)
+        if computed and any(_downsamples(reader) for reader in readers) and layer.name not in names \
+                and _every_path_passes(encoder, layer):
             names.append(layer.name)
     return names + [output.name]
+
+
+def _readers(layer):
+    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+
+
+def _every_path_passes(encoder, through):
+    """True when no path from the encoder's inputs to its output avoids `through`."""
+    inputs = [layer for layer in encoder.layers if type(layer).__name__ == "InputLayer"]
+    output, layers = encoder.layers[-1], set(id(layer) for layer in encoder.layers)
+    seen, frontier = {id(through)}, [layer for layer in inputs if layer is not through]
+    while frontier:
+        layer = frontier.pop()
+        if layer is output:
+            return False
+        for reader in _readers(layer):
+            if id(reader) not in seen and id(reader) in layers:
+                seen.add(id(reader))
+                frontier.append(reader)
+    return True
 
 
 def with_unpooled(encoder):

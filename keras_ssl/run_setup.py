@@ -82,7 +82,7 @@ def check_modality(config, dataset):
     method = config.method_spec
     kind = dataset.modality
     if kind != method.modality:
-        raise UserError(f"method {config.method} trains on {method.modality} and {config.dataset} holds {kind}; "
+        raise UserError(f"method {config.method} trains on {method.modality} and {dataset.name} holds {kind}; "
                         f"choose a{'n' if method.modality[0] in 'aeiou' else ''} {method.modality} dataset")
 
 

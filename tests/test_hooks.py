@@ -115,6 +115,9 @@ def test_encoders_give_their_probe_points_and_unpooled_output_from_the_graph():
     assert feature_layer_names(small_cnn((28, 28, 1), 0.25)) == ["block1", "block2", "block3", "features"]
     assert feature_layer_names(resnet(18, (64, 64, 3), cifar_stem=False, width_multiplier=0.25)) == [
         "stem_relu", "block1", "block2", "block3", "block4", "features"]
+    # a bottleneck's strided 3x3 reads a layer inside the block, which the shortcut bypasses: no stage end
+    assert feature_layer_names(resnet(50, (32, 32, 3), width_multiplier=0.25)) == [
+        "block1", "block2", "block3", "block4", "features"]
     renamed = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, name="a"),
                                 keras.layers.Conv2D(4, 3, strides=2, name="b"),
                                 keras.layers.GlobalAveragePooling2D(name="out")])

@@ -283,3 +283,15 @@ def test_an_audio_report_has_the_knn_accuracy_key_of_every_report(tmp_path):
     model = build_model(config, dataset)
     results = evaluate_audio_model(model, dataset, probe_max_iter=50)
     assert 0.0 <= results["knn_accuracy"] <= 1.0 and results["knn_accuracy"] == results["knn_accuracy_k20"]
+
+
+def test_evaluating_a_run_on_a_dataset_of_another_modality_is_one_line(tmp_path):
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation.run_report import evaluate_run
+    from tests.helpers import smoke_parent_run, write_chirp_folder
+
+    model_dir = smoke_parent_run("rotation", tmp_path)
+    chirps = write_chirp_folder(str(tmp_path / "chirps"))
+    with pytest.raises(UserError, match=r"^method rotation trains on image and .*chirps holds audio; choose an image "
+                                        r"dataset$"):
+        evaluate_run(model_dir, dataset=chirps)

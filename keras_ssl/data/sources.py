@@ -357,13 +357,15 @@ def _to_channels(split, channels):
 
 
 def load_source(spec, data_dir=None, image_size=None, channels=None, allow_download=True,
-                on_corrupt="skip", audio_seconds=None):
+                on_corrupt="skip", audio_seconds=None, **settings):
     """Loads a dataset by name; see the module docstring for the names.
 
     `image_size` `(H, W)` resizes (bilinear), `channels` (1 or 3) converts
     grayscale <-> RGB, so e.g. Fashion-MNIST can feed a 32x32x3 ResNet.
     A `folder:PATH` of WAV files is an `AudioDataset` of clips cut or padded
-    to `audio_seconds` (default 1 s; see `keras_ssl.data.audio`).
+    to `audio_seconds` (default 1 s; see `keras_ssl.data.audio`). `settings`:
+    the loader settings of other modalities, passed to the modality that
+    reads the folder or TFDS set.
     """
     if not isinstance(spec, str) or not spec:
         raise UserError(f"dataset must be a name, got {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")
@@ -374,8 +376,8 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
     from keras_ssl import modalities
 
     # what each modality's loader takes (images: size and channels; audio: the clip length)
-    settings = {k: v for k, v in dict(image_size=image_size, channels=channels, audio_seconds=audio_seconds).items()
-                if v is not None}
+    settings = {k: v for k, v in dict(settings, image_size=image_size, channels=channels,
+                                      audio_seconds=audio_seconds).items() if v is not None}
     if spec == "fashion_mnist":
         ds = load_fashion_mnist(data_dir, allow_download)
     elif spec == "digits":

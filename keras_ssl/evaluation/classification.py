@@ -14,7 +14,8 @@ KNN_TEMPERATURE = 0.07  # Wu et al. 2018 (InstDisc), as solo-learn's weighted kN
 
 
 def feature_model(encoder, layer=None):
-    """The encoder, or a model up to `layer` (a name such as `block2`), pooled to vectors."""
+    """The encoder, or a model up to `layer` (a name such as `block2`), pooled to vectors
+    (the mean over space or time)."""
     if layer is None or layer == "features":
         return encoder
     try:
@@ -25,8 +26,9 @@ def feature_model(encoder, layer=None):
         raise UserError(f"encoder has no layer {layer!r}; probe points are {feature_layer_names(encoder)}")
     import keras
 
-    if len(output.shape) == 4:
-        output = keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(output)
+    if len(output.shape) in (3, 4):  # a grid [B, h, w, C] or a sequence [B, T, C]: its mean
+        pool = keras.layers.GlobalAveragePooling2D if len(output.shape) == 4 else keras.layers.GlobalAveragePooling1D
+        output = pool(name=f"{layer}_pool")(output)
     return keras.Model(encoder.input, output, name=f"{encoder.name}_{layer}")
 
 

@@ -24,7 +24,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     from keras_ssl.health import check_model, check_representation
     from keras_ssl.run_directory import finished_run
     from keras_ssl.saving import load_model
-    from keras_ssl.run_setup import run_modality
+    from keras_ssl.run_setup import check_modality, run_modality
 
     request = request or EvaluationRequest(output_dir=model_dir)
     config, encoder_path = finished_run(model_dir)
@@ -34,6 +34,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     modality = run_modality(config)
     # as the kept model takes it (an image run is evaluated at the size its encoder kept)
     dataset = modality.load_run_dataset(config, dataset, data_dir, modality.serving_input_shape(config, model_dir))
+    check_modality(config, dataset)  # an image run given a folder of WAVs: one line, not a traceback
     results = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
     spread, even = check_representation(model.predict(modality.examples(dataset.test.take(1000)), verbose=0),
                                         f"the model in {model_dir}")

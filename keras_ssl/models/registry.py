@@ -59,14 +59,15 @@ class Method:
       training_data: `(run, options, split, stage) -> TrainingData`.
       images_per_example: inputs through the encoder per batch element (for
         images/s): 2 for a pair of views, 3 for a triplet, 4 for RotNet.
-      modality: what it trains on, `"image"` (uint8 HWC images, the image
-        encoders) or `"audio"` (16 kHz float waveforms, the audio encoders of
-        `keras_ssl.audio_encoders`); the dataset must be of the same kind.
+      modality: what it trains on, a registered `keras_ssl.modalities` name
+        (`"image"`: uint8 HWC images, the image encoders; `"audio"`: 16 kHz float
+        waveforms, the audio encoders); the dataset must be of the same kind.
       run_defaults: run settings this method changes the default of (e.g.
         the optimizer of its paper); a value the user gives still wins.
-      evaluations: what `keras-ssl-evaluate` runs, in order (names in
-        `keras_ssl.evaluation.method_evaluations.EVALUATIONS`; each lists its
-        report keys and plots); default the frozen-feature probe and kNN.
+      evaluations: what `keras-ssl-evaluate` runs, in order (names registered in
+        `keras_ssl.evaluation.method_evaluations`, each listing its report keys
+        and plots; a method's own is added with `register_evaluation`); default
+        the frozen-feature probe and kNN.
       requires_augmentation: `--augment=none` is refused (SimCLR's views).
       patch_encoder: the encoder trains on patches, so it is built
         size-agnostic (`(None, None, C)`); the kept encoder is a copy at the
@@ -107,9 +108,17 @@ class Method:
 
 
 def register(method):
-    """Adds `method` to the registry (a second method of the same name is refused)."""
+    """Adds `method` to the registry (a second method of the same name is refused, and
+    so is one declaring an evaluation no one registered: a method's own evaluation is
+    registered first, `keras_ssl.evaluation.method_evaluations.register_evaluation`)."""
+    from keras_ssl.evaluation.method_evaluations import EVALUATIONS
+
     if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
         raise ValueError(f"method {method.name!r} is registered twice")
+    unknown = [name for name in method.evaluations if name not in EVALUATIONS]
+    if unknown:
+        raise ValueError(f"method {method.name!r} declares evaluation {unknown[0]!r}; the registered ones are "
+                         f"{', '.join(EVALUATIONS)} (register_evaluation adds one)")
     _REGISTRY[method.name] = method
     return method
 
