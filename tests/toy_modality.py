@@ -73,6 +73,22 @@ class VectorModality(Modality):
     default_encoder = "mlp"
     settings = VectorSettings
 
+    input_rank = 2
+
+    def check_batch(self, model, shape, dtype):
+        if len(shape) != 2 or shape[-1] != model.encoder.input_shape[-1]:
+            raise UserError(f"{type(model).__name__} expects vector batches [batch, {model.encoder.input_shape[-1]}], "
+                            f"got shape {shape}")
+        if not dtype.is_floating:
+            raise UserError(f"{type(model).__name__} expects float vectors in [0, 1], got {dtype.name}")
+
+    def embedding_endpoints(self, embed, dim):
+        from keras_ssl.models.endpoints import Endpoint, ServingInput, ServingOutput
+
+        return [Endpoint("serving_default", (ServingInput("vectors", "vector"),),
+                         (ServingOutput("embedding", "float32", (dim,), "L2-normalised"),),
+                         lambda vectors: {"embedding": embed(vectors)})]
+
     def load_run_dataset(self, config, dataset=None, data_dir=None, input_shape=None):
         return load_vectors(dataset or config.dataset)
 
@@ -162,7 +178,7 @@ class Denoising(MethodModel):
 
     SUB_MODELS = ("encoder", "decoder")
     TRACKED = ("loss",)
-    INPUT_RANK = 2
+    MODALITY = NAME  # the batch check, conversion and default signatures are the modality's
 
     def __init__(self, encoder, decoder=None, **kwargs):
         super().__init__(**kwargs)
@@ -172,16 +188,6 @@ class Denoising(MethodModel):
             [keras.Input((int(encoder.output_shape[-1]),)), keras.layers.Dense(dim, activation="sigmoid")],
             name="decoder")
         self.build()
-
-    def check_batch(self, shape, dtype):
-        if len(shape) != 2 or shape[-1] != self.encoder.input_shape[-1]:
-            raise UserError(f"Denoising expects vector batches [batch, {self.encoder.input_shape[-1]}], got "
-                            f"shape {shape}")
-        if not dtype.is_floating:
-            raise UserError(f"Denoising expects float vectors in [0, 1], got {dtype.name}")
-
-    def representation(self, vectors, training=False):
-        return self.encoder(tf.cast(vectors, tf.float32), training=training)
 
     def method_loss(self, data, training):
         """Batches of `(noisy, clean)` vectors (`training_data` adds the noise, so that a
@@ -194,19 +200,6 @@ class Denoising(MethodModel):
         self.trackers["loss"].update_state(tf.reduce_mean(errors), sample_weight=tf.cast(tf.shape(errors)[0],
                                                                                            tf.float32))
         return tf.reduce_sum(errors) / tf.cast(global_batch_size(tf.shape(errors)[0]), tf.float32)
-
-    def representation_dim(self, input_shape=None):
-        return int(self.encoder.output_shape[-1])
-
-    def serving_endpoints(self, input_shape, threshold=None):
-        from keras_ssl.models.endpoints import Endpoint, ServingInput, ServingOutput
-
-        def embed(vectors):
-            return {"embedding": tf.math.l2_normalize(tf.cast(self.representation(vectors), tf.float32), axis=-1)}
-
-        return [Endpoint("serving_default", (ServingInput("vectors", "vector"),),
-                         (ServingOutput("embedding", "float32", (self.representation_dim(),), "L2-normalised"),),
-                         embed)]
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import dataclasses
 
 from keras_ssl.data.audio import DEFAULT_SECONDS
 from keras_ssl.encoders import AUDIO_ENCODERS
+from keras_ssl.errors import UserError
 from keras_ssl.modalities.base import Modality, register
 from keras_ssl.modalities.input_kinds import InputKind, register_input_kind
 from keras_ssl.options import option
@@ -33,6 +34,23 @@ class AudioModality(Modality):
         from keras_ssl.data.audio import is_audio_folder
 
         return is_audio_folder(path)  # .wav files at the top, in class folders or train/
+
+    input_rank = 2
+
+    def check_batch(self, model, shape, dtype):
+        """Batches of float waveforms `[batch, samples]`."""
+        name = type(model).__name__
+        if shape.rank != 2:
+            raise UserError(f"{name} expects waveform batches [batch, samples] (16 kHz mono), got shape {shape}")
+        if not dtype.is_floating:
+            raise UserError(f"{name} expects float waveforms in [-1, 1], got {dtype.name}; scale int16 PCM by "
+                            "1/32768 (keras_ssl.data.audio.read_wav does)")
+
+    def embedding_endpoints(self, embed, dim):
+        from keras_ssl.models.endpoints import ServingOutput, audio_endpoints
+
+        output = ServingOutput("embedding", "float32", (dim,), "the representation, L2-normalised")
+        return audio_endpoints((output,), lambda waveforms: {"embedding": embed(waveforms)})
 
     def load_folder(self, spec, on_corrupt="skip", audio_seconds=None, **others):
         from keras_ssl.data.audio import load_audio_folder

@@ -84,6 +84,33 @@ class Modality:
         """`60,000 images 28x28x1` / `2,880 clips of 1.0 s at 16 kHz`."""
         raise NotImplementedError
 
+    # -- model inputs: the input adapter of `MethodModel` (its `MODALITY`) --------
+
+    # The rank of a batch of model inputs (images [B, H, W, C]: 4; waveforms [B, T]: 2).
+    input_rank = None
+
+    def check_batch(self, model, shape, dtype):
+        """One `UserError` unless `shape`/`dtype` is a batch `model` takes (called
+        by `predict`, `fit` and the step, before Keras traces anything)."""
+        raise NotImplementedError
+
+    def as_model_input(self, batch):
+        """A checked batch as the encoder takes it (images: float in [0, 1])."""
+        import tensorflow as tf
+
+        return tf.cast(batch, tf.float32)
+
+    def zero_input(self, input_shape):
+        """A batch of one all-zero example (shape inference: a representation's width)."""
+        import tensorflow as tf
+
+        return tf.zeros([1, *input_shape])
+
+    def embedding_endpoints(self, embed, dim):
+        """A model's default signatures: its inputs -> the `embedding`
+        (`keras_ssl.models.endpoints`)."""
+        raise NotImplementedError
+
     # -- models ----------------------------------------------------------------
 
     def build_encoder(self, config, dataset, size_agnostic=False):

@@ -58,6 +58,34 @@ class ImageModality(Modality):
             raise UserError(f"augment must be one of {choices} for method {method.name} (its views need "
                             f"augmentation; --augment={NO_AUGMENTATION} is refused)")
 
+    input_rank = 4
+
+    def check_batch(self, model, shape, dtype):
+        """Image batches `[batch, H, W, C]` (uint8, or float in [0, 1]) with the encoder's channels."""
+        import tensorflow as tf
+
+        name = type(model).__name__
+        if shape.rank != 4:
+            hint = "; grayscale images need a channel axis: images[..., None]" if shape.rank == 3 else ""
+            raise UserError(f"{name} expects image batches [batch, H, W, C], got shape {shape}{hint}")
+        if not (dtype == tf.uint8 or dtype.is_floating):  # other integers would be read as [0, 1] floats
+            raise UserError(f"{name} takes uint8 images (0-255) or floats in [0, 1], got {dtype.name}; "
+                            "cast 0-255 pixels with images.astype('uint8')")
+        channels = getattr(getattr(model, "encoder", None), "input_shape", (None,))[-1]
+        if channels is not None and shape[-1] is not None and shape[-1] != channels:
+            raise UserError(f"{name}'s encoder takes {channels}-channel images, got {shape[-1]} channels "
+                            f"(shape {shape})")
+
+    def as_model_input(self, batch):
+        from keras_ssl.data.augment import to_float01
+
+        return to_float01(batch)
+
+    def embedding_endpoints(self, embed, dim):
+        from keras_ssl.models.endpoints import embedding_endpoints
+
+        return embedding_endpoints(embed, dim)  # serving_default (encoded images), embed_pixels
+
     def load_folder(self, spec, on_corrupt="skip", image_size=None, channels=None, **others):
         from keras_ssl.data.sources import load_folder
 

@@ -69,7 +69,7 @@ class CPC(_PredictiveCoding):
     `num_samples`: the clip length the model is trained and served at.
     """
 
-    INPUT_RANK = 2  # waveform batches [batch, samples]
+    MODALITY = "audio"  # waveform batches [batch, samples]: checked by keras_ssl.modalities.audio
 
     def __init__(self, encoder, context=None, predictor=None, context_dim=CPCAudioOptions.context_dim,
                  prediction_steps=CPCAudioOptions.prediction_steps, num_negatives=CPCAudioOptions.num_negatives,
@@ -102,14 +102,6 @@ class CPC(_PredictiveCoding):
     def checked_inputs(self, x):
         """`x` as float32 `[batch, samples]` if `check_batch` accepts it."""
         return tf.cast(super().checked_inputs(x), tf.float32)
-
-    def check_batch(self, shape, dtype):
-        """One `UserError` unless `shape`/`dtype` is a batch of float waveforms `[batch, samples]`."""
-        if shape.rank != 2:
-            raise UserError(f"CPC expects waveform batches [batch, samples] (16 kHz mono), got shape {shape}")
-        if not dtype.is_floating:
-            raise UserError(f"CPC expects float waveforms in [-1, 1], got {dtype.name}; scale int16 PCM by "
-                            "1/32768 (keras_ssl.data.audio.read_wav does)")
 
     def prediction_terms(self, waveforms, training=False):
         """The InfoNCE terms of the clips, per k = 1..K: `(losses [B, T-k], correct

@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from keras_ssl.distribute import in_multi_worker_mode
 from keras_ssl.errors import UserError
-from keras_ssl.models.endpoints import embedding_endpoints
 from keras_ssl.models.global_batch import _NO_SAMPLE_WEIGHT, split_data
 from keras_ssl.models.hyper_parameters import constructor_config
 from keras_ssl.models.online_probe import OnlineProbe
@@ -51,8 +50,10 @@ class MethodModel(OnlineProbe, keras.Model):
     SUB_MODELS = ("encoder",)
     # The names of the metrics the step reports, in the order of the logs (see above).
     TRACKED = ()
-    # The rank of the input batches `check_batch` accepts: images [batch, H, W, C].
-    INPUT_RANK = 4
+    # The `keras_ssl.modalities` name of its inputs: the modality checks a batch
+    # (`check_batch`), converts it for the encoder, makes a zero input for shape
+    # inference and gives the default signatures (the input adapter).
+    MODALITY = "image"
     # True for models with a pair decision (`verify`) whose threshold the
     # evaluator calibrates and the exporter stores.
     supports_threshold = False
@@ -103,24 +104,15 @@ class MethodModel(OnlineProbe, keras.Model):
             raise UserError(f"{type(self).__name__} takes one batch of inputs, got a {type(x).__name__}")
         x = tf.convert_to_tensor(x)
         if x.shape.rank is None:
-            x = tf.ensure_shape(x, [None] * self.INPUT_RANK)
+            x = tf.ensure_shape(x, [None] * self.input_modality().input_rank)
         self.check_batch(x.shape, x.dtype)
         return x
 
     def check_batch(self, shape, dtype):
-        """One `UserError` unless `shape`/`dtype` is an image batch `[batch, H, W, C]`
-        (uint8, or float in [0, 1]) with the encoder's channels."""
-        name = type(self).__name__
-        if shape.rank != 4:
-            hint = "; grayscale images need a channel axis: images[..., None]" if shape.rank == 3 else ""
-            raise UserError(f"{name} expects image batches [batch, H, W, C], got shape {shape}{hint}")
-        if not (dtype == tf.uint8 or dtype.is_floating):  # other integers would be read as [0, 1] floats
-            raise UserError(f"{name} takes uint8 images (0-255) or floats in [0, 1], got {dtype.name}; "
-                            "cast 0-255 pixels with images.astype('uint8')")
-        channels = getattr(self.encoder, "input_shape", (None,))[-1]
-        if channels is not None and shape[-1] is not None and shape[-1] != channels:
-            raise UserError(f"{name}'s encoder takes {channels}-channel images, got {shape[-1]} channels "
-                            f"(shape {shape})")
+        """One `UserError` unless `shape`/`dtype` is a batch of the model's modality
+        (`MODALITY`; images: `[batch, H, W, C]`, uint8 or float in [0, 1], with the
+        encoder's channels); see `keras_ssl.modalities`' `check_batch`."""
+        self.input_modality().check_batch(self, shape, dtype)
 
     def fit(self, x=None, y=None, *args, sample_weight=None, class_weight=None, **kwargs):
         """Keras's `fit`; `sample_weight`/`class_weight` are refused (Keras drops a
@@ -241,26 +233,31 @@ class MethodModel(OnlineProbe, keras.Model):
 
     # -- what it computes and serves ----------------------------------------
 
-    def representation(self, images, training=False):
-        """The representation to keep, `[B, D]`, of images (uint8 or float in [0, 1])."""
-        from keras_ssl.data.augment import to_float01
+    def input_modality(self):
+        """The `Modality` of the model's inputs (`MODALITY`)."""
+        from keras_ssl import modalities
 
-        return self.encoder(to_float01(images), training=training)
+        return modalities.get(self.MODALITY)
+
+    def representation(self, images, training=False):
+        """The representation to keep, `[B, D]`, of a batch (images: uint8 or float in [0, 1])."""
+        return self.encoder(self.input_modality().as_model_input(images), training=training)
 
     def call(self, images, training=False):
         """`representation(images)`: what `predict` returns."""
         return self.representation(images, training=training)
 
-    def representation_dim(self, image_shape):
-        """D, the width of `representation` for images of `image_shape` (H, W, C)."""
-        return int(self.representation(tf.zeros([1, *image_shape])).shape[-1])
+    def representation_dim(self, input_shape):
+        """D, the width of `representation` for inputs of `input_shape` (images: H, W, C)."""
+        return int(self.representation(self.input_modality().zero_input(input_shape)).shape[-1])
 
-    def serving_endpoints(self, image_shape, threshold=None):
+    def serving_endpoints(self, input_shape, threshold=None):
         """The signatures of the export, see `keras_ssl.models.endpoints`.
 
-        Every model serves `serving_default` and `embed_pixels`: the
-        L2-normalised float32 `representation`. `threshold` is the decision
-        threshold of a `verify` signature (models with `supports_threshold`).
+        By default the modality's embedding signatures (images: `serving_default`
+        and `embed_pixels`): the L2-normalised float32 `representation`.
+        `threshold` is the decision threshold of a `verify` signature (models with
+        `supports_threshold`).
         """
         if threshold is not None:
             raise UserError(f"a threshold only applies to models with a verify signature (Siamese, triplet), "
@@ -269,7 +266,8 @@ class MethodModel(OnlineProbe, keras.Model):
         def embed(images):
             return tf.math.l2_normalize(tf.cast(self.representation(images), tf.float32), axis=-1)
 
-        return embedding_endpoints(embed, self.representation_dim(image_shape)) + self.probe_endpoints()
+        return (self.input_modality().embedding_endpoints(embed, self.representation_dim(input_shape))
+                + self.probe_endpoints())
 
     # -- saving --------------------------------------------------------------
 
