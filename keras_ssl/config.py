@@ -176,7 +176,7 @@ class TrainConfig:
         """Raises `UserError` naming the first bad value."""
         from keras_ssl.distribute import STRATEGIES
         from keras_ssl import modalities
-        from keras_ssl.optimizers import OPTIMIZERS
+        from keras_ssl.optimizers import LR_SCALINGS, OPTIMIZERS
 
         method = self.method_spec
         modality = modalities.get(method.modality)
@@ -191,7 +191,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (0.0 <= self.val_fraction < 0.5, "val_fraction must be in [0, 0.5)"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
-            (self.lr_scaling in ("linear", "sqrt", "none"), "lr_scaling must be linear, sqrt or none"),
+            (self.lr_scaling in LR_SCALINGS, f"lr_scaling must be one of {', '.join(LR_SCALINGS)}"),
             (self.dtype_policy in DTYPE_POLICIES, f"dtype_policy must be one of {DTYPE_POLICIES}"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.epochs >= 1, "epochs must be >= 1"),

@@ -123,6 +123,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                     final_fraction=self.final_fraction)
 
 
+LR_SCALINGS = ("linear", "sqrt", "none")  # scale_learning_rate's rules
+
+
 def scale_learning_rate(base_lr, global_batch, scaling="linear"):
     """The peak learning rate for a global batch (SimCLR Appendix B.1).
 

@@ -13,7 +13,10 @@ from absl import flags
 from keras_ssl.bin.common import define_method_flags, define_setting_flags, run_main  # first: it imports TF quietly
 
 from keras_ssl import modalities  # noqa: E402,I001
+from keras_ssl.distribute import STRATEGIES  # noqa: E402
 from keras_ssl.models import registry  # noqa: E402
+from keras_ssl.optimizers import LR_SCALINGS, OPTIMIZERS  # noqa: E402
+from keras_ssl.precision import POLICIES  # noqa: E402
 
 
 def _defaults():
@@ -35,22 +38,23 @@ flags.DEFINE_enum("encoder", None, [e for m in modalities.names() for e in modal
                   "backbone (default: " + ", ".join(f"{modalities.get(m).default_encoder} for {m} methods"
                                                     for m in modalities.names()) + ")")
 flags.DEFINE_float("width_multiplier", d.width_multiplier, "encoder width multiplier")
-flags.DEFINE_integer("batch_size", d.batch_size, "global batch size (images; 2 views each)")
+flags.DEFINE_integer("batch_size", d.batch_size, "global batch size (examples per step over all replicas; a "
+                     "method may put several inputs through the encoder per example, SimCLR two views)")
 flags.DEFINE_integer("epochs", d.epochs, "training epochs")
 flags.DEFINE_integer("steps_per_epoch", None, "steps per epoch (default: one pass over the data)")
-flags.DEFINE_enum("optimizer", d.optimizer, ["lars", "adam", "adamw", "sgd"], "optimizer")
+flags.DEFINE_enum("optimizer", d.optimizer, list(OPTIMIZERS), "optimizer")
 flags.DEFINE_float("learning_rate", d.learning_rate, "base learning rate (scaled by --lr_scaling)")
-flags.DEFINE_enum("lr_scaling", d.lr_scaling, ["linear", "sqrt", "none"],
+flags.DEFINE_enum("lr_scaling", d.lr_scaling, list(LR_SCALINGS),
                   "peak lr = lr*B/256 (linear), lr*sqrt(B) (sqrt) or lr (none)")
 flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "linear warmup epochs before cosine decay")
 flags.DEFINE_float("weight_decay", d.weight_decay, "weight decay (LARS, AdamW)")
 flags.DEFINE_float("momentum", d.momentum, "momentum (LARS, SGD)")
 flags.DEFINE_string("train_classes", None, "train only on these classes, e.g. 0-6 (hold the rest out)")
 flags.DEFINE_float("val_fraction", d.val_fraction, "hold out this fraction of training images (calibration)")
-flags.DEFINE_enum("strategy", d.strategy, ["default", "mirrored", "multi_worker", "tpu"],
+flags.DEFINE_enum("strategy", d.strategy, list(STRATEGIES),
                   "distribution strategy (multi_worker reads TF_CONFIG; see keras-ssl-launch-local)")
 flags.DEFINE_integer("cpu_replicas", None, "mirrored without GPUs: split the CPU into N devices")
-flags.DEFINE_enum("dtype_policy", d.dtype_policy, ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+flags.DEFINE_enum("dtype_policy", d.dtype_policy, list(POLICIES),
                   "Keras dtype policy; auto: mixed_bfloat16 on CPUs with AMX-BF16 and GPUs (8.0+), "
                   "mixed_float16 on 7.x GPUs, else float32 (bfloat16 is slower on other CPUs: 0.7x with "
                   "AVX512-BF16 and no AMX, 13x slower where emulated; float16 was 4-250x slower on every CPU "
