@@ -408,3 +408,21 @@ def test_an_unknown_method_is_refused_not_run_as_another():
         TrainConfig(method="byol")
     with pytest.raises(UserError, match="unknown setting 'temprature'"):
         TrainConfig.from_dict({"method": "simclr", "temprature": 0.1})
+
+
+def test_a_method_declaring_an_unregistered_evaluation_is_refused_at_registration():
+    import dataclasses
+
+    from keras_ssl.evaluation.method_evaluations import EVALUATIONS, Evaluation, register_evaluation
+
+    simclr = registry.get("simclr")
+    with pytest.raises(ValueError, match="declares evaluation 'perplexity'; the registered ones are probe"):
+        registry.register(dataclasses.replace(simclr, name="simclr_typo", evaluations=("probe", "perplexity")))
+    assert "simclr_typo" not in registry.names()
+    own = Evaluation("own_check", "a method's own evaluation", lambda context: {"own": 1}, ("own",))
+    try:
+        register_evaluation(own)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_evaluation(dataclasses.replace(own))
+    finally:
+        EVALUATIONS.pop("own_check", None)

@@ -15,6 +15,10 @@ dataset only the label-free ones run, beside the clusters report of
     retrieval      P@1, R-precision, MAP@R, recall@k
     pretext        the pretext task's own test accuracy
     info_nce       CPC's InfoNCE accuracy, loss and MI bound per step ahead
+    likelihood     negative ELBO and importance-weighted bound, nats and bits/dim
+    reconstruction squared error of test reconstructions, their grid
+    samples        a grid of samples from fixed seeds (and a latent traversal)
+    codebook       a VQ-VAE's code usage (perplexity, codes used, histogram), recon bits/dim
 
 A new kind (likelihood in bits/dim, reconstruction error, a samples grid,
 perplexity) is one more `Evaluation` in `EVALUATIONS`.
@@ -113,6 +117,36 @@ def _info_nce(context):
     return result
 
 
+def _likelihood(context):
+    """Bounds on the test negative log-likelihood (`keras_ssl.evaluation.generative`)."""
+    from keras_ssl.evaluation.generative import likelihood_metrics
+
+    return likelihood_metrics(context.model, context.dataset.test.images)
+
+
+def _reconstruction(context):
+    """Squared error of `model.reconstruct` on the test images, and their grid."""
+    from keras_ssl.evaluation.generative import reconstruction_metrics
+
+    path = os.path.join(context.model_dir, "reconstructions.png") if context.model_dir else None
+    return reconstruction_metrics(context.model, context.dataset.test.images, path)
+
+
+def _samples(context):
+    """A grid of `model.sample_images(seeds)` (and a latent traversal where the model has one)."""
+    from keras_ssl.evaluation.generative import sample_metrics
+
+    return sample_metrics(context.model, context.dataset.test.images, context.model_dir)
+
+
+def _codebook(context):
+    """A VQ-VAE's code usage on the test images and the decoder's NLL given their codes
+    (`keras_ssl.evaluation.codebook`)."""
+    from keras_ssl.evaluation.codebook import evaluate_codebook
+
+    return evaluate_codebook(context.model, context.dataset.test, context.model_dir)
+
+
 EVALUATIONS = {e.name: e for e in (
     Evaluation("probe", "frozen-feature linear probe and kNN", _probe,
                ("linear_probe_accuracy", "knn_accuracy", "feature_dim"), ("embedding_plot",), table=_probe_table),
@@ -123,8 +157,27 @@ EVALUATIONS = {e.name: e for e in (
     Evaluation("pretext", "the pretext task's test accuracy", _pretext, ("pretext_accuracy",), needs_labels=False),
     Evaluation("info_nce", "InfoNCE accuracy, loss and MI bound per step ahead", _info_nce, ("info_nce",),
                ("info_nce_plot",), needs_labels=False),
+    Evaluation("likelihood", "negative ELBO and importance-weighted bound (nats, bits/dim)", _likelihood,
+               ("test_nelbo_nats", "test_bits_per_dim", "test_iwae_nats", "test_iwae_bits_per_dim",
+                "iwae_samples", "iwae_images"), needs_labels=False),
+    Evaluation("reconstruction", "squared error of test reconstructions on [0, 1]", _reconstruction,
+               ("reconstruction_mse",), ("reconstruction_plot",), needs_labels=False),
+    Evaluation("samples", "samples from fixed seeds (and a latent traversal)", _samples, ("sample_seeds",),
+               ("samples_plot", "traversal_plot"), needs_labels=False),
+    Evaluation("codebook", "codebook perplexity, codes used and reconstruction bits/dim given the codes", _codebook,
+               ("codebook_perplexity", "codes_used", "codebook_size", "recon_bits_per_dim", "recon_nll_nats"),
+               ("codebook_usage_plot",), needs_labels=False),
 )}
 DEFAULT_EVALUATIONS = ("probe",)
+
+
+def register_evaluation(declared):
+    """Adds an `Evaluation` (a method's own, declared in its module before its
+    `register(Method(...))` names it); a second one of the same name is refused."""
+    if declared.name in EVALUATIONS and EVALUATIONS[declared.name] is not declared:
+        raise ValueError(f"evaluation {declared.name!r} is registered twice")
+    EVALUATIONS[declared.name] = declared
+    return declared
 
 
 def evaluation(name):

@@ -11,9 +11,11 @@ from keras_ssl.models.triplet import OnlineTriplet, TripletNetwork  # isort: ski
 from keras_ssl.models.pretext import RelativePosition, RotationPrediction  # isort: skip
 from keras_ssl.models.cpc import CPC  # isort: skip
 from keras_ssl.models.cpc_image import ImageCPC  # isort: skip
+from keras_ssl.models.vae import VAE  # isort: skip
+from keras_ssl.models.vqvae import VQVAE  # isort: skip
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "ImageCPC", "METHODS", "registry"]
+           "ImageCPC", "VAE", "VQVAE", "METHODS", "registry"]
