@@ -13,9 +13,10 @@ from keras_ssl.models.cpc import CPC  # isort: skip
 from keras_ssl.models.cpc_image import ImageCPC  # isort: skip
 from keras_ssl.models.vae import VAE  # isort: skip
 from keras_ssl.models.vqvae import VQVAE  # isort: skip
+from keras_ssl.models.vqvae_prior import VQVAEPrior  # isort: skip
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "ImageCPC", "VAE", "VQVAE", "METHODS", "registry"]
+           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "METHODS", "registry"]
