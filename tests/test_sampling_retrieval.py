@@ -1,5 +1,7 @@
 """P x K sampler and retrieval metrics against NumPy brute force."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,12 @@ def test_retrieval_hand_cases():
     assert worst["precision_at_1"] == 0.0 and worst["map_at_r"] == 0.0
     with pytest.raises(UserError, match="metric"):
         retrieval_metrics(emb, np.zeros(4), metric="manhattan")
+
+
+def test_the_neighbours_grid_of_a_split_smaller_than_its_columns_is_drawn(tmp_path):
+    # A folder with 3 test images used to fail in top_k (8 neighbours asked of 2).
+    from keras_ssl.evaluation.retrieval import retrieval_grid
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    path = retrieval_grid(images, np.eye(3, dtype=np.float32), None, str(tmp_path / "grid.png"))
+    assert os.path.getsize(path) > 0

@@ -83,6 +83,7 @@ def retrieval_grid(images, embeddings, labels, path, n_queries=8, k=8, seed=0):
     d = tf.reduce_sum(tf.square(tf.gather(e, queries)[:, None, :] - e[None, :, :]), axis=-1)
     d = tf.tensor_scatter_nd_update(d, tf.stack([tf.range(len(queries)), tf.constant(queries, tf.int32)], 1),
                                     tf.fill([len(queries)], np.inf))
+    k = min(k, len(images) - 1)  # a split of a few images has fewer neighbours than the grid's columns
     neighbours = tf.math.top_k(-d, k=k).indices.numpy()
     h, w = images.shape[1:3]
     pad, scale = 3, max(1, 64 // h)
