@@ -216,7 +216,7 @@ def write_artefacts(path, artefacts, fingerprint=""):
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **artefacts, **{_FINGERPRINT: np.asarray(fingerprint)})
+            np.savez_compressed(f, **artefacts, **{_FINGERPRINT: np.asarray(fingerprint)})  # codes, targets: small ints
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
