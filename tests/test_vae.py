@@ -219,3 +219,21 @@ def test_the_generative_evaluations(exported_run, test_images, tmp_path):
     for key in ("samples_plot", "traversal_plot"):
         assert os.path.getsize(samples[key]) > 1000, key
     assert "samples_plot" not in sample_metrics(model, test_images, None)  # no directory, no plots
+
+
+def test_the_printed_report_shows_the_declared_numbers_beside_the_probe_table():
+    # keras-ssl-evaluate printed only the probe's table: a VAE's bits/dim were in evaluation.json only.
+    from keras_ssl.evaluation.method_evaluations import evaluation
+    from keras_ssl.evaluation.report import format_table
+    from keras_ssl.evaluation.run_report import _with_declared_rows
+
+    results = {"linear_probe_accuracy": 0.84, "knn_accuracy": 0.8, "knn_accuracy_k20": 0.8, "feature_dim": 64,
+               "test_bits_per_dim": 4.0871, "test_nelbo_nats": 2220.8, "test_iwae_bits_per_dim": 4.01,
+               "test_iwae_nats": 2179.1, "iwae_samples": 100, "iwae_images": 64}
+    table = format_table(results)
+    lines = _with_declared_rows(table, [evaluation("likelihood")], results).splitlines()
+    assert [line.split() for line in lines[4:]] == [
+        ["test_nelbo_nats", "2220.8"], ["test_bits_per_dim", "4.0871"],
+        ["test_iwae_nats", "2179.1"], ["test_iwae_bits_per_dim", "4.01"], ["iwae_samples", "100"],
+        ["iwae_images", "64"]]
+    assert len({len(line) for line in lines if not line.startswith("-")}) == 1  # one column layout

@@ -12,6 +12,7 @@ the run directory (`request.output_dir`).
 """
 
 import os
+import re
 
 
 def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
@@ -44,6 +45,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     ran = [e for e in declared if dataset.labelled or not e.needs_labels]
     for e in ran:
         results.update(e.function(context))
+    main = None  # the evaluation whose own table is printed (the probe's)
     if dataset.labelled:
         main = next((e for e in ran if e.table is not None), None)
         table = main.table(context, results) if main else _plain_table(results)
@@ -53,12 +55,41 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
         results.update(evaluate_unlabelled(model, load_model(encoder_path), dataset, config, request.output_dir,
                                            plot=request.plot, extra=results, write_report=False))
         table = format_unlabelled_table(results)
+    table = _with_declared_rows(table, [e for e in ran if e is not main], results)
     if request.output_dir:
         os.makedirs(request.output_dir, exist_ok=True)
         write_json_atomic(os.path.join(request.output_dir, "evaluation.json"), results)
     plot_keys = [key for e in ran for key in e.plots] + ([] if dataset.labelled else ["embedding_plot",
                                                                                        "neighbours_plot"])
     return results, table, {key: results[key] for key in plot_keys if results.get(key)}
+
+
+def _with_declared_rows(table, ran, results):
+    """`table` (two columns, as `format_table` writes them) with rows added for the
+    number-valued report keys the evaluations that ran declare and it does not show
+    yet (a VAE's bits/dim, a codebook's perplexity), laid out again as one table."""
+    lines = table.splitlines()
+    if len(lines) < 2 or not set(lines[1]) <= {"-"}:
+        return table  # not a two-column table (e.g. the audio probes' own layout)
+    rows = [tuple(re.split(r"\s{2,}", line.strip(), maxsplit=1)) for line in lines[:1] + lines[2:] if line.strip()]
+    shown = {name for name, _ in rows} | {"knn_accuracy"}  # the table shows knn_accuracy as knn_accuracy_k20
+    added = []
+    for declared in ran:
+        for key in declared.report_keys:
+            value = results.get(key)
+            if key in shown or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            text = f"{100 * value:.2f}%" if key.endswith("accuracy") else f"{value:.6g}" if isinstance(value, float) \
+                else str(value)
+            added.append((key, text))
+            shown.add(key)
+    if not added:
+        return table
+    rows += added
+    width = max(len(name) for name, _ in rows)
+    out = [f"{a:<{width}}  {b:>8}" for a, b in rows]
+    out.insert(1, "-" * (width + 10))
+    return "\n".join(out)
 
 
 def _plain_table(results):
