@@ -252,12 +252,13 @@ class VQVAE(MethodModel):
         """The codes of images: int32 `[B, h, w]`, the nearest code of each grid vector."""
         return self.quantize_grid(self.encode_grid(self.checked_inputs(images)))[1]
 
-    def code_vectors(self, codes):
-        """The code vectors of int codes `[B, h, w]` or row-major `[B, h * w]`: `[B, h, w, D]`
-        (codes given eagerly are checked here; the export's `tokens` input checks its own)."""
+    def code_grid(self, codes):
+        """int32 `[B, h, w]` of codes `[B, h, w]` or row-major `[B, h * w]`; codes given
+        eagerly are checked here (shape, integers, in [0, K)); the export's `tokens` input
+        checks its own."""
+        (h, w), k = self.grid_shape, self.codebook_size
         if tf.executing_eagerly():
             values = np.asarray(codes)
-            (h, w), k = self.grid_shape, self.codebook_size
             if values.ndim not in (2, 3) or values.shape[1:] not in ((h * w,), (h, w)):
                 raise UserError(f"codes must be [batch, {h}, {w}] or row-major [batch, {h * w}], got shape "
                                 f"{values.shape}")
@@ -265,7 +266,12 @@ class VQVAE(MethodModel):
                 raise UserError(f"codes must be integers, got {values.dtype}")
             if values.size and (values.min() < 0 or values.max() >= k):
                 raise UserError(f"codes must be in [0, {k}), got values from {values.min()} to {values.max()}")
-        codes = tf.reshape(tf.cast(codes, tf.int32), [-1, *self.grid_shape])
+        return tf.reshape(tf.cast(codes, tf.int32), [-1, h, w])
+
+    def code_vectors(self, codes):
+        """The code vectors of int codes `[B, h, w]` or row-major `[B, h * w]`: `[B, h, w, D]`
+        (checked by `code_grid`)."""
+        codes = self.code_grid(codes)
         return tf.gather(self.codebook.value, codes)
 
     def decode_codes(self, codes):

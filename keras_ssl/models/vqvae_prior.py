@@ -164,19 +164,8 @@ class VQVAEPrior(MethodModel):
     # -- the prior ------------------------------------------------------------
 
     def _code_grid(self, codes):
-        """int32 `[B, h, w]` of codes `[B, h, w]` or row-major `[B, h * w]`; codes given
-        eagerly are checked (shape, integers, in [0, K))."""
-        (h, w), k = self.grid_shape, self.codebook_size
-        if tf.executing_eagerly():
-            values = np.asarray(codes)
-            if values.ndim not in (2, 3) or values.shape[1:] not in ((h * w,), (h, w)):
-                raise UserError(f"codes must be [batch, {h}, {w}] or row-major [batch, {h * w}], got shape "
-                                f"{values.shape}")
-            if values.dtype.kind not in "iu":
-                raise UserError(f"codes must be integers, got {values.dtype}")
-            if values.size and (values.min() < 0 or values.max() >= k):
-                raise UserError(f"codes must be in [0, {k}), got values from {values.min()} to {values.max()}")
-        return tf.reshape(tf.cast(codes, tf.int32), [-1, h, w])
+        """int32 `[B, h, w]` of codes, checked as the parent checks them (`VQVAE.code_grid`)."""
+        return self.vqvae.code_grid(codes)
 
     def code_logits(self, codes, training=False):
         """The prior's logits, float32 `[B, h, w, K]`: position (i, j) from the codes before it."""
