@@ -338,9 +338,10 @@ def _build(run, options, encoder, dataset, stage=None):
 
 def _training_data(run, options, split, stage=None):
     """Shuffled image batches (uint8): the noise is drawn in the step."""
-    data = (tf.data.Dataset.from_tensor_slices(split.images).shuffle(len(split), seed=run.seed).repeat()
-            .batch(run.batch_size, drop_remainder=True).prefetch(2))
-    return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+    from keras_ssl.data.views import image_batches
+
+    return TrainingData(image_batches(split, run.batch_size, seed=run.seed), epoch_steps(split, run.batch_size),
+                        run.batch_size)
 
 
 register(Method(
