@@ -1,8 +1,12 @@
 """Test set-up: two logical CPU devices (before TF initialises) for the multi-replica tests."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# keras_ssl's caches (the judges of generated samples) go to a directory of this test session,
+# not to the user's ~/.keras; subprocesses inherit it
+os.environ.setdefault("KERAS_SSL_CACHE", tempfile.mkdtemp(prefix="keras_ssl_cache_"))
 
 import keras_ssl  # noqa: E402,F401  (first, as users do: it turns on TF's oneDNN kernels)
 import pytest  # noqa: E402

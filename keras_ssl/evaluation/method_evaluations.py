@@ -19,6 +19,8 @@ dataset only the label-free ones run, beside the clusters report of
     reconstruction squared error of test reconstructions, their grid
     samples        a grid of samples from fixed seeds (and a latent traversal)
     codebook       a VQ-VAE's code usage (perplexity, codes used, histogram), recon bits/dim
+    sample_score   a supervised classifier of the labels judges 1,000 samples (confident
+                   share, class evenness, inception score)
 
 A new kind (likelihood in bits/dim, reconstruction error, a samples grid,
 perplexity) is one more `Evaluation` in `EVALUATIONS`.
@@ -139,6 +141,13 @@ def _samples(context):
     return sample_metrics(context.model, context.dataset.test.images, context.model_dir)
 
 
+def _sample_score(context):
+    """The dataset's supervised classifier on 1,000 samples (`keras_ssl.evaluation.sample_score`)."""
+    from keras_ssl.evaluation.sample_score import sample_score
+
+    return sample_score(context.model, context.dataset)
+
+
 def _codebook(context):
     """A VQ-VAE's code usage on the test images and the decoder's NLL given their codes
     (`keras_ssl.evaluation.codebook`)."""
@@ -167,6 +176,10 @@ EVALUATIONS = {e.name: e for e in (
     Evaluation("codebook", "codebook perplexity, codes used and reconstruction bits/dim given the codes", _codebook,
                ("codebook_perplexity", "codes_used", "codebook_size", "recon_bits_per_dim", "recon_nll_nats"),
                ("codebook_usage_plot",), needs_labels=False),
+    Evaluation("sample_score", "a supervised classifier labels 1,000 samples: confident share, class evenness, "
+               "inception score", _sample_score,
+               ("sample_confident_share", "sample_class_evenness", "sample_inception_score", "sample_class_counts",
+                "sample_classifier_test_accuracy", "test_confident_share", "test_inception_score")),
 )}
 DEFAULT_EVALUATIONS = ("probe",)
 

@@ -351,6 +351,6 @@ register(Method(
     # what later VAEs use (Burda et al. 2016: Adam, 1e-3 first). Batch 128 is ours (CPU).
     run_defaults=dict(model_dir="runs/vae", optimizer="adam", learning_rate=1e-3, lr_scaling="none",
                       warmup_epochs=0.0, weight_decay=0.0, augment="none", batch_size=128),
-    evaluations=("probe", "likelihood", "reconstruction", "samples"),
+    evaluations=("probe", "likelihood", "reconstruction", "samples", "sample_score"),
     smoke_options=dict(augment="none", batch_size=16, latent_dim=8),
 ))

@@ -379,6 +379,6 @@ register(Method(
     # (Paul 2021: Adam's default 1e-3, batch 128); no augmentation (the codes are the data)
     run_defaults=dict(model_dir="runs/vqvae_prior", optimizer="adam", learning_rate=1e-3, lr_scaling="none",
                       warmup_epochs=0.0, weight_decay=0.0, augment="none", batch_size=128),
-    evaluations=("probe", "prior_likelihood", "samples"),
+    evaluations=("probe", "prior_likelihood", "samples", "sample_score"),
     smoke_options=dict(augment="none", batch_size=16, prior_channels=16, prior_layers=2),
 ))
