@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := runs/simclr_fashion_mnist_demo
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes/fortunes.dat
 
-.PHONY: demo test install dataset speech-tools data-audio clean
+.PHONY: demo test install dataset dataset-text speech-tools data-audio clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,14 @@ dataset:
 	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# Debian's fortunes (about 15,000 English fortunes in 43 categories): the offline text
+# corpus (--dataset=fortunes) and its tests.
+dataset-text:
+	@if [ ! -f $(FORTUNES) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's fortunes"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes; \
 	fi
 
 # Debian's speech synthesisers, for the synthetic spoken-digits set (and its test).
@@ -48,7 +57,7 @@ demo: install dataset
 # single-threaded Python; whole files go to one process (their fixtures are shared).
 TEST_WORKERS ?= 2
 
-test: install dataset speech-tools
+test: install dataset dataset-text speech-tools
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:

@@ -28,7 +28,7 @@ from keras_ssl.layers import FusedBatchNormalization
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 ENCODERS = ("small_cnn", "resnet18", "resnet34", "resnet50")
-AUDIO_ENCODERS = ("cpc_conv", "cpc_conv_plain")  # keras_ssl.audio_encoders
+AUDIO_ENCODERS = ("cpc_conv", "cpc_conv_plain", "log_mel_conv", "log_mel_conv_10ms")  # keras_ssl.audio_encoders
 
 
 def resolve_sync_bn(sync_bn=None):

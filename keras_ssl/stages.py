@@ -222,3 +222,10 @@ def write_artefacts(path, artefacts, fingerprint=""):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def stored_artefacts(config):
+    """The artefacts a run's `prepare` stored in its directory for its settings, or None
+    (not prepared yet, or prepared for other settings): what a modality reads back
+    after training (the text modality's tokenizer)."""
+    return _read_artefacts(os.path.join(config.model_dir, PREPARED_FILE), _fingerprint(config))

@@ -287,7 +287,7 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
 # prefix must be added here and there.
 METHOD_FAMILIES = {"simclr": "SimCLR", "siamese": "Siamese", "triplet": "triplet", "rotation": "rotation",
                    "relative_position": "relative patch position", "cpc": "CPC", "vae": "VAE",
-                   "vqvae": "VQ-VAE"}
+                   "vqvae": "VQ-VAE", "gpt": "GPT"}
 
 
 def test_the_opening_sentence_names_every_registered_method():

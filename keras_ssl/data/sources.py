@@ -388,8 +388,11 @@ def load_source(spec, data_dir=None, image_size=None, channels=None, allow_downl
         # the modality whose files the folder holds (WAVs: audio), else images
         modality = modalities.for_folder(spec[len("folder:"):])
         return modality.load_folder(spec, on_corrupt=on_corrupt, **settings)
+    elif modalities.for_name(spec) is not None:  # a modality's own names (text:PATH, fortunes)
+        return modalities.for_name(spec).load_named(spec, data_dir, on_corrupt, **settings)
     else:
-        raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(SOURCE_NAMES)}")
+        names = SOURCE_NAMES + tuple(n for m in modalities.names() for n in modalities.get(m).named_sources)
+        raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(names)}")
     return modalities.of_dataset(ds).converted(ds, **settings)
 
 

@@ -47,6 +47,12 @@ def linear_probe(train_x, train_y, test_x, test_y, max_iter=1000, C=1.0):
     `StandardScaler` fit on the train features; the SimCLR paper's protocol
     (Appendix B.5) with sklearn's defaults.
     """
+    return float(np.mean(fitted_linear_probe(train_x, train_y, max_iter, C)(test_x) == test_y))
+
+
+def fitted_linear_probe(train_x, train_y, max_iter=1000, C=1.0):
+    """`linear_probe`'s classifier fitted once: a function of features `[N, D]` giving the
+    predicted labels `[N]` (to score several test sets with one classifier)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -58,7 +64,7 @@ def linear_probe(train_x, train_y, test_x, test_y, max_iter=1000, C=1.0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(scaler.transform(train_x), train_y)
-    return float(np.mean(clf.predict(scaler.transform(test_x)) == test_y))
+    return lambda test_x: clf.predict(scaler.transform(test_x))
 
 
 def knn_predict(train_x, train_y, test_x, k=20, num_classes=None, temperature=KNN_TEMPERATURE,

@@ -34,8 +34,18 @@ def codebook_statistics(model, images, batch_size=256):
     return counts, np.concatenate(nll) if nll else np.zeros(0)
 
 
-def usage_plot(counts, path):
-    """Code usage as a bar per code, sorted by use (log scale; unused codes: no bar), as PNG."""
+def usage_figures(counts):
+    """`codebook_perplexity`, `codes_used` and `codebook_size` of code counts `[K]` (the
+    module docstring); the audio VQ-VAE's report uses them too."""
+    counts = np.asarray(counts)
+    p = counts[counts > 0] / max(int(counts.sum()), 1)
+    return {"codebook_perplexity": float(np.exp(-np.sum(p * np.log(p)))), "codes_used": float(np.mean(counts > 0)),
+            "codebook_size": int(len(counts))}
+
+
+def usage_plot(counts, path, unit="grid cells", split="test split"):
+    """Code usage as a bar per code, sorted by use (log scale; unused codes: no bar), as PNG;
+    `unit`: what a code is counted in (grid cells, 20 ms frames)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,8 +57,8 @@ def usage_plot(counts, path):
     ax.bar(np.arange(used), share[:used], width=1.0, color="tab:blue")
     ax.set_xlim(-0.5, len(counts) - 0.5)
     ax.set_yscale("log")
-    ax.set(xlabel=f"code, by use ({used} of {len(counts)} used)", ylabel="share of grid cells",
-           title="codebook usage on the test split")
+    ax.set(xlabel=f"code, by use ({used} of {len(counts)} used)", ylabel=f"share of {unit}",
+           title=f"codebook usage on the {split}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -58,15 +68,10 @@ def usage_plot(counts, path):
 def evaluate_codebook(model, split, output_dir=None, batch_size=256):
     """The report of the module docstring for `split` (its images)."""
     counts, nll = codebook_statistics(model, split.images, batch_size)
-    p = counts[counts > 0] / max(int(counts.sum()), 1)
     dims = int(np.prod(model.image_shape))
     mean_nll = float(np.mean(nll)) if len(nll) else float("nan")
-    results = {"codebook_perplexity": float(np.exp(-np.sum(p * np.log(p)))),
-               "codes_used": float(np.mean(counts > 0)),
-               "codebook_size": int(model.codebook_size),
-               "recon_bits_per_dim": mean_nll / (dims * math.log(2.0)),
-               "recon_nll_nats": mean_nll,
-               "codebook_usage_plot": None}
+    results = dict(usage_figures(counts), recon_bits_per_dim=mean_nll / (dims * math.log(2.0)),
+                   recon_nll_nats=mean_nll, codebook_usage_plot=None)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         results["codebook_usage_plot"] = usage_plot(counts, os.path.join(output_dir, "codebook_usage.png"))

@@ -17,12 +17,13 @@ Adding a modality: one module here (and its source in `keras_ssl/data/`), import
 below so that it registers itself.
 """
 
-from keras_ssl.modalities.base import (Modality, for_folder, for_tfds, get, names, of_dataset, register,
+from keras_ssl.modalities.base import (Modality, for_folder, for_name, for_tfds, get, names, of_dataset, register,
                                       setting_owners)
 
 from keras_ssl.modalities import image  # noqa: E402,F401  (registers "image")
 from keras_ssl.modalities import audio  # noqa: E402,F401  (registers "audio")
+from keras_ssl.modalities import text  # noqa: E402,F401  (registers "text")
 from keras_ssl.modalities import generative  # noqa: E402,F401  (the latent and seeds input kinds)
 from keras_ssl.modalities import token_kinds  # noqa: E402,F401  (the tokens and text input kinds)
 
-__all__ = ["Modality", "for_folder", "for_tfds", "get", "names", "of_dataset", "register", "setting_owners"]
+__all__ = ["Modality", "for_folder", "for_name", "for_tfds", "get", "names", "of_dataset", "register", "setting_owners"]

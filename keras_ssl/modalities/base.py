@@ -65,6 +65,18 @@ class Modality:
         """A TFDS builder's splits as a dataset of this modality."""
         raise NotImplementedError
 
+    # The dataset names this modality reads itself (`text:PATH`, `fortunes`), as `load_source`'s
+    # error lists them; `recognises_name`/`load_named` read them.
+    named_sources = ()
+
+    def recognises_name(self, spec):
+        """True when `--dataset=spec` is one of this modality's own sources (`named_sources`)."""
+        return False
+
+    def load_named(self, spec, data_dir=None, on_corrupt="skip", **settings):
+        """A dataset of this modality by its own name (`recognises_name`)."""
+        raise NotImplementedError
+
     def converted(self, dataset, **settings):
         """A loaded dataset brought to the loader settings (images: resized, channels
         converted); unchanged by default."""
@@ -206,6 +218,13 @@ def for_tfds(builder, tfds):
     """The `Modality` that reads a TFDS builder: the first that recognises its features,
     else the fallback (images)."""
     return _recognising(lambda m: m.recognises_tfds(builder, tfds))
+
+
+def for_name(spec):
+    """The `Modality` that reads `--dataset=spec` by its own name (`text:PATH`), or None."""
+    import keras_ssl.modalities  # noqa: F401
+
+    return next((m for m in _REGISTRY.values() if m.recognises_name(spec)), None)
 
 
 def setting_owners():

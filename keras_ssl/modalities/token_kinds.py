@@ -73,7 +73,8 @@ class TokenIds(InputKind):
 class Text(InputKind):
     """`text`: tf.string `[batch]` of UTF-8 text, at most `MAX_TEXT_BYTES` each,
     tokenized in the graph by `ServingInput.tokenizer` (a
-    `keras_ssl.tokenizers.WordTokenizer` with a `sequence_length`): the function
+    `keras_ssl.tokenizers.WordTokenizer` or `keras_ssl.byte_pair.BytePairTokenizer`
+    with a `sequence_length`): the function
     receives int32 `[batch, sequence_length]` ids."""
 
     name = "text"
@@ -112,6 +113,9 @@ class Text(InputKind):
 
     def describe(self, input_shape, serving_input):
         tokenizer = serving_input.tokenizer
+        if hasattr(tokenizer, "describe"):  # a tokenizer that says what it does (keras_ssl.byte_pair)
+            return f"string [batch] UTF-8 text (at most {MAX_TEXT_BYTES:,} bytes each), tokenized in the graph: " \
+                + tokenizer.describe()
         return (f"string [batch] UTF-8 text (at most {MAX_TEXT_BYTES:,} bytes each), tokenized in the graph: "
                 "lowercased, split into words and punctuation marks, looked up in the "
                 f"{tokenizer.vocabulary_size():,}-token vocabulary (assets/vocabulary.txt; unknown words: [UNK]), "

@@ -14,9 +14,11 @@ from keras_ssl.models.cpc_image import ImageCPC  # isort: skip
 from keras_ssl.models.vae import VAE  # isort: skip
 from keras_ssl.models.vqvae import VQVAE  # isort: skip
 from keras_ssl.models.vqvae_prior import VQVAEPrior  # isort: skip
+from keras_ssl.models.vqvae_audio import VQVAEAudio  # isort: skip
+from keras_ssl.models.gpt import GPT  # isort: skip  # noqa: F401
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "METHODS", "registry"]
+           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "VQVAEAudio", "METHODS", "registry"]
