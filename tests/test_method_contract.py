@@ -90,6 +90,32 @@ SERVE_EVERY_SIGNATURE = BLOCK_KERAS + textwrap.dedent('''
     print(json.dumps({"served": served, "keras_loaded": keras_loaded}))
 ''')
 
+# The registered methods are trained in SHARDS test modules (this one, SHARD 0, and
+# test_method_contract_b.py), so that pytest-xdist's workers (`--dist loadfile` gives a whole
+# module to one) share them. A stage stays in its parent's shard.
+SHARDS = 2
+SHARD = 0
+
+
+def shard_methods(shard, shards=SHARDS):
+    """The registered methods of `shard`: whole families (a method with its stages), dealt
+    to the shards in turn in the order of their names, parents before their stages."""
+    families = {}
+    for method in registry.methods():
+        root = method
+        while root.parent:
+            root = registry.get(root.parent)
+        families.setdefault(root.name, []).append(method)
+    dealt = [family for i, (_, family) in enumerate(sorted(families.items())) if i % shards == shard]
+    return sorted((m for family in dealt for m in family), key=lambda m: m.parent is not None)
+
+
+def pytest_generate_tests(metafunc):
+    """Each per-method test runs for the methods of its module's shard."""
+    if "method_name" in metafunc.fixturenames:
+        metafunc.parametrize("method_name", [m.name for m in shard_methods(metafunc.module.SHARD)])
+
+
 # Quick, deterministic settings shared by every method; the method adds its smoke_options.
 BASE = dict(dataset="digits", width_multiplier=0.25, epochs=1, steps_per_epoch=2, optimizer="adam",
             learning_rate=1e-3, lr_scaling="none", warmup_epochs=0.0, verbose=0, dtype_policy="float32",
@@ -183,15 +209,15 @@ def _serve_every_export(runs, root):
 
 
 @pytest.fixture(scope="module")
-def contract_runs(tmp_path_factory):
-    """Every registered method trained (and resumed) in this process; its binaries run in
-    subprocesses, two methods at a time, while the next method trains; then one fresh
-    process serves every export."""
+def contract_runs(request, tmp_path_factory):
+    """Every registered method of the module's shard trained (and resumed) in this process;
+    its binaries run in subprocesses, two methods at a time, while the next method trains;
+    then one fresh process serves every export."""
     from concurrent.futures import ThreadPoolExecutor
 
     runs, pending = {}, {}
     with ThreadPoolExecutor(2) as pool:
-        for method in sorted(registry.methods(), key=lambda m: m.parent is not None):  # parents first
+        for method in shard_methods(request.module.SHARD):  # parents first
             root = tmp_path_factory.mktemp(method.name)
             run = runs[method.name] = dict(method=method, root=root, model_dir=str(root / "run"))
             try:
@@ -216,9 +242,9 @@ def contract_runs(tmp_path_factory):
     return runs
 
 
-@pytest.fixture(params=registry.names())
-def method_run(request, contract_runs):
-    run = contract_runs[request.param]
+@pytest.fixture
+def method_run(method_name, contract_runs):
+    run = contract_runs[method_name]
     if "error" in run:
         raise run["error"]
     return run

@@ -20,6 +20,12 @@ its codes on the test clips, and whether its reconstructions stay intelligible.
     listener_accuracy_reconstructed  ... and on the same clips through their codes and back
                                      (the decoded log-mel, Griffin-Lim)
     listener_accuracy_drop           original - reconstructed (the goal: at most 0.05)
+    reconstructed_word_probe         the same probe (logistic regression on MFCC statistics)
+                                     fitted on the RECONSTRUCTED training clips and scored on
+                                     the reconstructed test clips: how much of the word the
+                                     codec keeps, for a listener used to its sound (compare
+                                     with listener_accuracy_original, the probe on originals)
+    reconstructed_word_probe_drop    listener_accuracy_original - reconstructed_word_probe
     code_histogram_word_probe        the word probe on the codes as a bag: each clip's
                                      normalised histogram of its K codes (order thrown away);
                                      the probe evaluation adds the quantised vectors pooled
@@ -160,11 +166,15 @@ def evaluate_intelligibility(context):
     listener = fitted_linear_probe(listener_features(train.waveforms), train.labels, request.probe_max_iter)
     original = float(np.mean(listener(listener_features(test.waveforms)) == test.labels))
     heard = float(np.mean(listener(listener_features(reconstructed)) == test.labels))
-    train_codes = code_statistics(model, train.waveforms, reconstruct=False)[0]
+    train_codes, _, train_reconstructed = code_statistics(model, train.waveforms)
+    adapted = float(np.mean(fitted_linear_probe(listener_features(train_reconstructed), train.labels,
+                                                request.probe_max_iter)(listener_features(reconstructed))
+                            == test.labels))
     histogram = linear_probe(code_histograms(train_codes, model.codebook_size), train.labels,
                              code_histograms(test_codes, model.codebook_size), test.labels, request.probe_max_iter)
     results = {"listener_accuracy_original": original, "listener_accuracy_reconstructed": heard,
-               "listener_accuracy_drop": original - heard, "code_histogram_word_probe": histogram,
+               "listener_accuracy_drop": original - heard, "reconstructed_word_probe": adapted,
+               "reconstructed_word_probe_drop": original - adapted, "code_histogram_word_probe": histogram,
                "reconstruction_plot": None, "reconstruction_wavs": []}
     if context.model_dir:
         folder = os.path.join(context.model_dir, "audio_examples")
@@ -189,5 +199,6 @@ EVALUATIONS = (
     Evaluation("intelligibility", "a fixed MFCC listener on original vs reconstructed test clips; word probe on "
                "the bag of codes; WAV examples", evaluate_intelligibility,
                ("listener_accuracy_original", "listener_accuracy_reconstructed", "listener_accuracy_drop",
-                "code_histogram_word_probe"), ("reconstruction_plot",)),
+                "reconstructed_word_probe", "reconstructed_word_probe_drop", "code_histogram_word_probe"),
+               ("reconstruction_plot",)),
 )
