@@ -43,11 +43,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.vocabulary_size, self.sequence_length, self.width = int(vocabulary_size), int(sequence_length), int(width)
         self.dropout = float(dropout)
-        self.tokens = keras.layers.Embedding(self.vocabulary_size, self.width, name="token_embedding",
+        policy = self.dtype_policy  # the sub-layers compute as the layer does (a model loaded under another policy)
+        self.tokens = keras.layers.Embedding(self.vocabulary_size, self.width, name="token_embedding", dtype=policy,
                                              embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
         self.positions = keras.layers.Embedding(self.sequence_length, self.width, name="position_embedding",
+                                                dtype=policy,
                                                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01))
-        self.drop = keras.layers.Dropout(self.dropout)
+        self.drop = keras.layers.Dropout(self.dropout, dtype=policy)
 
     def build(self, input_shape):
         self.tokens.build(input_shape)
@@ -72,7 +74,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class TransformerBlock(keras.layers.Layer):
     """`(x [B, T, D], ids [B, T])` -> x: x + MHA(LN(x)), then x + MLP(LN(x)) (pre-LN),
-    padding keys masked, and later keys too when `causal`."""
+    padding keys masked, and later keys too when `causal`. Without `ids` (`block(x)`)
+    nothing is padding: the image Transformers (`keras_ssl.image_transformers`) use it so."""
 
     def __init__(self, width, heads, mlp_width=None, dropout=DROPOUT, causal=False, **kwargs):
         super().__init__(**kwargs)
@@ -81,13 +84,14 @@ class TransformerBlock(keras.layers.Layer):
         self.dropout, self.causal = float(dropout), bool(causal)
         if self.width % self.heads:
             raise UserError(f"the width {self.width} must be a multiple of the {self.heads} heads")
-        self.norm_1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm_1")
+        policy = self.dtype_policy  # the sub-layers compute as the block does (a model loaded under another policy)
+        self.norm_1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm_1", dtype=policy)
         self.attention = keras.layers.MultiHeadAttention(self.heads, self.width // self.heads, dropout=self.dropout,
-                                                         name="attention")
-        self.norm_2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm_2")
-        self.mlp_in = keras.layers.Dense(self.mlp_width, activation="gelu", name="mlp_in")
-        self.mlp_out = keras.layers.Dense(self.width, name="mlp_out")
-        self.drop = keras.layers.Dropout(self.dropout)
+                                                         name="attention", dtype=policy)
+        self.norm_2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm_2", dtype=policy)
+        self.mlp_in = keras.layers.Dense(self.mlp_width, activation="gelu", name="mlp_in", dtype=policy)
+        self.mlp_out = keras.layers.Dense(self.width, name="mlp_out", dtype=policy)
+        self.drop = keras.layers.Dropout(self.dropout, dtype=policy)
 
     def build(self, input_shape):
         shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) \
@@ -100,11 +104,16 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_out.build((*shape[:-1], self.mlp_width))
         self.built = True
 
-    def call(self, x, ids, training=False):
-        keys = ids != PAD_ID  # [B, T]
-        mask = tf.logical_and(keys[:, None, :], tf.ones_like(keys)[:, :, None])  # [B, T query, T key]
-        if self.causal:
+    def call(self, x, ids=None, training=False):
+        """`ids` None: no padding (every position is a key; images' patches and pixels)."""
+        if ids is None:
+            batch, length = tf.shape(x)[0], tf.shape(x)[1]
+            mask = tf.ones(tf.stack([batch, length, length]), tf.bool) if self.causal else None
+        else:
+            keys = ids != PAD_ID  # [B, T]
+            mask = tf.logical_and(keys[:, None, :], tf.ones_like(keys)[:, :, None])  # [B, T query, T key]
             length = tf.shape(ids)[1]
+        if self.causal:
             mask = tf.logical_and(mask, tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)[None])
         h = self.norm_1(x)
         x = x + self.drop(self.attention(h, h, attention_mask=mask, training=training), training=training)

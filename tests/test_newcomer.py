@@ -183,7 +183,7 @@ def test_sigterm_keeps_the_checkpoints_and_a_finished_rerun_says_so(tmp_path):
 
     model_dir = tmp_path / "run"
     checkpoints = model_dir / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "keras_ssl.bin.train", *SIAMESE, "--epochs=1000",
+    proc = subprocess.Popen([sys.executable, "-m", "keras_ssl.bin.train", *SIAMESE, "--epochs=100000",
                              "--steps_per_epoch=5", f"--model_dir={model_dir}"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

@@ -99,6 +99,9 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     Image.fromarray(load_source("fashion_mnist").test.images[0, :, :, 0]).save(root / "shoe.png")
     write_chirp_folder(str(root / "data" / "spoken_digits"), per_class=48, seconds=0.5)  # 108 train clips
+    (root / "data" / "lines.txt").write_text("\n".join(f"The {a} {b} the {c}." for a in ("cat", "dog", "fox", "cow")
+                                                       for b in ("sat on", "ran to", "slept by") for c in
+                                                       ("mat", "tree", "river", "barn", "house")) + "\n")
     return root
 
 
@@ -287,7 +290,7 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
 # prefix must be added here and there.
 METHOD_FAMILIES = {"simclr": "SimCLR", "siamese": "Siamese", "triplet": "triplet", "rotation": "rotation",
                    "relative_position": "relative patch position", "cpc": "CPC", "vae": "VAE",
-                   "vqvae": "VQ-VAE", "gpt": "GPT"}
+                   "vqvae": "VQ-VAE", "gpt": "GPT", "bert": "BERT", "mae": "MAE", "igpt": "iGPT"}
 
 
 def test_the_opening_sentence_names_every_registered_method():

@@ -1,7 +1,7 @@
 """Text: UTF-8 strings from `text:PATH`, `fortunes` and `tfds:` text sets
 (`keras_ssl.data.text`), tokenized by a byte-level BPE trained on the run's training
 split (`keras_ssl.byte_pair`), the Transformer encoders of `keras_ssl.text_encoders`,
-and a linear probe and kNN of the pooled embedding beside a TF-IDF baseline as the
+and linear probes of every layer (trained and untrained), kNN and a TF-IDF baseline as the
 default evaluation.
 
 A text method's model takes int32 token ids `[batch, sequence_length]` (`PAD_ID` = 0
@@ -80,6 +80,20 @@ def batched(function, ids, batch_size=256):
     fn = tf.function(lambda x: tf.cast(function(x), tf.float32), reduce_retracing=True)
     parts = [fn(tf.constant(ids[i:i + batch_size])).numpy() for i in range(0, len(ids), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def layer_features(encoder, ids, batch_size=256):
+    """`{point: float32 [N, D]}` of a text encoder on int ids `[N, L]`: the mean-pooled
+    token embedding, block outputs and representation (`keras_ssl.models.text_model.
+    text_layer_features`), in batches."""
+    import tensorflow as tf
+
+    from keras_ssl.models.text_model import text_layer_features
+
+    fn = tf.function(lambda x: text_layer_features(encoder, x), reduce_retracing=True)
+    parts = [{k: v.numpy() for k, v in fn(tf.constant(ids[i:i + batch_size])).items()}
+             for i in range(0, len(ids), batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
 def tfidf_probe(train_texts, train_labels, test_texts, test_labels, max_iter=1000):
@@ -201,11 +215,19 @@ class TextModality(Modality):
     # -- evaluation ----------------------------------------------------------------
 
     def evaluate_labelled(self, config, model, model_dir, dataset, request):
-        """Linear probe and kNN of the model's representation (the pooled embedding of the
-        frozen encoder) against a TF-IDF logistic regression on the same texts, plot."""
+        """Linear probes of the category on the frozen, mean-pooled features of every layer
+        (the token embedding, each block's output, the pooled representation; scikit-learn's
+        logistic regression, `keras_ssl.evaluation.classification.linear_probe`) of the
+        model and of the same network untrained (rebuilt with seed 0, as the audio modality
+        does), kNN of the representation, a TF-IDF logistic regression on the same texts,
+        plot. Top-level keys are the representation's (`linear_probe_accuracy`, ...);
+        `layer_probes` holds `{point: {"trained", "untrained"}}`."""
         import os
 
-        from keras_ssl.evaluation.classification import embedding_plot, evaluate_features
+        import keras
+
+        from keras_ssl.evaluation.classification import embedding_plot, evaluate_features, linear_probe
+        from keras_ssl.run_setup import build_model
 
         train, test = dataset.train.take(request.train_limit), dataset.test
         train_x = batched(model.representation, self.examples(train))
@@ -213,6 +235,23 @@ class TextModality(Modality):
         results = evaluate_features(train_x, train.labels, test_x, test.labels, dataset.num_classes,
                                     probe_max_iter=request.probe_max_iter)
         results["feature_dim"] = int(train_x.shape[1])
+        keras.utils.set_random_seed(0)
+        untrained = build_model(config, dataset) if config is not None else None
+        layers = {}
+        for name, network in (("trained", model), ("untrained", untrained)):
+            if network is None or not hasattr(network, "encoder"):
+                continue
+            train_f = layer_features(network.encoder, self.examples(train))
+            test_f = layer_features(network.encoder, self.examples(test))
+            for point in train_f:
+                if name == "trained" and point == "pooled":  # the representation: probed above
+                    layers.setdefault(point, {})[name] = results["linear_probe_accuracy"]
+                    continue
+                layers.setdefault(point, {})[name] = linear_probe(train_f[point], train.labels, test_f[point],
+                                                                  test.labels, request.probe_max_iter)
+        results["layer_probes"] = layers
+        if "pooled" in layers and "untrained" in layers["pooled"]:
+            results["untrained_linear_probe_accuracy"] = layers["pooled"]["untrained"]
         results["tfidf_probe_accuracy"] = tfidf_probe(train.texts, train.labels, test.texts, test.labels,
                                                       request.probe_max_iter)
         if request.output_dir and request.plot:
@@ -220,6 +259,26 @@ class TextModality(Modality):
                                                        os.path.join(request.output_dir, "embedding.png"),
                                                        dataset.class_names, method=request.plot)
         return results
+
+    def format_report(self, results):
+        """One table: the probe of each layer, trained and untrained, the TF-IDF baseline
+        and the kNN (the run report adds the method's own figures below)."""
+        def percent(v):
+            return "-" if v is None else f"{100 * v:.2f}%"
+
+        rows = [("linear probe of the category", "trained", "untrained")]
+        for point, scores in results.get("layer_probes", {}).items():
+            label = "pooled (the representation)" if point == "pooled" else f"{point} (mean over tokens)"
+            rows.append((f"  {label}", percent(scores.get("trained")), percent(scores.get("untrained"))))
+        if not results.get("layer_probes"):
+            rows.append(("  representation", percent(results.get("linear_probe_accuracy")), "-"))
+        rows.append(("TF-IDF logistic regression", percent(results.get("tfidf_probe_accuracy")), ""))
+        if "knn_accuracy_k20" in results:
+            rows.append(("kNN k=20 (representation)", percent(results["knn_accuracy_k20"]), ""))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{a:<{width}}  {b:>9}  {c:>9}".rstrip() for a, b, c in rows]
+        lines.insert(1, "-" * (width + 22))
+        return "\n".join(lines)
 
     def unlabelled_features(self, model, encoder, split):
         return batched(model.representation, self.examples(split))

@@ -16,9 +16,12 @@ from keras_ssl.models.vqvae import VQVAE  # isort: skip
 from keras_ssl.models.vqvae_prior import VQVAEPrior  # isort: skip
 from keras_ssl.models.vqvae_audio import VQVAEAudio  # isort: skip
 from keras_ssl.models.gpt import GPT  # isort: skip  # noqa: F401
+from keras_ssl.models.bert import BERT  # isort: skip  # noqa: F401
+from keras_ssl.models.mae import MAE  # isort: skip  # noqa: F401
+from keras_ssl.models.igpt import IGPT  # isort: skip  # noqa: F401
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "VQVAEAudio", "METHODS", "registry"]
+           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "VQVAEAudio", "MAE", "IGPT", "METHODS", "registry"]
