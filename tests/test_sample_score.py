@@ -25,6 +25,8 @@ def test_classifier_scores_match_their_formulas():
     assert got["confident_share"] == sum(1 for i in range(50) if p[i].max() >= 0.9) / 50
     # the ends of the scale: confident and even -> C, uniform -> 1
     assert math.isclose(classifier_scores(np.eye(4)[np.arange(40) % 4])["inception_score"], 4.0, rel_tol=1e-6)
+    # the threshold is inclusive: p = 0.9 exactly counts as confident, just below does not
+    assert classifier_scores(np.array([[0.9, 0.1], [0.89, 0.11]]), confidence=0.9)["confident_share"] == 0.5
     uniform = classifier_scores(np.full((10, 4), 0.25))
     assert math.isclose(uniform["inception_score"], 1.0) and uniform["confident_share"] == 0.0
 
