@@ -7,6 +7,7 @@ signatures are served by a process without keras_ssl in tests/test_method_contra
 import os
 import subprocess
 import sys
+from collections import Counter
 from fractions import Fraction
 
 import keras
@@ -32,6 +33,28 @@ def framed_ids(rows, length, vocabulary, seed=0):
         n = int(rng.integers(0, length - 1))
         ids[r, :n + 2] = [BOS_ID, *rng.integers(BYTE_OFFSET, vocabulary, n), EOS_ID]
     return ids
+
+
+def test_packed_windows_hold_every_text_once_per_copy_in_a_new_order_without_padding():
+    from keras_ssl.data.text import packed_windows
+    from keras_ssl.errors import UserError
+
+    ids = framed_ids(50, 12, 300)
+    texts = [tuple(row[row != PAD_ID]) for row in ids]
+    stream_tokens = sum(len(t) for t in texts)
+    windows = packed_windows(ids, 8, seed=3, copies=2)
+    n = stream_tokens // 8
+    assert windows.shape == (2 * n, 8) and windows.dtype == np.int32 and not (windows == PAD_ID).any()
+    copies = [windows[:n].ravel(), windows[n:].ravel()]
+    for stream in copies:  # each copy: the texts end to end, the last tokens cut off
+        starts = np.flatnonzero(stream == BOS_ID)
+        whole = [tuple(stream[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+        assert stream[0] == BOS_ID and not Counter(whole) - Counter(texts)  # whole texts, each once
+        assert len(whole) >= len(texts) - 1 - 8 // 2  # all but those in the cut-off tail
+    assert not np.array_equal(copies[0], copies[1])  # a new order per copy (epoch)
+    np.testing.assert_array_equal(packed_windows(ids, 8, seed=3, copies=2), windows)  # deterministic per seed
+    with pytest.raises(UserError, match="fewer than one packed window"):
+        packed_windows(ids[:1], 100)
 
 
 def test_mlm_mask_selects_15_percent_and_corrupts_80_10_10_never_the_frame():

@@ -147,6 +147,25 @@ def test_probe_points_are_the_blocks():
     assert block_names(vit_encoder((8, 8, 1), 4, 16, 3, 4)) == ["block1", "block2", "block3"]
 
 
+def test_grid_pooling_averages_each_region_of_the_token_grid():
+    from keras_ssl.evaluation.layer_probes import block_features, grid_pooling_matrix, token_grid
+    from keras_ssl.data.sources import Split
+
+    tokens = np.random.default_rng(0).normal(size=(2, 7, 7, 5))  # [B, h, w, D]
+    want = []  # regions of a side of 7 in a 3 x 3 grid: rows/cols 0-2, 2-4, 4-6
+    for rows in ((0, 3), (2, 5), (4, 7)):
+        for cols in ((0, 3), (2, 5), (4, 7)):
+            want.append(tokens[:, rows[0]:rows[1], cols[0]:cols[1]].mean(axis=(1, 2)))
+    got = np.einsum("btd,tc->bcd", tokens.reshape(2, 49, 5), grid_pooling_matrix((7, 7)))
+    np.testing.assert_allclose(got, np.stack(want, axis=1), rtol=1e-6)
+    assert grid_pooling_matrix((14, 14)).sum(axis=0) == pytest.approx(np.ones(9))  # each column a mean
+    vit, gpt = vit_encoder((8, 8, 1), 4, 16, 2, 4), pixel_transformer((6, 6, 1), 16, 16, 2, 4)
+    assert token_grid(vit) == (2, 2) and token_grid(gpt) == (6, 6)
+    images = np.random.default_rng(1).integers(0, 256, (3, 6, 6, 1), dtype=np.uint8)
+    features = block_features(gpt, Split(images, np.zeros(3, np.int32)))
+    assert features["block2"]["mean"].shape == (3, 16) and features["block2"]["grid"].shape == (3, 9 * 16)
+
+
 # -- tiny runs, exported and served without keras -------------------------------------
 
 

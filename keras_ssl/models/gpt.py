@@ -64,6 +64,9 @@ class GPTOptions:
                                          requirement="> 0")
     top_k: int = option(40, "generate samples among the k most likely tokens (0: all); GPT-2's samples use 40 "
                         "(Radford et al. 2019)", check=lambda v: v >= 0, requirement=">= 0")
+    pack_texts: bool = option(True, "train on the training texts packed end to end into full windows of "
+                              "--sequence_length (no padding; GPT-2/3's), not one padded text per row",
+                              stored_default=False)
     max_new_tokens: int = option(64, "tokens generate adds at most (within --sequence_length); 64 BPE tokens are "
                                  "about two fortunes' median length", check=lambda v: v >= 1, requirement=">= 1")
 
@@ -223,13 +226,20 @@ def _build(run, options, encoder, dataset, stage):
 
 
 def _training_data(run, options, split, stage):
-    """Shuffled batches of the training texts' token ids (tokenized once, here)."""
-    from keras_ssl.data.text import tokenize_split
+    """Batches of the training texts' token ids (tokenized once, here): packed windows, a
+    new text order each epoch (`keras_ssl.data.text.packed_windows`), with `pack_texts`;
+    else one text per row, shuffled."""
+    from keras_ssl.data.text import packed_windows, tokenize_split
 
     ids = tokenize_split(split, stage.preprocessor).ids
-    data = (tf.data.Dataset.from_tensor_slices(ids).shuffle(len(ids), seed=run.seed).repeat()
-            .batch(run.batch_size, drop_remainder=True).prefetch(2))
-    return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+    if not options.pack_texts:
+        data = (tf.data.Dataset.from_tensor_slices(ids).shuffle(len(ids), seed=run.seed).repeat()
+                .batch(run.batch_size, drop_remainder=True).prefetch(2))
+        return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+    windows = packed_windows(ids, ids.shape[1], seed=run.seed, copies=run.epochs)
+    steps = epoch_steps(windows[:len(windows) // run.epochs], run.batch_size)
+    data = tf.data.Dataset.from_tensor_slices(windows).repeat().batch(run.batch_size, drop_remainder=True).prefetch(2)
+    return TrainingData(data, steps, run.batch_size)
 
 
 register(Method(
