@@ -290,7 +290,8 @@ def test_the_flag_paragraph_lists_every_flag_of_keras_ssl_train():
 # prefix must be added here and there.
 METHOD_FAMILIES = {"simclr": "SimCLR", "siamese": "Siamese", "triplet": "triplet", "rotation": "rotation",
                    "relative_position": "relative patch position", "cpc": "CPC", "vae": "VAE",
-                   "vqvae": "VQ-VAE", "gpt": "GPT", "bert": "BERT", "mae": "MAE", "igpt": "iGPT"}
+                   "vqvae": "VQ-VAE", "gpt": "GPT", "bert": "BERT", "mae": "MAE", "igpt": "iGPT",
+                   "wav2vec2": "wav2vec 2.0", "hubert": "HuBERT"}
 
 
 def test_the_opening_sentence_names_every_registered_method():

@@ -1,8 +1,10 @@
-"""Masks for masked-prediction pretext tasks over token sequences (BERT's, and more to come).
+"""Masks for masked-prediction pretext tasks: BERT's over token sequences, and spans of
+frames (wav2vec 2.0's, HuBERT's).
 
-    from keras_ssl.data.masking import mlm_mask, mlm_batches
+    from keras_ssl.data.masking import mlm_mask, mlm_batches, span_mask
     inputs, targets = mlm_mask(ids, seed=[0, step], vocabulary_size=4096)
     data = mlm_batches(ids, batch_size=32, vocabulary_size=4096, seed=0)   # tf.data of (inputs, targets)
+    masked = span_mask(32, 49, mask_prob=0.065, span=10, seed=[0, step])   # bool [32, 49]
 
 `mlm_mask` is BERT's masked-language-model corruption (Devlin et al. 2019, section 3.1
 and appendix A.1; the rule of Google's `create_pretraining_data.py`):
@@ -22,7 +24,12 @@ and appendix A.1; the rule of Google's `create_pretraining_data.py`):
 
 Everything is drawn with stateless random ops from `seed` (int `[2]`): the same ids and
 seed give the same mask, on any number of replicas (the batch is masked before it is
-split). Issue 34 adds span masks for other methods to this module.
+split).
+
+`span_mask` is wav2vec 2.0's mask of latent frames (Baevski et al. 2020, section 3.1): every
+frame independently starts a span with probability `mask_prob` (0.065) and a span masks the
+`span` (10) frames from its start on; spans may overlap. See its docstring for the end of
+the sequence and the share of frames masked (about 49%).
 """
 
 import numpy as np
@@ -33,6 +40,8 @@ from keras_ssl.tokenizers import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 
 # Devlin et al. 2019, section 3.1: 15% of the tokens selected; of those 80% [MASK], 10% random, 10% kept
 SELECT_PROB, MASK_SHARE, RANDOM_SHARE = 0.15, 0.8, 0.1
+# Baevski et al. 2020, section 4.2: p = 0.065 of the frames start a span of M = 10 frames
+SPAN_MASK_PROB, SPAN_LENGTH = 0.065, 10
 
 
 def selectable(ids):
@@ -93,3 +102,55 @@ def mlm_batches(ids, batch_size, vocabulary_size, seed=0, shuffle=True, repeat=T
                         **rules)
 
     return data.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+def stateless_seed(seed):
+    """An int32 `[2]` stateless seed from a python int (`[seed, 0]`), a pair, or an int tensor
+    of shape `[]` or `[2]`."""
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    if seed.shape.rank == 0:
+        return tf.stack([seed, tf.constant(0, tf.int32)])
+    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
+        raise ValueError(f"a seed is an int or a pair of ints, got shape {seed.shape}")
+    return tf.reshape(seed, [2])
+
+
+def span_mask(batch_size, length, mask_prob=SPAN_MASK_PROB, span=SPAN_LENGTH, seed=0):
+    """wav2vec 2.0's span mask (Baevski et al. 2020, section 3.1): bool `[batch_size, length]`.
+
+    Every frame t of every row independently starts a span with probability `mask_prob`
+    (the paper's p = 0.065: the probability per frame, as in the paper's text, not
+    fairseq's `mask_prob` = 0.65, which fairseq divides by the span length to count spans);
+    a span started at t masks frames t .. t + span - 1; spans may overlap. **The end of
+    the sequence**: any frame may start a span, and a span starting fewer than `span`
+    frames before the end is cut at `length` (fairseq instead draws starts only where a
+    whole span fits). A frame is therefore masked when a span starts at one of the
+    `min(t + 1, span)` frames ending at it:
+
+        P(t masked) = 1 - (1 - p)^min(t + 1, span)
+
+    i.e. 1 - 0.935^10 = 48.9% from frame 9 on (the paper's "about 49%"), less in the
+    first `span - 1` frames (6.5% at frame 0); 45% of a 1 s clip's 49 frames on
+    average. A row may have no masked frame at all (0.935^49 = 3.7% of 1 s clips).
+
+    Args:
+      batch_size, length: python ints or int scalars (tensors).
+      mask_prob: the probability that a frame starts a span, in [0, 1].
+      span: frames per span, >= 1 (the paper's M = 10).
+      seed: a python int, a pair of ints, or an int tensor of shape `[]` or `[2]`: a
+        stateless seed, so the same seed gives the same mask (on any machine and any
+        number of replicas: mask the global batch, then take a replica's rows).
+
+    Returns:
+      A `tf.Tensor` of dtype bool, `[batch_size, length]` (`.numpy()` for NumPy).
+    """
+    if not 0.0 <= float(mask_prob) <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    if int(span) < 1:
+        raise ValueError(f"span must be >= 1, got {span}")
+    shape = tf.stack([tf.cast(batch_size, tf.int32), tf.cast(length, tf.int32)])
+    starts = tf.cast(tf.random.stateless_uniform(shape, stateless_seed(seed)) < float(mask_prob), tf.int32)
+    # frame t is masked when a span starts in [t - span + 1, t]: a difference of running counts
+    counts = tf.cumsum(starts, axis=1)
+    before = tf.pad(counts, [[0, 0], [int(span), 0]])[:, :-int(span)]  # the count up to t - span
+    return counts - before > 0

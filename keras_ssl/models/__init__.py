@@ -19,9 +19,12 @@ from keras_ssl.models.gpt import GPT  # isort: skip  # noqa: F401
 from keras_ssl.models.bert import BERT  # isort: skip  # noqa: F401
 from keras_ssl.models.mae import MAE  # isort: skip  # noqa: F401
 from keras_ssl.models.igpt import IGPT  # isort: skip  # noqa: F401
+from keras_ssl.models.wav2vec2 import Wav2Vec2  # isort: skip  # noqa: F401
+from keras_ssl.models.hubert import HuBERT  # isort: skip  # noqa: F401
 from keras_ssl.models import registry  # isort: skip
 
 METHODS = registry.names()
 
 __all__ = ["SimCLR", "Siamese", "OnlineTriplet", "TripletNetwork", "RotationPrediction", "RelativePosition", "CPC",
-           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "VQVAEAudio", "MAE", "IGPT", "METHODS", "registry"]
+           "ImageCPC", "VAE", "VQVAE", "VQVAEPrior", "VQVAEAudio", "MAE", "IGPT", "Wav2Vec2", "HuBERT", "METHODS",
+           "registry"]
