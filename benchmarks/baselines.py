@@ -7,6 +7,8 @@ accuracy, using `keras_ssl.evaluation.evaluate_features` exactly as
 `keras-ssl-evaluate` does:
   raw_pixels   the 784 pixel values / 255 as features;
   untrained    the encoder with its random initialisation (BN in inference);
+               with the grid_* figures of its last map pooled over 2x2 regions, as
+               `keras-ssl-evaluate` reports them for a trained encoder;
   supervised   the encoder trained with labels (softmax head, Adam 1e-3,
                random horizontal flips, batch 256), then frozen: the usual
                upper reference for a linear probe.
@@ -36,6 +38,15 @@ def _report(name, scores, **extra):
             f.write(json.dumps(row) + "\n")
 
 
+def _encoder_scores(encoder, ds):
+    """`keras-ssl-evaluate`'s figures of a frozen encoder: the served features' linear probe and
+    kNN (k = 20, 200), and those of the last map pooled over 2 x 2 regions (`grid_*`)."""
+    from keras_ssl.evaluation import evaluate_encoder
+
+    results = evaluate_encoder(encoder, ds, plot=None, write_report=False)
+    return {k: v for k, v in results.items() if isinstance(v, float)}
+
+
 def main(argv):
     del argv
     import keras
@@ -44,7 +55,7 @@ def main(argv):
 
     from keras_ssl.data import load_source
     from keras_ssl.encoders import build_encoder
-    from keras_ssl.evaluation import evaluate_features, extract_features
+    from keras_ssl.evaluation import evaluate_features
 
     keras.utils.set_random_seed(FLAGS.seed)
     ds = load_source(FLAGS.dataset, image_size=(FLAGS.image_size,) * 2 if FLAGS.image_size else None)
@@ -60,9 +71,7 @@ def main(argv):
     if "untrained" in wanted:
         start = time.time()
         encoder = build_encoder(FLAGS.encoder, ds.image_shape)
-        scores = evaluate_features(extract_features(encoder, ds.train), ytr,
-                                   extract_features(encoder, ds.test), yte, ds.num_classes)
-        _report("untrained", scores, encoder=FLAGS.encoder, seconds=round(time.time() - start, 1))
+        _report("untrained", _encoder_scores(encoder, ds), encoder=FLAGS.encoder, seconds=round(time.time() - start, 1))
 
     if "supervised" in wanted and FLAGS.supervised_epochs > 0:
         start = time.time()
@@ -84,9 +93,7 @@ def main(argv):
         train_seconds = time.time() - start
         head_acc = classifier.evaluate(ds.test.images.astype(np.float32) / 255.0, yte, verbose=0,
                                        return_dict=True)["accuracy"]
-        scores = evaluate_features(extract_features(encoder, ds.train), ytr,
-                                   extract_features(encoder, ds.test), yte, ds.num_classes)
-        _report("supervised", scores, encoder=FLAGS.encoder, epochs=FLAGS.supervised_epochs,
+        _report("supervised", _encoder_scores(encoder, ds), encoder=FLAGS.encoder, epochs=FLAGS.supervised_epochs,
                 softmax_head_accuracy=round(float(head_acc), 4), train_seconds=round(train_seconds, 1))
 
 

@@ -6,7 +6,9 @@
 Each --variant is NAME:key=value,... over the flat `keras_ssl.training.TrainConfig`
 (run settings and SimCLR's options)
 (applied on top of the demo settings below). Prints one line per variant with
-kNN (k=20) accuracy on the full test set and, with --probe, the linear probe.
+kNN (k=20) accuracy on the full test set and, with --probe, the linear probe, of the
+encoder's features and of its last map pooled over 2x2 regions (`grid_*`, as
+`keras-ssl-evaluate` reports them).
 Used to choose the demo settings and the `fashion_mnist` augmentation preset
 (docs/BENCHMARKS.md).
 """
@@ -52,7 +54,8 @@ def _coerce(value):
 def main(argv):
     del argv
     from keras_ssl.data import load_source
-    from keras_ssl.evaluation import evaluate_features, extract_features, knn_accuracy
+    from keras_ssl.evaluation import evaluate_features, extract_features, knn_accuracy, linear_probe
+    from keras_ssl.evaluation.classification import SPATIAL_GRID, spatial_layer
     from keras_ssl.training import TrainConfig, train
 
     import keras
@@ -76,8 +79,13 @@ def main(argv):
         row = {"variant": name, "overrides": overrides, "epochs": config.epochs,
                "train_seconds": round(result["train_seconds"], 1),
                "knn_accuracy": knn_accuracy(tr, dataset.train.labels, te, dataset.test.labels, 20, 10)}
+        reading = f"{spatial_layer(encoder)}:grid{SPATIAL_GRID}"  # keras-ssl-evaluate's grid_* reading
+        grid_tr, grid_te = (extract_features(encoder, split, layer=reading) for split in (dataset.train, dataset.test))
+        row["grid_knn_accuracy"] = knn_accuracy(grid_tr, dataset.train.labels, grid_te, dataset.test.labels, 20, 10)
         if FLAGS.probe:
             row.update(evaluate_features(tr, dataset.train.labels, te, dataset.test.labels, 10, (20,)))
+            row["grid_linear_probe_accuracy"] = linear_probe(grid_tr, dataset.train.labels, grid_te,
+                                                             dataset.test.labels)
         row["wall_seconds"] = round(time.time() - start, 1)
         print(json.dumps(row), flush=True)
         if FLAGS.output:

@@ -60,13 +60,15 @@ def describe_examples(dataset, count):
 def start_summary(config, dataset, train_size, model, *, steps, batch_size, peak_lr, replicas, strategy,
                   dtype_policy, dtype_reason, initial_epoch):
     """The block printed before training: what runs, on what, how long an epoch is."""
+    from keras_ssl.run_setup import encoder_label
+
     method = config.method_spec
     labels = f", {len(dataset.class_names)} classes" if dataset.labelled else ", unlabelled"
     encoder = model.encoder
     lines = [
         f"keras-ssl-train: {config.method} ({method.summary})",
         f"  data      {config.dataset}: {describe_examples(dataset, train_size)} for training{labels}",
-        f"  encoder   {config.encoder} x{config.width_multiplier:g}: {_count(encoder.count_params())} parameters "
+        f"  encoder   {encoder_label(config, encoder)} x{config.width_multiplier:g}: {_count(encoder.count_params())} parameters "
         f"(whole model {_count(model.count_params())})",
         f"  precision {dtype_policy}: {dtype_reason}",
         f"  devices   {replicas} replica(s), strategy {strategy}; global batch {batch_size} "

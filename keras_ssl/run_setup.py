@@ -44,6 +44,15 @@ def build_model(config, dataset, stage=None):
     return _with_stage(method.build, stage, config, config.options, encoder, dataset)
 
 
+def encoder_label(config, encoder):
+    """The name of the encoder a run trains, for the start-up block and `evaluation.json`:
+    the `--encoder` choice (`small_cnn`, `resnet18`, `cpc_conv`, ...), or, for a method that
+    builds its own network whatever `--encoder` says (MAE's `vit`, iGPT's
+    `pixel_transformer`, the speech Transformer of wav2vec 2.0 and HuBERT), that network's name."""
+    name = getattr(encoder, "name", None)
+    return config.encoder if not name or name.startswith(str(config.encoder)) else name
+
+
 def _with_stage(function, stage, *args):
     """`function(*args, stage)`, or `function(*args)` for a method written before stages
     (its `build`/`training_data` takes no `stage` argument)."""

@@ -101,7 +101,7 @@ def _train(config, strategy, chief, own_dir):
     train_split, _ = training_split(config, dataset)
     stage = run_stage(config, dataset, chief)  # the parent checked and loaded, artefacts prepared (or read)
     check_workers_agree(strategy, method.name, stage.artefacts)
-    data, epoch_steps, batch_size = method_data(config, train_split, stage)
+    data, epoch_steps, batch_size, unit = method_data(config, train_split, stage)
     data = shard_by_data(data)
     steps = config.steps_per_epoch or epoch_steps
     total_steps = steps * config.epochs
@@ -140,8 +140,9 @@ def _train(config, strategy, chief, own_dir):
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"), update_freq="epoch"))
     modality = run_modality(config)
+    unit = unit or modality.unit  # what one batch element is: images, clips, texts, GPT's packed windows
     if fit_verbose == 2:  # no per-step bar: periodic lines instead
-        callbacks.append(progress_callback(epochs=config.epochs, steps=steps, unit=modality.unit,
+        callbacks.append(progress_callback(epochs=config.epochs, steps=steps, unit=unit,
                                            examples_per_step=batch_size * method.images_per_example))
     elif fit_verbose == 1:  # Keras's bar stays blank until the first step is done: a heartbeat until then
         callbacks.append(first_step_callback())
@@ -179,7 +180,7 @@ def _train(config, strategy, chief, own_dir):
         "train_seconds": elapsed,
         "examples_per_second": (method.images_per_example * epochs_run * steps * batch_size
                                 / elapsed) if epochs_run else None,
-        "example_unit": modality.unit,
+        "example_unit": unit,
         "images_per_second": None,  # and <unit>_per_second below (images_per_second for image runs)
         "final_metrics": {k: v[-1] for k, v in history.items()},
         # the epoch a rerun of a finished run found it at (nothing was trained), else None
@@ -187,7 +188,7 @@ def _train(config, strategy, chief, own_dir):
         "class_names": list(dataset.class_names),
         "chief": chief,
     }
-    result[f"{modality.unit}_per_second"] = result["examples_per_second"]  # images_per_second, clips_per_second
+    result[f"{unit}_per_second"] = result["examples_per_second"]  # images_per_second, clips_per_second
     if not chief:  # a worker's scratch checkpoints are only for restarting the group
         shutil.rmtree(own_dir, ignore_errors=True)
         return result

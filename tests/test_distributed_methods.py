@@ -43,7 +43,7 @@ def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
     keras.utils.set_random_seed(0)
     config = smoke_config(method, data_root)
     dataset = _data(config)
-    data, _, _ = method_data(config, dataset.train.take(400))
+    data = method_data(config, dataset.train.take(400)).dataset
     batch = next(iter(data))
     loss1, w0, w1 = _step(tf.distribute.get_strategy(), config, dataset, batch)
     loss2, _, w2 = _step(two_cpu_strategy, config, dataset, batch, weights=w0)

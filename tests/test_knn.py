@@ -85,3 +85,36 @@ def test_evaluate_features_reports_the_knn_of_each_k():
         expected = np.mean(np_knn(train_x, train_y, test_x, k, 3) == test_y)
         assert results[f"knn_accuracy_k{k}"] == pytest.approx(expected), (k, f"seed {SEED}")
     assert results["knn_accuracy"] == results["knn_accuracy_k1"]
+
+
+def test_the_spatial_reading_is_the_mean_of_each_region_of_the_last_map():
+    """`block3:grid2` of small_cnn: its 7x7 map averaged over rows/columns 0-3 and 3-6
+    (adaptive pooling: the middle row and column in both), region by region; and
+    `evaluate_encoder` reports it beside the served (globally pooled) features."""
+    import keras
+
+    from keras_ssl.data.sources import ImageDataset, Split
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation import evaluate_encoder
+    from keras_ssl.evaluation.classification import feature_model, spatial_layer
+
+    encoder = build_encoder("small_cnn", (28, 28, 1))
+    images = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+    maps = keras.Model(encoder.input, encoder.get_layer("block3").output)(images).numpy()
+    want = np.concatenate([maps[:, r0:r1, c0:c1].mean(axis=(1, 2)) for r0, r1 in ((0, 4), (3, 7))
+                           for c0, c1 in ((0, 4), (3, 7))], axis=1)
+    assert spatial_layer(encoder) == "block3"
+    np.testing.assert_allclose(feature_model(encoder, "block3:grid2")(images).numpy(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="not a feature map"):
+        feature_model(encoder, "features:grid2")
+    with pytest.raises(UserError, match="gridN"):
+        feature_model(encoder, "block3:grid")
+
+    rng = np.random.default_rng(1)
+    split = lambda n: Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.arange(n) % 3)
+    dataset = ImageDataset("noise", split(60), split(30), tuple(str(i) for i in range(3)))
+    results = evaluate_encoder(encoder, dataset, plot=None, knn_k=(5,), layers=["block2:grid2"])
+    assert results["feature_dim"] == 128 and results["grid_feature_dim"] == 4 * 128
+    assert results["grid_reading"] == "block3:grid2" and 0 <= results["grid_knn_accuracy"] <= 1
+    assert results["per_layer"]["block2:grid2"]["feature_dim"] == 4 * 64

@@ -147,6 +147,16 @@ def test_probe_points_are_the_blocks():
     assert block_names(vit_encoder((8, 8, 1), 4, 16, 3, 4)) == ["block1", "block2", "block3"]
 
 
+def test_reports_name_the_network_a_method_builds_not_the_default_encoder():
+    from types import SimpleNamespace
+
+    from keras_ssl.run_setup import encoder_label
+
+    config = SimpleNamespace(encoder="small_cnn")  # the image modality's default, which MAE ignores
+    assert encoder_label(config, vit_encoder((8, 8, 1), 4, 16, 1, 4)) == "vit"
+    assert encoder_label(config, SimpleNamespace(name="small_cnn")) == "small_cnn"
+
+
 def test_grid_pooling_averages_each_region_of_the_token_grid():
     from keras_ssl.evaluation.layer_probes import block_features, grid_pooling_matrix, token_grid
     from keras_ssl.data.sources import Split

@@ -22,7 +22,8 @@ from keras_ssl.bin.common import check_writable, load_run, run_main
 flags.DEFINE_string("model_dir", None, "run directory written by keras-ssl-train", required=True)
 flags.DEFINE_string("dataset", None, "dataset to evaluate on (default: the one trained on)")
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first (default: as trained)")
-flags.DEFINE_list("layers", [], "extra probe points, e.g. block2,block3")
+flags.DEFINE_list("layers", [], "extra probe points, e.g. block2,block3 (a block's global mean) or block2:grid2 "
+                  "(its map pooled over 2x2 regions)")
 flags.DEFINE_enum("plot", "tsne", ["tsne", "pca", "none"], "2-D embedding plot method")
 flags.DEFINE_integer("train_limit", None, "fit the probe on only the first N train images")
 flags.DEFINE_integer("probe_max_iter", 1000, "logistic-regression iterations")

@@ -23,6 +23,7 @@ its architecture gives without training. One forward pass gives every block.
 
 import numpy as np
 
+from keras_ssl.evaluation import classification
 from keras_ssl.evaluation.method_evaluations import Evaluation, register_evaluation
 
 GRID = 3
@@ -30,17 +31,8 @@ GRID = 3
 
 def grid_pooling_matrix(grid_shape, cells=GRID):
     """float32 `[h*w, cells*cells]`: column `c` averages the tokens of region `c`
-    (row-major) of an `h x w` token grid (see the module docstring)."""
-    h, w = (int(d) for d in grid_shape)
-
-    def bounds(n):
-        return [(i * n // cells, -(-(i + 1) * n // cells)) for i in range(cells)]
-
-    matrix = np.zeros((h, w, cells * cells), np.float32)
-    for r, (r0, r1) in enumerate(bounds(h)):
-        for c, (c0, c1) in enumerate(bounds(w)):
-            matrix[r0:r1, c0:c1, r * cells + c] = 1.0 / ((r1 - r0) * (c1 - c0))
-    return matrix.reshape(h * w, cells * cells)
+    (row-major) of an `h x w` token grid (`keras_ssl.evaluation.classification`'s)."""
+    return classification.grid_pooling_matrix(grid_shape, cells)
 
 
 def token_grid(encoder):
@@ -84,7 +76,9 @@ def layer_probe_metrics(encoder, dataset, probe_max_iter=1000, train_limit=None,
     """`{"layer_probes": {block: {linear_probe_accuracy, knn_accuracy, feature_dim,
     grid_linear_probe_accuracy, grid_knn_accuracy, grid_feature_dim[,
     untrained_linear_probe_accuracy, untrained_grid_linear_probe_accuracy]}},
-    "best_layer", "best_grid_layer"}`: the blocks of the best linear probes read each way.
+    "best_layer", "best_grid_layer"}`: the blocks of the best linear probes read each way, and
+    their accuracies (`best_layer_linear_probe_accuracy`, `best_grid_linear_probe_accuracy`,
+    `untrained_best_grid_linear_probe_accuracy`: the printed table's rows).
     `untrained`: the same encoder untrained (linear probes only), or None."""
     from keras_ssl.evaluation.classification import evaluate_features, linear_probe
 
@@ -109,7 +103,13 @@ def layer_probe_metrics(encoder, dataset, probe_max_iter=1000, train_limit=None,
                                                                             dataset.test.labels, probe_max_iter)
     best = max(probes, key=lambda n: probes[n]["linear_probe_accuracy"])
     best_grid = max(probes, key=lambda n: probes[n]["grid_linear_probe_accuracy"])
-    return {"layer_probes": probes, "best_layer": best, "best_grid_layer": best_grid}
+    result = {"layer_probes": probes, "best_layer": best, "best_grid_layer": best_grid,
+              "best_layer_linear_probe_accuracy": probes[best]["linear_probe_accuracy"],
+              "best_grid_linear_probe_accuracy": probes[best_grid]["grid_linear_probe_accuracy"]}
+    if untrained is not None:  # the untrained network's best block under the same reading
+        result["untrained_best_grid_linear_probe_accuracy"] = max(
+            p["untrained_grid_linear_probe_accuracy"] for p in probes.values())
+    return result
 
 
 def _features(encoder, train, test):
@@ -137,4 +137,6 @@ def _layer_probes(context):
 
 LAYER_PROBES = register_evaluation(Evaluation(
     "layer_probes", "linear probe and kNN of every Transformer block's tokens, mean-pooled and pooled on a 3x3 "
-    "grid, trained and untrained", _layer_probes, ("layer_probes", "best_layer", "best_grid_layer")))
+    "grid, trained and untrained", _layer_probes,
+    ("layer_probes", "best_layer", "best_grid_layer", "best_layer_linear_probe_accuracy",
+     "best_grid_linear_probe_accuracy")))

@@ -25,7 +25,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     from keras_ssl.health import check_model, check_representation
     from keras_ssl.run_directory import finished_run
     from keras_ssl.saving import load_model
-    from keras_ssl.run_setup import check_modality, run_modality
+    from keras_ssl.run_setup import check_modality, encoder_label, run_modality
 
     request = request or EvaluationRequest(output_dir=model_dir)
     config, encoder_path = finished_run(model_dir)
@@ -36,7 +36,8 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     # as the kept model takes it (an image run is evaluated at the size its encoder kept)
     dataset = modality.load_run_dataset(config, dataset, data_dir, modality.serving_input_shape(config, model_dir))
     check_modality(config, dataset)  # an image run given a folder of WAVs: one line, not a traceback
-    results = {"method": config.method, "encoder": config.encoder, "epochs": config.epochs}
+    results = {"method": config.method, "encoder": encoder_label(config, getattr(model, "encoder", None)),
+               "epochs": config.epochs}
     spread, even = check_representation(model.predict(modality.examples(dataset.test.take(1000)), verbose=0),
                                         f"the model in {model_dir}")
     results["representation_spread"] = spread / even  # 1 = evenly spread; see keras_ssl.health

@@ -239,7 +239,7 @@ def _training_data(run, options, split, stage):
     windows = packed_windows(ids, ids.shape[1], seed=run.seed, copies=run.epochs)
     steps = epoch_steps(windows[:len(windows) // run.epochs], run.batch_size)
     data = tf.data.Dataset.from_tensor_slices(windows).repeat().batch(run.batch_size, drop_remainder=True).prefetch(2)
-    return TrainingData(data, steps, run.batch_size)
+    return TrainingData(data, steps, run.batch_size, unit="windows")  # of sequence_length tokens
 
 
 register(Method(

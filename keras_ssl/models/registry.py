@@ -29,11 +29,14 @@ _REGISTRY = {}
 
 class TrainingData(typing.NamedTuple):
     """What a method trains on: an infinite `tf.data` pipeline of batches, the
-    steps that make one epoch, and the batch size (batch elements per step)."""
+    steps that make one epoch, the batch size (batch elements per step) and, where a
+    batch element is not one of the modality's examples, what it is (`unit`, e.g. GPT's
+    packed "windows"; None: the modality's unit, "images", "clips", "texts")."""
 
     dataset: object
     steps_per_epoch: int
     batch_size: int
+    unit: str | None = None
 
 
 def epoch_steps(split, batch_size):

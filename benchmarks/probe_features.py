@@ -1,0 +1,119 @@
+"""Which features of a convolutional encoder to probe: the same trained encoder read
+several ways, beside the same reading of the untrained encoder and raw pixels.
+
+    python benchmarks/probe_features.py --model_dir=runs/simclr_fashion_mnist_demo
+
+For the encoder of a run (its `encoder.keras`) and the same architecture untrained
+(seed 0), one JSON line per reading with the linear probe and weighted kNN (k = 20)
+of `keras_ssl.evaluation.evaluate_features`, as `keras-ssl-evaluate` computes them:
+
+  gap        the global average of the last block (the encoder's `features`);
+  grid2      the last block averaged over a 2x2 grid of regions, concatenated;
+  grid3      the same over 3x3 regions (RotNet's spatially pooled probe, Gidaris et al. 2018);
+  blocks     the global averages of every block, concatenated.
+
+Raw pixels are read as they are (784 values / 255) and averaged over 2x2 pixel cells.
+"""
+
+import json
+import time
+
+import keras_ssl  # noqa: F401  (before TensorFlow: turns on its oneDNN kernels)
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "a run directory with encoder.keras", required=True)
+flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")
+flags.DEFINE_list("readings", ["gap", "grid2", "grid3", "blocks"], "which readings")
+flags.DEFINE_list("encoders", ["trained", "untrained", "pixels"], "which encoders")
+flags.DEFINE_integer("train_limit", None, "probe on the first N training images only")
+flags.DEFINE_string("output", None, "append JSON lines here")
+FLAGS = flags.FLAGS
+
+
+def readings_model(encoder, cells):
+    """A model of the encoder's images to `{reading: [B, D]}`."""
+    import keras
+    import tensorflow as tf
+
+    from keras_ssl.evaluation.layer_probes import grid_pooling_matrix
+
+    blocks = sorted((layer.name for layer in encoder.layers if layer.name.startswith("block")))
+    maps = [encoder.get_layer(name).output for name in blocks]
+    model = keras.Model(encoder.input, maps)
+
+    def read(x):
+        outs = [tf.cast(m, tf.float32) for m in model(x, training=False)]
+        last = outs[-1]
+        h, w, c = last.shape[1:]
+        tokens = tf.reshape(last, [-1, h * w, c])
+        result = {"gap": tf.reduce_mean(tokens, 1),
+                  "blocks": tf.concat([tf.reduce_mean(m, [1, 2]) for m in outs], -1)}
+        for n in cells:
+            pooled = tf.einsum("btd,tc->bcd", tokens, tf.constant(grid_pooling_matrix((h, w), n)))
+            result[f"grid{n}"] = tf.reshape(pooled, [-1, n * n * c])
+        return result
+
+    return tf.function(read, reduce_retracing=True)
+
+
+def features(read, split):
+    import numpy as np
+
+    from keras_ssl.data.views import eval_batches
+
+    chunks = [{k: v.numpy() for k, v in read(batch[0]).items()} for batch in eval_batches(split, 512)]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def main(argv):
+    del argv
+    import os
+
+    import keras
+    import numpy as np
+
+    from keras_ssl.data import load_source
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.evaluation import evaluate_features
+
+    ds = load_source(FLAGS.dataset)
+    train = ds.train.take(FLAGS.train_limit)
+    encoder = keras.models.load_model(os.path.join(FLAGS.model_dir, "encoder.keras"), compile=False)
+
+    def report(name, reading, tr, te, seconds):
+        start = time.time()
+        scores = evaluate_features(tr, train.labels, te, ds.test.labels, ds.num_classes, knn_k=(20,))
+        row = dict(encoder=name, reading=reading, feature_dim=int(tr.shape[1]),
+                   linear_probe_accuracy=round(scores["linear_probe_accuracy"], 4),
+                   knn_accuracy=round(scores["knn_accuracy"], 4), seconds=round(seconds + time.time() - start, 1))
+        print(json.dumps(row), flush=True)
+        if FLAGS.output:
+            with open(FLAGS.output, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    cells = [int(r[4:]) for r in FLAGS.readings if r.startswith("grid")]
+    for name in FLAGS.encoders:
+        start = time.time()
+        if name == "pixels":
+            flat = lambda s: s.images.astype(np.float32) / 255.0
+            tr, te = flat(train), flat(ds.test)
+            report(name, "raw", tr.reshape(len(tr), -1), te.reshape(len(te), -1), time.time() - start)
+            cell = lambda x: x.reshape(len(x), 14, 2, 14, 2).mean((2, 4))
+            report(name, "2x2 cells", cell(tr).reshape(len(tr), -1), cell(te).reshape(len(te), -1), 0.0)
+            continue
+        if name == "untrained":
+            keras.utils.set_random_seed(0)
+            net = build_encoder("small_cnn" if encoder.name.startswith("small_cnn") else encoder.name,
+                                tuple(encoder.input_shape[1:]))
+        else:
+            net = encoder
+        read = readings_model(net, cells)
+        tr, te = features(read, train), features(read, ds.test)
+        seconds = time.time() - start
+        for reading in FLAGS.readings:
+            report(name, reading, tr[reading], te[reading], seconds)
+            seconds = 0.0
+
+
+if __name__ == "__main__":
+    app.run(main)
