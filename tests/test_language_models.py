@@ -211,3 +211,22 @@ def test_gpt_trains_on_a_file_of_lines_and_keras_ssl_generate_continues_a_prompt
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = model.generate(["The cat", "The cat"], seeds=[1, 2])
     assert proc.stdout.strip().splitlines()[-2:] == [f"[seed 1] The cat{want[0]}", f"[seed 2] The cat{want[1]}"]
+
+
+def test_bert_trains_on_packed_windows_or_one_padded_text_per_row(tmp_path):
+    from keras_ssl.training import load_run_dataset, method_data
+    from tests.helpers import smoke_config
+
+    for packed in (True, False):
+        config = smoke_config("bert", tmp_path, pack_texts=packed, epochs=2)
+        dataset = load_run_dataset(config)
+        data = method_data(config, dataset.train)
+        inputs, targets = (t.numpy() for t in next(iter(data.dataset)))
+        assert inputs.shape == targets.shape == (config.batch_size, config.settings.sequence_length)
+        selected = targets != PAD_ID
+        assert selected.any() and not (selected & (inputs == PAD_ID)).any()  # padding is never a target
+        if packed:  # full windows: no padding at all, several texts in a window
+            assert data.unit == "windows" and not (inputs == PAD_ID).any()
+            assert (inputs == BOS_ID).sum() > config.batch_size
+        else:
+            assert data.unit is None and (inputs == PAD_ID).any()

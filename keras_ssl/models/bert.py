@@ -55,6 +55,9 @@ class BERTOptions:
     mask_prob: float = option(0.15, "share of each text's tokens selected for prediction (BERT's 15%, Devlin et "
                               "al. 2019); of those 80% become [MASK], 10% a random token, 10% stay",
                               check=lambda v: 0 < v < 1, requirement="in (0, 1)")
+    pack_texts: bool = option(True, "train on the training texts packed end to end into full windows of "
+                              "--sequence_length (no padding; RoBERTa's FULL-SENTENCES inputs), not one padded text "
+                              "per row", stored_default=False)
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -154,14 +157,24 @@ def _build(run, options, encoder, dataset, stage):
 
 def _training_data(run, options, split, stage):
     """`(inputs, targets)` batches of the training texts' ids (tokenized once, here),
-    masked by `mlm_mask` in the pipeline, a new mask each batch."""
+    masked by `mlm_mask` in the pipeline, a new mask each batch. With `pack_texts`, the
+    texts packed end to end into full windows, a new text order each epoch
+    (`keras_ssl.data.text.packed_windows`, as GPT's; RoBERTa's FULL-SENTENCES inputs, Liu
+    et al. 2019, which train as well as one document per row and waste no step on
+    padding); else one text per row, shuffled."""
     from keras_ssl.data.masking import mlm_batches
-    from keras_ssl.data.text import tokenize_split
+    from keras_ssl.data.text import packed_windows, tokenize_split
 
     ids = tokenize_split(split, stage.preprocessor).ids
-    data = mlm_batches(ids, run.batch_size, stage.preprocessor.vocabulary_size(), seed=run.seed,
-                       select_prob=options.mask_prob)
-    return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+    vocabulary_size = stage.preprocessor.vocabulary_size()
+    if not options.pack_texts:
+        data = mlm_batches(ids, run.batch_size, vocabulary_size, seed=run.seed, select_prob=options.mask_prob)
+        return TrainingData(data, epoch_steps(split, run.batch_size), run.batch_size)
+    windows = packed_windows(ids, ids.shape[1], seed=run.seed, copies=run.epochs)
+    steps = epoch_steps(windows[:len(windows) // run.epochs], run.batch_size)
+    data = mlm_batches(windows, run.batch_size, vocabulary_size, seed=run.seed, shuffle=False,
+                       select_prob=options.mask_prob)  # each copy is already in its own order
+    return TrainingData(data, steps, run.batch_size, unit="windows")  # of sequence_length tokens
 
 
 register(Method(
