@@ -7,8 +7,8 @@ For the encoder of a run (its `encoder.keras`) and the same architecture untrain
 (seed 0), one JSON line per reading with the linear probe and weighted kNN (k = 20)
 of `keras_ssl.evaluation.evaluate_features`, as `keras-ssl-evaluate` computes them:
 
-  gap        the global average of the last block (the encoder's `features`);
-  grid2      the last block averaged over a 2x2 grid of regions, concatenated;
+  gap        the global average of the last block (the encoder's `features`), or of --layer;
+  grid2      that map averaged over a 2x2 grid of regions, concatenated;
   grid3      the same over 3x3 regions (RotNet's spatially pooled probe, Gidaris et al. 2018);
   blocks     the global averages of every block, concatenated.
 
@@ -26,12 +26,14 @@ flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")
 flags.DEFINE_list("readings", ["gap", "grid2", "grid3", "blocks"], "which readings")
 flags.DEFINE_list("encoders", ["trained", "untrained", "pixels"], "which encoders")
 flags.DEFINE_integer("train_limit", None, "probe on the first N training images only")
+flags.DEFINE_string("layer", None, "the map read by gap/gridN (default: the last block, what the encoder pools)")
 flags.DEFINE_string("output", None, "append JSON lines here")
 FLAGS = flags.FLAGS
 
 
-def readings_model(encoder, cells):
-    """A model of the encoder's images to `{reading: [B, D]}`."""
+def readings_model(encoder, cells, layer=None):
+    """A model of the encoder's images to `{reading: [B, D]}` (gap and gridN of `layer`, default
+    the last block)."""
     import keras
     import tensorflow as tf
 
@@ -43,7 +45,7 @@ def readings_model(encoder, cells):
 
     def read(x):
         outs = [tf.cast(m, tf.float32) for m in model(x, training=False)]
-        last = outs[-1]
+        last = outs[blocks.index(layer) if layer else -1]
         h, w, c = last.shape[1:]
         tokens = tf.reshape(last, [-1, h * w, c])
         result = {"gap": tf.reduce_mean(tokens, 1),
@@ -94,6 +96,8 @@ def main(argv):
     cells = [int(r[4:]) for r in FLAGS.readings if r.startswith("grid")]
     for name in FLAGS.encoders:
         start = time.time()
+        if name == "pixels" and FLAGS.layer:
+            continue
         if name == "pixels":
             flat = lambda s: s.images.astype(np.float32) / 255.0
             tr, te = flat(train), flat(ds.test)
@@ -107,7 +111,7 @@ def main(argv):
                                 tuple(encoder.input_shape[1:]))
         else:
             net = encoder
-        read = readings_model(net, cells)
+        read = readings_model(net, cells, FLAGS.layer)
         tr, te = features(read, train), features(read, ds.test)
         seconds = time.time() - start
         for reading in FLAGS.readings:
