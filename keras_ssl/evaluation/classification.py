@@ -221,8 +221,8 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
     Besides the encoder's output (`linear_probe_accuracy`, `knn_accuracy`: the served
     representation), a convolutional encoder's last map is read spatially pooled
     (`grid_linear_probe_accuracy`, `grid_knn_accuracy`, `grid_feature_dim`, `grid_reading`:
-    its mean over each region of a `SPATIAL_GRID` x `SPATIAL_GRID` grid, concatenated; the
-    linear probe (k=20 kNN) of the first k only), which keeps where in the image a feature is.
+    its mean over each region of a `SPATIAL_GRID` x `SPATIAL_GRID` grid, concatenated; its
+    linear probe, and kNN at the first k only), which keeps where in the image a feature is.
 
     Args:
       encoder: frozen encoder (a Keras model, images in [0, 1] -> features).
