@@ -68,6 +68,25 @@ def test_retrieval_matches_brute_force():
         assert got["recall_at_k"][str(k)] == pytest.approx(np.mean(ref[k]))
 
 
+def test_retrieval_against_a_separate_index_matches_brute_force():
+    """Test queries against the training split (the triplet evaluation's second protocol):
+    nothing left out, R = the query class's count in the index."""
+    rng = np.random.default_rng(4)
+    index_labels, labels = rng.integers(0, 3, 50), rng.integers(0, 3, 20)
+    index = rng.normal(size=(50, 4)) + index_labels[:, None]
+    queries = rng.normal(size=(20, 4)) + labels[:, None]
+    got = retrieval_metrics(queries, labels, index, index_labels, ks=(1,), chunk=8)
+    p1, maps = [], []
+    for q, c in zip(queries, labels):
+        rel = index_labels[np.argsort(np.sum((index - q) ** 2, -1), kind="stable")] == c
+        r = int(np.sum(index_labels == c))
+        p1.append(rel[0])
+        maps.append(sum(rel[:j + 1].mean() for j in range(r) if rel[j]) / r)
+    assert got["retrieval_queries"] == 20
+    assert got["precision_at_1"] == pytest.approx(np.mean(p1))
+    assert got["map_at_r"] == pytest.approx(np.mean(maps))
+
+
 def test_retrieval_hand_cases():
     emb = np.array([[0.0], [0.1], [5.0], [5.1]])
     perfect = retrieval_metrics(emb, np.array([0, 0, 1, 1]), ks=(1,))

@@ -33,6 +33,8 @@ def format_table(results):
             rows += [(f"recall_at_{k}", f"{100 * v:.2f}%") for k, v in sorted(value.items(), key=lambda t: int(t[0]))]
         elif key == "heldout_retrieval":
             rows += [(f"heldout/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
+        elif key == "train_index_retrieval":  # test queries, the training split as the index
+            rows += [(f"test_vs_train/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
         elif key == "threshold":
             rows.append((f"threshold ({results.get('threshold_units', '')})", f"{value:.4f}"))
     for layer, scores in sorted(results.get("per_layer", {}).items()):
