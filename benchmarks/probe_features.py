@@ -23,6 +23,7 @@ from absl import app, flags
 
 flags.DEFINE_string("model_dir", None, "a run directory with encoder.keras", required=True)
 flags.DEFINE_string("dataset", "fashion_mnist", "dataset name")
+flags.DEFINE_integer("image_size", None, "resize the images first (56 for the relative-position run)")
 flags.DEFINE_list("readings", ["gap", "grid2", "grid3", "blocks"], "which readings")
 flags.DEFINE_list("encoders", ["trained", "untrained", "pixels"], "which encoders")
 flags.DEFINE_integer("train_limit", None, "probe on the first N training images only")
@@ -78,7 +79,7 @@ def main(argv):
     from keras_ssl.encoders import build_encoder
     from keras_ssl.evaluation import evaluate_features
 
-    ds = load_source(FLAGS.dataset)
+    ds = load_source(FLAGS.dataset, image_size=(FLAGS.image_size,) * 2 if FLAGS.image_size else None)
     train = ds.train.take(FLAGS.train_limit)
     encoder = keras.models.load_model(os.path.join(FLAGS.model_dir, "encoder.keras"), compile=False)
 
@@ -102,7 +103,8 @@ def main(argv):
             flat = lambda s: s.images.astype(np.float32) / 255.0
             tr, te = flat(train), flat(ds.test)
             report(name, "raw", tr.reshape(len(tr), -1), te.reshape(len(te), -1), time.time() - start)
-            cell = lambda x: x.reshape(len(x), 14, 2, 14, 2).mean((2, 4))
+            side = tr.shape[1] // 2
+            cell = lambda x: x.reshape(len(x), side, 2, side, 2).mean((2, 4))
             report(name, "2x2 cells", cell(tr).reshape(len(tr), -1), cell(te).reshape(len(te), -1), 0.0)
             continue
         if name == "untrained":
