@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -174,6 +175,10 @@ def test_grid_pooling_averages_each_region_of_the_token_grid():
     images = np.random.default_rng(1).integers(0, 256, (3, 6, 6, 1), dtype=np.uint8)
     features = block_features(gpt, Split(images, np.zeros(3, np.int32)))
     assert features["block2"]["mean"].shape == (3, 16) and features["block2"]["grid"].shape == (3, 9 * 16)
+    tokens = keras.Model(gpt.input, gpt.get_layer("block2").output)(images.astype(np.float32) / 255.0)
+    grid = np.asarray(tokens, np.float32).reshape(3, 6, 6, 16)  # a side of 6 in 3 x 3 regions: 0-1, 2-3, 4-5
+    want = np.concatenate([grid[:, r:r + 2, c:c + 2].mean(axis=(1, 2)) for r in (0, 2, 4) for c in (0, 2, 4)], 1)
+    np.testing.assert_allclose(features["block2"]["grid"], want, rtol=1e-4, atol=1e-5)
 
 
 # -- tiny runs, exported and served without keras -------------------------------------

@@ -56,14 +56,14 @@ def block_features(encoder, split, batch_size=512):
 
     names = block_names(encoder)
     model = keras.Model(encoder.input, [encoder.get_layer(n).output for n in names], name=f"{encoder.name}_blocks")
-    pooling = tf.constant(grid_pooling_matrix(token_grid(encoder)))
+    h, w = token_grid(encoder)
 
     def pooled(x):
         out = []
         for tokens in model(x, training=False):
             tokens = tf.cast(tokens, tf.float32)
-            grid = tf.einsum("btd,tc->bcd", tokens, pooling)
-            out += [tf.reduce_mean(tokens, axis=1), tf.reshape(grid, [tf.shape(grid)[0], -1])]
+            maps = tf.reshape(tokens, [-1, h, w, tokens.shape[-1]])  # the tokens laid out on the image
+            out += [tf.reduce_mean(tokens, axis=1), classification.region_means(maps, GRID)]
         return out
 
     predict = tf.function(pooled, reduce_retracing=True)
