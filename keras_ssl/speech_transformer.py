@@ -277,5 +277,5 @@ def dropout_option():
     from keras_ssl.options import option
 
     return option(SPEECH_DROPOUT, "dropout of the speech Transformer's input, attention weights and residual "
-                  "branches, and of the quantiser's input (wav2vec 2.0 BASE: 0.1 each)", check=lambda v: 0 <= v < 1,
-                  requirement="in [0, 1)")
+                  "branches, and of wav2vec 2.0's quantiser input (wav2vec 2.0 and HuBERT BASE: 0.1 each)",
+                  check=lambda v: 0 <= v < 1, requirement="in [0, 1)")

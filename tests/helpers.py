@@ -75,3 +75,40 @@ def smoke_dataset(method, root):
     from keras_ssl import modalities
 
     return modalities.get(method.modality).smoke_dataset(str(root))
+
+
+def speech_clips(n, samples=4000, seed=0):
+    """`n` noisy linear chirps (300-1500 Hz, sweeping up to +-4 kHz/s), float32 `[n, samples]`
+    at 16 kHz: the clips the speech models' unit tests fit on."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000.0
+    f0, rate = rng.uniform(300, 1500, size=(n, 1)), rng.uniform(-4000, 4000, size=(n, 1))
+    return (0.5 * np.sin(2 * np.pi * (f0 * t + 0.5 * rate * t ** 2)) + 0.05 * rng.normal(size=(n, samples))).astype(
+        np.float32)
+
+
+def check_speech_model_serves_its_block(model, clips, block):
+    """A `SpeechTransformerModel` (wav2vec 2.0, HuBERT) with `representation_layer=block`
+    on 2-block encoders: `frames` and `layer_frames(block)` are that block's output of the
+    unmasked clips, both serving signatures give those frames and their L2-normalised mean,
+    and the probes read the chosen block first, then the others, then the latents."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_ssl.speech_transformer import speech_features
+
+    frames = speech_features(model.encoder, tf.constant(clips)).layers[block - 1].numpy().astype(np.float64)
+    np.testing.assert_allclose(model.frames(clips).numpy(), frames, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.layer_frames(clips, block).numpy(), frames, rtol=1e-5, atol=1e-6)
+    pooled = frames.mean(axis=1)
+    endpoints = model.serving_endpoints((clips.shape[1],))
+    assert [e.name for e in endpoints] == ["serving_default", "embed_waveforms"]
+    for endpoint in endpoints:
+        out = endpoint.function(tf.constant(clips))
+        np.testing.assert_allclose(out["embedding"].numpy(), pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+                                   rtol=1e-4, atol=1e-6, err_msg=endpoint.name)
+        np.testing.assert_allclose(out["frames"].numpy(), frames, rtol=1e-5, atol=1e-6, err_msg=endpoint.name)
+    others = [f"layer{i}" for i in (1, 2) if i != block]
+    assert list(model.probe_frames(clips[:2])) == [f"layer{block}", *others, "latent"]

@@ -22,6 +22,7 @@ from keras_ssl.data.mfcc_targets import (assign_clusters, batched_frames, cluste
 from keras_ssl.errors import UserError
 from keras_ssl.models.hubert import HuBERT
 from keras_ssl.speech_transformer import feature_encoder, feature_frames, speech_features, speech_transformer
+from tests.helpers import check_speech_model_serves_its_block, speech_clips
 
 # -- the loss against NumPy ----------------------------------------------------------------------
 
@@ -153,14 +154,6 @@ def test_purity_and_pnmi_match_numpy():
 # -- the model -----------------------------------------------------------------------------------
 
 
-def _clips(n, samples=4000, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / 16000.0
-    f0, rate = rng.uniform(300, 1500, size=(n, 1)), rng.uniform(-4000, 4000, size=(n, 1))
-    return (0.5 * np.sin(2 * np.pi * (f0 * t + 0.5 * rate * t ** 2)) + 0.05 * rng.normal(size=(n, samples))).astype(
-        np.float32)
-
-
 def _tiny(**kwargs):
     keras.utils.set_random_seed(0)
     options = dict(num_clusters=6, final_dim=8, mask_prob=0.3, mask_span=3, num_samples=4000)
@@ -174,7 +167,7 @@ def _targets(x, clusters=6):
 
 
 def test_the_step_loss_is_the_masked_cross_entropy_of_its_own_logits():
-    x = _clips(6)
+    x = speech_clips(6)
     y = _targets(x)
     for weight in (0.0, 0.5):
         model = _tiny(unmasked_weight=weight, feature_penalty=0.0)
@@ -190,7 +183,7 @@ def test_the_step_loss_is_the_masked_cross_entropy_of_its_own_logits():
 
 
 def test_fit_learns_refuses_bad_targets_round_trips_and_serves(tmp_path):
-    x = _clips(48)
+    x = speech_clips(48)
     y = _targets(x)
     model = _tiny(representation_layer=1)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
@@ -203,16 +196,7 @@ def test_fit_learns_refuses_bad_targets_round_trips_and_serves(tmp_path):
                          (y + 6, "cluster ids in 0..5 \\(num_clusters=6\\), got ids from 6 to 11")):
         with pytest.raises(Exception, match=message):
             model.fit(x, bad, batch_size=16, verbose=0)
-    frames = speech_features(model.encoder, tf.constant(x[:3])).layers[0].numpy().astype(np.float64)  # block 1
-    np.testing.assert_allclose(model.frames(x[:3]).numpy(), frames, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.layer_frames(x[:3], 1).numpy(), frames, rtol=1e-5, atol=1e-6)
-    pooled = frames.mean(axis=1)
-    for endpoint in model.serving_endpoints((4000,)):
-        out = endpoint.function(tf.constant(x[:3]))
-        np.testing.assert_allclose(out["embedding"].numpy(), pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
-                                   rtol=1e-4, atol=1e-6, err_msg=endpoint.name)
-        np.testing.assert_allclose(out["frames"].numpy(), frames, rtol=1e-5, atol=1e-6)
-    assert list(model.probe_frames(x[:2])) == ["layer1", "layer2", "latent"]
+    check_speech_model_serves_its_block(model, x[:3], 1)
     assert model.predicted_clusters(x[:2]).shape == (2, 12)
     task = model.task_metrics(x, y, batch_size=16)
     assert 0.0 <= task["masked_accuracy"] <= 1.0 and task["masked_frames"] > 0 and math.isfinite(task["masked_loss"])
@@ -230,7 +214,7 @@ def test_iteration_2_takes_its_targets_from_the_parents_block(tmp_path):
     """A tiny first iteration, then the second one's prepare (the stage's, as a run makes it):
     its targets are the k-means (seed 0) of block `target_layer`'s frames of the parent, not
     the MFCCs' or another block's."""
-    from keras_ssl.models.hubert import split_targets
+    from keras_ssl.models.hubert_targets import split_targets
     from keras_ssl.run_setup import load_run_dataset, run_stage, training_split
     from keras_ssl.saving import load_model
     from tests.helpers import SMOKE_RUN, smoke_config, smoke_parent_run

@@ -61,9 +61,9 @@ def test_settings_are_flat_keys_of_the_run_config_and_belong_to_the_methods_moda
 @pytest.mark.parametrize("values, message", [
     ({"image_size": 4}, "image_size must be >= 8, got 4"),
     ({"channels": 2}, "channels must be 1 or 3, got 2"),
-    ({"augment": "strong"}, "augment must be one of imagenet, cifar, fashion_mnist, none, got 'strong'"),
-    ({"augment": "none", "method": "simclr"}, "augment must be one of imagenet, cifar, fashion_mnist for method "
-                                              "simclr"),
+    ({"augment": "strong"}, "augment must be one of imagenet, cifar, fashion_mnist, weak, none, got 'strong'"),
+    ({"augment": "none", "method": "simclr"}, "augment must be one of imagenet, cifar, fashion_mnist, weak for "
+                                              "method simclr"),
     ({"method": "cpc_audio", "audio_seconds": 0.0}, r"audio_seconds must be in \(0, 60\], got 0.0"),
 ])
 def test_a_bad_setting_is_refused_by_its_declared_check(values, message):

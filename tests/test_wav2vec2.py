@@ -20,7 +20,8 @@ from keras_ssl.gumbel_quantizer import (PAPER_ANNEALED_SHARE, GumbelVectorQuanti
                                         gumbel_temperature)
 from keras_ssl.models.wav2vec2 import Wav2Vec2
 from keras_ssl.speech_transformer import (ConvPositionalEmbedding, MaskEmbedding, feature_encoder, feature_frames,
-                                          speech_features, speech_transformer)
+                                          speech_transformer)
+from tests.helpers import check_speech_model_serves_its_block, speech_clips
 
 # -- the span mask ---------------------------------------------------------------------------
 
@@ -278,14 +279,6 @@ def test_mask_embedding_replaces_the_masked_frames_only():
 # -- the model -----------------------------------------------------------------------------------
 
 
-def _clips(n, samples=4000, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / 16000.0
-    f0, rate = rng.uniform(300, 1500, size=(n, 1)), rng.uniform(-4000, 4000, size=(n, 1))
-    return (0.5 * np.sin(2 * np.pi * (f0 * t + 0.5 * rate * t ** 2)) + 0.05 * rng.normal(size=(n, samples))).astype(
-        np.float32)
-
-
 def _tiny(**kwargs):
     keras.utils.set_random_seed(0)
     options = dict(codebook_entries=8, code_dim=8, final_dim=8, num_negatives=6, mask_prob=0.3, mask_span=3,
@@ -297,7 +290,7 @@ def _tiny(**kwargs):
 def test_the_feature_encoders_gradient_is_scaled():
     """One SGD step from the same weights with scale 0.1 and 1: the feature encoder's
     weights move a tenth as far, every other weight the same."""
-    x = _clips(8)
+    x = speech_clips(8)
     moved = {}
     for scale in (0.1, 1.0):
         model = _tiny(feature_gradient_scale=scale)
@@ -317,7 +310,7 @@ def test_the_feature_encoders_gradient_is_scaled():
 
 
 def test_fit_learns_round_trips_and_serves_the_chosen_layer(tmp_path):
-    x = _clips(48)
+    x = speech_clips(48)
     model = _tiny(representation_layer=1)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     history = model.fit(x, batch_size=16, epochs=6, verbose=0).history
@@ -326,15 +319,7 @@ def test_fit_learns_round_trips_and_serves_the_chosen_layer(tmp_path):
     assert history["code_perplexity"][-1] > 1.0 and np.isfinite(history["loss"]).all()
     with pytest.raises(Exception, match="no use for targets y"):
         model.fit(x, np.zeros(48), batch_size=16, verbose=0)
-    frames = speech_features(model.encoder, tf.constant(x[:3])).layers[0].numpy().astype(np.float64)  # block 1
-    np.testing.assert_allclose(model.frames(x[:3]).numpy(), frames, rtol=1e-5, atol=1e-6)
-    pooled = frames.mean(axis=1)
-    for endpoint in model.serving_endpoints((4000,)):
-        out = endpoint.function(tf.constant(x[:3]))
-        np.testing.assert_allclose(out["embedding"].numpy(), pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
-                                   rtol=1e-4, atol=1e-6, err_msg=endpoint.name)
-        np.testing.assert_allclose(out["frames"].numpy(), frames, rtol=1e-5, atol=1e-6)
-    assert list(model.probe_frames(x[:2])) == ["layer1", "layer2", "latent"]
+    check_speech_model_serves_its_block(model, x[:3], 1)
     task = model.task_metrics(x, batch_size=16)
     assert 0.0 <= task["contrastive_accuracy"] <= 1.0 and task["masked_frames"] > 0
     assert 1.0 <= task["code_perplexity"] <= 16.0  # G x V at most

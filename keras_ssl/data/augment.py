@@ -82,11 +82,19 @@ PRESETS = {
     # with sigma up to 2 wipes the fine texture that separates shirts from
     # pullovers and coats (not measured separately).
     "fashion_mnist": AugmentConfig(crop_area=(0.2, 1.0), jitter_strength=0.5, blur_prob=0.0),
+    # Weak, for metric learning with labels (triplets, Siamese pairs), where the views of a
+    # class come from different images and the augmentation only has to keep the network
+    # from memorising pixels: a horizontal flip and a crop of 75-100% of the area at an
+    # aspect within 10% of the image's, resized back (at 28 px: shifts of up to about 2 px
+    # and zooms of up to about 1.15x), no colour change. Ours, after the "flip and +-2 px
+    # shifts" of metric-learning recipes on small images.
+    "weak": AugmentConfig(crop_area=(0.75, 1.0), crop_aspect=(1 / 1.1, 1.1), jitter_prob=0.0, grayscale_prob=0.0,
+                          blur_prob=0.0),
 }
 
 
 def get_preset(name):
-    """An `AugmentConfig` by preset name (`imagenet`, `cifar`, `fashion_mnist`)."""
+    """An `AugmentConfig` by preset name (`imagenet`, `cifar`, `fashion_mnist`, `weak`)."""
     if isinstance(name, AugmentConfig):
         return name
     if name not in PRESETS:

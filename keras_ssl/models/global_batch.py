@@ -57,3 +57,13 @@ def classification_loss(logits, labels, loss_tracker, accuracy_tracker):
     loss_tracker.update_state(tf.reduce_mean(terms), sample_weight=weight)
     accuracy_tracker.update_state(tf.reduce_mean(hits), sample_weight=weight)
     return tf.reduce_sum(terms) / tf.cast(global_batch_size(n_local), tf.float32)
+
+
+def rows_of_this_replica(n_local):
+    """`(global batch size, first row of this replica's examples in the global batch)`."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return n_local, tf.constant(0, tf.int32)
+    sizes = ctx.all_gather(tf.reshape(n_local, [1]), axis=0)
+    replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return tf.reduce_sum(sizes), tf.reduce_sum(sizes[:replica])

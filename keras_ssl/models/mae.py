@@ -22,10 +22,10 @@ from keras_ssl.image_transformers import (LAYER_NORM_EPSILON, TRANSFORMER_HEADS,
                                           patchify, scaled_width, sincos_2d, transformer_blocks, unpatchify,
                                           vit_encoder, width_option)
 from keras_ssl.models.endpoints import Endpoint, ServingInput, ServingOutput
-from keras_ssl.models.global_batch import split_data
+from keras_ssl.models.global_batch import rows_of_this_replica, split_data
 from keras_ssl.models.method_model import MethodModel
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
-from keras_ssl.models.vae import _rows_of_this_replica, to_uint8
+from keras_ssl.models.vae import to_uint8
 from keras_ssl.text_encoders import TransformerBlock
 
 # Per-patch normalisation of the target (norm_pix_loss): MAE's code adds 1e-6 to the variance.
@@ -216,7 +216,7 @@ class MAE(MethodModel):
         return tf.reduce_sum(per_patch * mask, axis=1) / tf.reduce_sum(mask, axis=1)
 
     def _training_noise(self, n_local):
-        n_global, first = _rows_of_this_replica(n_local)
+        n_global, first = rows_of_this_replica(n_local)
         optimizer = getattr(self, "optimizer", None)
         step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int64)
         noise = tf.random.stateless_uniform([n_global, self.num_patches],

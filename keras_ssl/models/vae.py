@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_ssl.errors import UserError
 from keras_ssl.losses import bits_per_dim, discretized_logistic_nll, gaussian_kl
 from keras_ssl.models.endpoints import Endpoint, ServingInput, ServingOutput
-from keras_ssl.models.global_batch import split_data
+from keras_ssl.models.global_batch import rows_of_this_replica, split_data
 from keras_ssl.models.hyper_parameters import option_arguments
 from keras_ssl.models.method_model import MethodModel
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
@@ -97,16 +97,6 @@ def _unpooled_grid(encoder):
         return model(images, training=training)["unpooled"]
 
     return grid, tuple(model.output["unpooled"].shape[1:])
-
-
-def _rows_of_this_replica(n_local):
-    """`(global batch size, first row of this replica's examples in the global batch)`."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return n_local, tf.constant(0, tf.int32)
-    sizes = ctx.all_gather(tf.reshape(n_local, [1]), axis=0)
-    replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-    return tf.reduce_sum(sizes), tf.reduce_sum(sizes[:replica])
 
 
 def gaussian_log_density(z, mean, log_variance):
@@ -199,7 +189,7 @@ class VAE(MethodModel):
     def _training_noise(self, n_local):
         """eps `[n_local, D]`: this replica's rows of one draw for the global batch,
         seeded by `seed` and the step counter."""
-        n_global, first = _rows_of_this_replica(n_local)
+        n_global, first = rows_of_this_replica(n_local)
         optimizer = getattr(self, "optimizer", None)  # none before compile()
         step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int64)
         noise = tf.random.stateless_normal([n_global, self.latent_dim], tf.stack([tf.constant(self.seed, tf.int64),

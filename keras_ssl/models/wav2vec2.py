@@ -8,7 +8,8 @@ out of K distractors quantised from other masked frames of the same utterance.
     keras-ssl-evaluate --model_dir=runs/wav2vec2_spoken_digits   # probes per layer vs MFCCs, the task's figures
     keras-ssl-export --model_dir=runs/wav2vec2_spoken_digits     # WAV -> frames of a layer, pooled embedding
 
-The speech Transformer is `keras_ssl.speech_transformer` (HuBERT's too), the quantiser
+The speech Transformer is `keras_ssl.speech_transformer` and what wav2vec 2.0 shares with
+HuBERT (masks, penalty, representation, serving) `keras_ssl.models.speech_model`; the quantiser
 `keras_ssl.gumbel_quantizer`, the losses `keras_ssl.losses.wav2vec2`, the span mask
 `keras_ssl.data.masking.span_mask`.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl import losses
-from keras_ssl.data.masking import SPAN_LENGTH, SPAN_MASK_PROB, span_mask
+from keras_ssl.data.masking import SPAN_MASK_PROB
 from keras_ssl.errors import UserError
 from keras_ssl.evaluation.method_evaluations import Evaluation, register_evaluation
 from keras_ssl.gumbel_quantizer import (ENTRIES, GROUPS, TEMPERATURE_END, TEMPERATURE_START, GumbelVectorQuantizer,
@@ -28,62 +29,36 @@ from keras_ssl.gumbel_quantizer import (ENTRIES, GROUPS, TEMPERATURE_END, TEMPER
 from keras_ssl.losses.replicas import gather_across_replicas
 from keras_ssl.models.codebook import replica_sum
 from keras_ssl.models.global_batch import split_data
-from keras_ssl.models.hooks import ParameterGroup
 from keras_ssl.models.hyper_parameters import option_arguments
-from keras_ssl.models.method_model import MethodModel
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
-from keras_ssl.models.vae import _rows_of_this_replica
-from keras_ssl.speech_transformer import (RECEPTIVE_FIELD, SPEECH_DROPOUT, conv_norm_option, conv_width_option,
-                                          dropout_option,
-                                          feature_encoder_variables, feature_frames, heads_option, layers_option,
-                                          position_groups_option, position_kernel_option, scaled_width,
-                                          speech_features, speech_transformer, transformer_blocks, width_option)
+from keras_ssl.models.speech_model import (FEATURE_GRADIENT_SCALE, FEATURE_PENALTY, SpeechTransformerModel,
+                                           SpeechTransformerOptions, build_speech_encoder, check_arguments)
+from keras_ssl.speech_transformer import RECEPTIVE_FIELD, SPEECH_DROPOUT, speech_features
 
 
 @dataclasses.dataclass
-class Wav2Vec2Options:
-    """wav2vec 2.0's hyper-parameters. Sources (Baevski et al. 2020, section 4.2, the BASE
-    model, unless said): span masks p = 0.065, M = 10; G = 2 groups of V = 320 entries;
-    K = 100 distractors; logit temperature kappa = 0.1; diversity weight alpha = 0.1; the
-    feature encoder's gradient scaled by 0.1; the Gumbel temperature annealed from 2 to 0.5
-    by 0.999995 per update (over 400k updates: the end is reached after 69% of them; here,
-    by default, after 69% of the run, whatever its length); the position convolution's
-    kernel 128 in 16 groups; dropout 0.1. fairseq's `wav2vec2_base` config: the quantised
-    vectors and the projections 256 wide (`final_dim`), the feature penalty weight 10
-    (`loss_weights [0.1, 10]`); the feature encoder's normalisation: BASE's group norm.
-    Ours, for 2 CPU cores: a 128-channel feature encoder (512 in the paper) and 4
-    Transformer blocks of width 256 with 4 heads (BASE: 12 of 768, 12 heads)."""
+class Wav2Vec2Options(SpeechTransformerOptions):
+    """wav2vec 2.0's hyper-parameters: the speech Transformer's (`SpeechTransformerOptions`)
+    and these. Sources (Baevski et al. 2020, section 4.2, the BASE model, unless said):
+    span masks p = 0.065; G = 2 groups of V = 320 entries; K = 100 distractors; logit
+    temperature kappa = 0.1; diversity weight alpha = 0.1; the Gumbel temperature annealed
+    from 2 to 0.5 by 0.999995 per update (over 400k updates: the end is reached after 69%
+    of them; here, by default, after 69% of the run, whatever its length). fairseq's
+    `wav2vec2_base` config: the quantised vectors and the projections 256 wide
+    (`final_dim`)."""
 
-    conv_width: int = conv_width_option()
-    conv_norm: str = conv_norm_option()
-    transformer_layers: int = layers_option()
-    transformer_width: int = width_option()
-    transformer_heads: int = heads_option()
-    position_kernel: int = position_kernel_option()
-    position_groups: int = position_groups_option()
-    dropout: float = dropout_option()
     mask_prob: float = option(SPAN_MASK_PROB, "wav2vec2: the probability that a latent frame starts a masked span "
                               "(the paper's p: 0.065)", check=lambda v: 0 < v <= 1, requirement="in (0, 1]")
-    mask_span: int = option(SPAN_LENGTH, "frames a masked span covers (wav2vec 2.0: M = 10)", check=lambda v: v >= 1,
-                            requirement=">= 1")
     codebook_groups: int = option(GROUPS, "codebook groups G of the product quantiser (wav2vec 2.0: 2)",
                                   check=lambda v: v >= 1, requirement=">= 1")
     codebook_entries: int = option(ENTRIES, "entries V per codebook group (wav2vec 2.0: 320)", check=lambda v: v >= 2,
                                    requirement=">= 2")
     code_dim: int = option(256, "width of a quantised vector, G entries of code_dim / G concatenated (fairseq's "
                            "wav2vec2_base: 256)", check=lambda v: v >= 1, requirement=">= 1")
-    final_dim: int = option(256, "width the context and the quantised vectors are projected to before their cosine "
-                            "(fairseq's wav2vec2_base: 256)", check=lambda v: v >= 1, requirement=">= 1")
     num_negatives: int = option(100, "distractors K per masked frame, from other masked frames of the same clip "
                                 "(wav2vec 2.0: 100)", check=lambda v: v >= 1, requirement=">= 1")
-    logit_temperature: float = option(0.1, "kappa, the temperature of the cosine logits (wav2vec 2.0: 0.1)",
-                                      check=lambda v: v > 0, requirement="> 0")
     diversity_weight: float = option(0.1, "alpha, the weight of the codebook diversity loss (wav2vec 2.0: 0.1)",
                                      check=lambda v: v >= 0, requirement=">= 0")
-    feature_penalty: float = option(10.0, "weight of the mean squared feature-encoder output in the loss (fairseq's "
-                                    "wav2vec2_base: 10)", check=lambda v: v >= 0, requirement=">= 0")
-    feature_gradient_scale: float = option(0.1, "factor of the feature encoder's gradients (wav2vec 2.0: 0.1)",
-                                           check=lambda v: v >= 0, requirement=">= 0")
     gumbel_temperature_start: float = option(TEMPERATURE_START, "Gumbel softmax temperature at the first step "
                                              "(wav2vec 2.0: 2)", check=lambda v: v > 0, requirement="> 0")
     gumbel_temperature_end: float = option(TEMPERATURE_END, "the lowest Gumbel softmax temperature (wav2vec 2.0: "
@@ -92,13 +67,10 @@ class Wav2Vec2Options:
                                                     "0.999995 over 400k updates); unset: reach the lowest after 69% "
                                                     "of the run, as the paper's schedule does of its updates",
                                                     check=lambda v: 0 < v <= 1, requirement="in (0, 1]")
-    representation_layer: int = option(0, "the Transformer block whose frames are served and mean-pooled into the "
-                                       "representation, 1..transformer_layers; 0: the last, after the final "
-                                       "LayerNorm (ours)", check=lambda v: v >= 0, requirement=">= 0")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class Wav2Vec2(MethodModel):
+class Wav2Vec2(SpeechTransformerModel):
     """wav2vec 2.0 (Baevski et al. 2020) on 16 kHz waveforms.
 
     The `encoder` (`keras_ssl.speech_transformer.speech_transformer`) maps a clip to
@@ -154,7 +126,8 @@ class Wav2Vec2(MethodModel):
     `num_samples`: the clip length it is trained and served at.
     """
 
-    MODALITY = "audio"  # waveform batches [batch, samples]: checked by keras_ssl.modalities.audio
+    METHOD_LABEL = "wav2vec 2.0"
+    MIN_SAMPLES = RECEPTIVE_FIELD + 320  # two 20 ms frames: a masked frame and a distractor
     SUB_MODELS = ("encoder", "quantizer", "target_projection", "context_projection")
     TRACKED = ("loss", "contrastive_loss", "contrastive_accuracy", "diversity", "code_perplexity", "feature_penalty",
                "gumbel_temperature", "masked_fraction")
@@ -163,44 +136,29 @@ class Wav2Vec2(MethodModel):
                  codebook_groups=Wav2Vec2Options.codebook_groups, codebook_entries=Wav2Vec2Options.codebook_entries,
                  code_dim=Wav2Vec2Options.code_dim, final_dim=Wav2Vec2Options.final_dim,
                  num_negatives=Wav2Vec2Options.num_negatives, logit_temperature=Wav2Vec2Options.logit_temperature,
-                 diversity_weight=Wav2Vec2Options.diversity_weight, feature_penalty=Wav2Vec2Options.feature_penalty,
-                 feature_gradient_scale=Wav2Vec2Options.feature_gradient_scale, mask_prob=Wav2Vec2Options.mask_prob,
+                 diversity_weight=Wav2Vec2Options.diversity_weight, feature_penalty=FEATURE_PENALTY,
+                 feature_gradient_scale=FEATURE_GRADIENT_SCALE, mask_prob=Wav2Vec2Options.mask_prob,
                  mask_span=Wav2Vec2Options.mask_span,
                  gumbel_temperature_start=Wav2Vec2Options.gumbel_temperature_start,
                  gumbel_temperature_end=Wav2Vec2Options.gumbel_temperature_end,
                  gumbel_temperature_decay=Wav2Vec2Options.gumbel_temperature_decay,
                  representation_layer=Wav2Vec2Options.representation_layer, dropout=SPEECH_DROPOUT,
                  num_samples=16000, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.encoder = encoder
-        self.num_blocks = len(transformer_blocks(encoder))
-        checks = (("num_samples", num_samples, num_samples >= RECEPTIVE_FIELD + 320, f">= {RECEPTIVE_FIELD + 320} "
-                   "(two 20 ms frames)"),
-                  ("mask_prob", mask_prob, 0 < mask_prob <= 1, "in (0, 1]"),
-                  ("mask_span", mask_span, mask_span >= 1, ">= 1"),
-                  ("num_negatives", num_negatives, num_negatives >= 1, ">= 1"),
-                  ("logit_temperature", logit_temperature, logit_temperature > 0, "> 0"),
-                  ("representation_layer", representation_layer, 0 <= representation_layer <= self.num_blocks,
-                   f"in 0..{self.num_blocks} (the encoder's blocks; 0: the last)"),
-                  ("gumbel_temperature_decay", gumbel_temperature_decay,
-                   gumbel_temperature_decay is None or 0 < gumbel_temperature_decay <= 1, "in (0, 1]"),
-                  ("dropout", dropout, 0 <= dropout < 1, "in [0, 1)"))
-        for name, value, ok, requirement in checks:
-            if not ok:
-                raise UserError(f"{name} must be {requirement}, got {value!r}")
+        super().__init__(encoder, mask_prob, mask_span, feature_penalty, feature_gradient_scale, representation_layer,
+                         num_samples, seed, **kwargs)
+        check_arguments((("num_negatives", num_negatives, num_negatives >= 1, ">= 1"),
+                         ("logit_temperature", logit_temperature, logit_temperature > 0, "> 0"),
+                         ("gumbel_temperature_decay", gumbel_temperature_decay,
+                          gumbel_temperature_decay is None or 0 < gumbel_temperature_decay <= 1, "in (0, 1]"),
+                         ("dropout", dropout, 0 <= dropout < 1, "in [0, 1)")))
         self.codebook_groups, self.codebook_entries = int(codebook_groups), int(codebook_entries)
         self.code_dim, self.final_dim, self.num_negatives = int(code_dim), int(final_dim), int(num_negatives)
         self.logit_temperature, self.diversity_weight = float(logit_temperature), float(diversity_weight)
-        self.feature_penalty, self.feature_gradient_scale = float(feature_penalty), float(feature_gradient_scale)
-        self.mask_prob, self.mask_span = float(mask_prob), int(mask_span)
         self.gumbel_temperature_start, self.gumbel_temperature_end = (float(gumbel_temperature_start),
                                                                       float(gumbel_temperature_end))
         self.gumbel_temperature_decay = None if gumbel_temperature_decay is None else float(gumbel_temperature_decay)
-        self.representation_layer, self.dropout = int(representation_layer), float(dropout)
-        self.num_samples, self.seed = int(num_samples), int(seed)
-        self.frame_count = feature_frames(self.num_samples)
+        self.dropout = float(dropout)
         self.latent_dim = int(encoder.get_layer("feature_norm").output.shape[-1])
-        self.width = int(encoder.output_shape[-1])
         if quantizer is None:
             latents = keras.Input((None, self.latent_dim), name="latents")
             quantizer = keras.Model(latents, GumbelVectorQuantizer(self.codebook_groups, self.codebook_entries,
@@ -216,10 +174,6 @@ class Wav2Vec2(MethodModel):
         self.feature_dropout = keras.layers.Dropout(self.dropout, seed=self.seed)
         self.build()
 
-    def checked_inputs(self, x):
-        """`x` as float32 `[batch, samples]` if `check_batch` accepts it."""
-        return tf.cast(super().checked_inputs(x), tf.float32)
-
     def _waveforms(self, data):
         x, y = split_data(data)
         if y is not None:
@@ -228,25 +182,12 @@ class Wav2Vec2(MethodModel):
                             "fit(waveform_batches(split, 32), ...)")
         return self.checked_inputs(x)
 
-    # -- the hooks of the method contract -------------------------------------------
-
-    def parameter_groups(self):
-        """The online probe's (none here) and the feature encoder's, its gradients scaled by
-        `feature_gradient_scale`."""
-        return self.probe_parameter_groups() + [ParameterGroup(
-            "feature_encoder", tuple(feature_encoder_variables(self.encoder)), self.feature_gradient_scale)]
-
     def temperature(self):
         """The Gumbel softmax temperature at the optimizer's step (`gumbel_temperature`)."""
         optimizer = getattr(self, "optimizer", None)
         step = optimizer.iterations if optimizer is not None else 0
         return gumbel_temperature(step, self.total_steps, self.gumbel_temperature_start, self.gumbel_temperature_end,
                                   self.gumbel_temperature_decay)
-
-    def _step_seed(self):
-        optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations if optimizer is not None else 0, tf.int32)
-        return tf.stack([tf.constant(self.seed, tf.int32), step])
 
     # -- one masked pass ------------------------------------------------------------------
 
@@ -258,12 +199,10 @@ class Wav2Vec2(MethodModel):
         `probabilities` `[B, T, G, V]` (softmax of the logits), `codes` `[B, T, G]` (the
         logits' argmax), `features` (the conv output, float32)."""
         n_local = tf.shape(waveforms)[0]
-        n_global, first = _rows_of_this_replica(n_local)
-        frames = self.frame_count if waveforms.shape[1] == self.num_samples else feature_frames(tf.shape(waveforms)[1])
         mask_seed, distractor_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-        mask = span_mask(n_global, frames, self.mask_prob, self.mask_span, mask_seed)
-        distractors = losses.sample_distractors(mask, self.num_negatives, distractor_seed)[first:first + n_local]
-        mask = mask[first:first + n_local]
+        global_mask, mask, first = self.global_span_mask(waveforms, mask_seed)
+        n_global = tf.shape(global_mask)[0]
+        distractors = losses.sample_distractors(global_mask, self.num_negatives, distractor_seed)[first:first + n_local]
         out = speech_features(self.encoder, waveforms, masked=mask, training=training)
         gumbel = self.quantizer.get_layer("gumbel")
         logits = gumbel.logits(self.feature_dropout(tf.cast(out.latents, tf.float32), training=training))
@@ -296,17 +235,14 @@ class Wav2Vec2(MethodModel):
 
     def method_loss(self, data, training):
         waveforms = self._waveforms(data)
-        step = self.masked_pass(waveforms, self._step_seed(), training)
+        step = self.masked_pass(waveforms, self.step_seed(), training)
         mean_probabilities, perplexity, count = self._global_code_statistics(step)
         diversity = losses.wav2vec2.diversity_of_mean(mean_probabilities) * tf.cast(count > 0, tf.float32)
         n_local = tf.shape(waveforms)[0]
-        n_global, _ = _rows_of_this_replica(n_local)
         replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
-        features = step["features"]
-        squares = tf.reduce_mean(tf.square(features), axis=[1, 2])  # per clip
+        penalty, squares = self.feature_penalty_share(step["features"])
         contrastive = tf.reduce_sum(step["losses"]) / tf.maximum(count, 1.0)
-        penalty = tf.reduce_sum(squares) / tf.cast(n_global, tf.float32)
-        loss = contrastive + self.diversity_weight * diversity / replicas + self.feature_penalty * penalty
+        loss = contrastive + self.diversity_weight * diversity / replicas + penalty
         valid_local = tf.reduce_sum(tf.cast(step["valid"], tf.float32))
         weight = tf.cast(n_local, tf.float32)
         self.trackers["loss"].update_state(loss * replicas)  # the replicas' mean of R x theirs: the global loss
@@ -356,59 +292,6 @@ class Wav2Vec2(MethodModel):
                 "codes_used": float((hard > 0).mean()), "masked_fraction": masked / max(frames, 1.0),
                 "masked_frames": int(count)}
 
-    # -- what it computes and serves -----------------------------------------------------
-
-    def _layer_index(self):
-        return (self.representation_layer or self.num_blocks) - 1
-
-    def frames(self, waveforms, training=False):
-        """The frames of block `representation_layer` of the unmasked clips: `[B, T, D]`."""
-        return speech_features(self.encoder, self.checked_inputs(waveforms), training=training).layers[
-            self._layer_index()]
-
-    def representation(self, waveforms, training=False):
-        """The mean over time of `frames`: `[B, D]`."""
-        return tf.reduce_mean(self.frames(waveforms, training=training), axis=1)
-
-    def representation_dim(self, input_shape=None):
-        return self.width
-
-    def probe_frames(self, waveforms):
-        """What the frozen-feature probes pool over time (`keras_ssl.evaluation.audio`), from
-        one pass: `layer<k>` for the representation's block first, then every other block
-        in order (`layer<L>` after the final LayerNorm), and `latent` (the feature
-        encoder's LayerNorm output, the quantiser's input): each `[B, T, D]`."""
-        out = speech_features(self.encoder, self.checked_inputs(waveforms))
-        chosen = self._layer_index()
-        order = [chosen] + [i for i in range(self.num_blocks) if i != chosen]
-        frames = {f"layer{i + 1}": out.layers[i] for i in order}
-        frames["latent"] = out.latents
-        return frames
-
-    def serving_endpoints(self, input_shape=None, threshold=None):
-        """`serving_default` (WAV bytes) and `embed_waveforms` (float32 samples), both ->
-        `embedding` (the mean over time of block `representation_layer`'s frames,
-        L2-normalised) and `frames` (those frames, one per 20 ms), at the clip length
-        `input_shape = (samples,)` (default: the training clip length)."""
-        from keras_ssl.models.endpoints import ServingOutput, audio_endpoints
-
-        if threshold is not None:
-            raise UserError("a threshold only applies to models with a verify signature (Siamese, triplet), not "
-                            "wav2vec 2.0")
-        samples = int(input_shape[0]) if input_shape else self.num_samples
-        layer = self._layer_index() + 1
-        which = f"Transformer block {layer}" + (" (after the final LayerNorm)" if layer == self.num_blocks else "")
-
-        def serve(waveforms):
-            frames = tf.cast(self.frames(waveforms), tf.float32)
-            return {"embedding": tf.math.l2_normalize(tf.reduce_mean(frames, axis=1), axis=-1), "frames": frames}
-
-        outputs = (ServingOutput("embedding", "float32", (self.width,), f"the clip's representation: mean over time "
-                                 f"of the frames of {which}, L2-normalised"),
-                   ServingOutput("frames", "float32", (feature_frames(samples), self.width),
-                                 f"the output of {which} every 20 ms (not L2-normalised)"))
-        return audio_endpoints(outputs, serve)
-
 
 # -- its evaluation ----------------------------------------------------------------------------
 
@@ -428,14 +311,7 @@ CONTRASTIVE_TASK = register_evaluation(Evaluation(
 def _build(run, options, encoder, dataset, stage=None):
     """wav2vec 2.0 with its own speech Transformer (the run's `--encoder` is not used),
     its widths times `--width_multiplier`."""
-    if dataset.num_samples < RECEPTIVE_FIELD + 320:  # refused before the run directory is claimed
-        raise UserError(f"clips of {dataset.num_samples} samples give {feature_frames(dataset.num_samples)} frames; "
-                        "wav2vec2 needs at least 2 (720 samples); raise --audio_seconds")
-    heads = options.transformer_heads
-    width = scaled_width(options.transformer_width, heads, options.position_groups, run.width_multiplier)
-    conv_width = max(1, int(round(options.conv_width * run.width_multiplier)))
-    speech = speech_transformer(conv_width, width, options.transformer_layers, heads, options.dropout,
-                                options.position_kernel, options.position_groups, options.conv_norm)
+    speech = build_speech_encoder(run, options, dataset, Wav2Vec2.MIN_SAMPLES, "wav2vec2")
     return Wav2Vec2(speech, num_samples=dataset.num_samples, seed=run.seed, **option_arguments(options, Wav2Vec2))
 
 
