@@ -13,6 +13,10 @@ of `keras_ssl.evaluation.evaluate_features`, as `keras-ssl-evaluate` computes th
   blocks     the global averages of every block, concatenated.
 
 Raw pixels are read as they are (784 values / 255) and averaged over 2x2 pixel cells.
+
+`--knn_normalizations=centred,standardised` adds the kNN of every reading after subtracting the
+training features' mean (and dividing by their standard deviation), the same rule for every
+row (`knn_accuracy_centred`, `knn_accuracy_standardised`).
 """
 
 import json
@@ -28,6 +32,8 @@ flags.DEFINE_list("readings", ["gap", "grid2", "grid3", "blocks"], "which readin
 flags.DEFINE_list("encoders", ["trained", "untrained", "pixels"], "which encoders")
 flags.DEFINE_integer("train_limit", None, "probe on the first N training images only")
 flags.DEFINE_string("layer", None, "the map read by gap/gridN (default: the last block, what the encoder pools)")
+flags.DEFINE_multi_enum("knn_normalizations", [], ["centred", "standardised"],
+                        "also the kNN of the features centred (and standardised) by the training statistics")
 flags.DEFINE_string("output", None, "append JSON lines here")
 FLAGS = flags.FLAGS
 
@@ -38,7 +44,7 @@ def readings_model(encoder, cells, layer=None):
     import keras
     import tensorflow as tf
 
-    from keras_ssl.evaluation.layer_probes import grid_pooling_matrix
+    from keras_ssl.evaluation.classification import region_means
 
     blocks = sorted((layer.name for layer in encoder.layers if layer.name.startswith("block")))
     maps = [encoder.get_layer(name).output for name in blocks]
@@ -47,13 +53,10 @@ def readings_model(encoder, cells, layer=None):
     def read(x):
         outs = [tf.cast(m, tf.float32) for m in model(x, training=False)]
         last = outs[blocks.index(layer) if layer else -1]
-        h, w, c = last.shape[1:]
-        tokens = tf.reshape(last, [-1, h * w, c])
-        result = {"gap": tf.reduce_mean(tokens, 1),
+        result = {"gap": tf.reduce_mean(last, [1, 2]),
                   "blocks": tf.concat([tf.reduce_mean(m, [1, 2]) for m in outs], -1)}
         for n in cells:
-            pooled = tf.einsum("btd,tc->bcd", tokens, tf.constant(grid_pooling_matrix((h, w), n)))
-            result[f"grid{n}"] = tf.reshape(pooled, [-1, n * n * c])
+            result[f"grid{n}"] = region_means(last, n)
         return result
 
     return tf.function(read, reduce_retracing=True)
@@ -77,7 +80,7 @@ def main(argv):
 
     from keras_ssl.data import load_source
     from keras_ssl.encoders import build_encoder
-    from keras_ssl.evaluation import evaluate_features
+    from keras_ssl.evaluation import evaluate_features, knn_accuracy
 
     ds = load_source(FLAGS.dataset, image_size=(FLAGS.image_size,) * 2 if FLAGS.image_size else None)
     train = ds.train.take(FLAGS.train_limit)
@@ -88,7 +91,13 @@ def main(argv):
         scores = evaluate_features(tr, train.labels, te, ds.test.labels, ds.num_classes, knn_k=(20,))
         row = dict(encoder=name, reading=reading, feature_dim=int(tr.shape[1]),
                    linear_probe_accuracy=round(scores["linear_probe_accuracy"], 4),
-                   knn_accuracy=round(scores["knn_accuracy"], 4), seconds=round(seconds + time.time() - start, 1))
+                   knn_accuracy=round(scores["knn_accuracy"], 4))
+        mean, std = tr.mean(0), tr.std(0) + 1e-6
+        for normalization in FLAGS.knn_normalizations:
+            scale = std if normalization == "standardised" else 1.0
+            row[f"knn_accuracy_{normalization}"] = round(knn_accuracy(
+                (tr - mean) / scale, train.labels, (te - mean) / scale, ds.test.labels, 20, ds.num_classes), 4)
+        row["seconds"] = round(seconds + time.time() - start, 1)
         print(json.dumps(row), flush=True)
         if FLAGS.output:
             with open(FLAGS.output, "a") as f:
