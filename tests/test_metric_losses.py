@@ -151,3 +151,58 @@ def test_batch_triplet_rejects_unknown_mining():
         losses.batch_triplet([0, 1], np.zeros((2, 2)), mining="semihard")
     with pytest.raises(UserError, match="mining"):
         losses.BatchTriplet(mining="easy")
+
+
+def np_multi_similarity(labels, emb, alpha, beta, base, epsilon):
+    """Wang et al. 2019 anchor by anchor, as the authors' loop: mine, skip an anchor that keeps
+    no positive or no negative, average over the anchors that have both kinds of pairs."""
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    s = e @ e.T
+    total, anchors = 0.0, 0
+    for i in range(len(labels)):
+        pos = [s[i, j] for j in range(len(labels)) if j != i and labels[j] == labels[i]]
+        neg = [s[i, k] for k in range(len(labels)) if labels[k] != labels[i]]
+        if not pos or not neg:
+            continue
+        anchors += 1
+        kept_neg = [v for v in neg if v + epsilon > min(pos)]
+        kept_pos = [v for v in pos if v - epsilon < max(neg)]
+        if not kept_neg or not kept_pos:
+            continue
+        total += np.log1p(np.sum(np.exp(-alpha * (np.array(kept_pos) - base)))) / alpha
+        total += np.log1p(np.sum(np.exp(beta * (np.array(kept_neg) - base)))) / beta
+    return total / max(anchors, 1)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_multi_similarity_matches_numpy(case):
+    rng = np.random.default_rng(_seed("ms", case))
+    labels = rng.integers(0, 3, size=12)
+    labels[-1] = 7  # an anchor without a positive: not counted
+    emb = rng.normal(size=(12, 5)).astype(np.float32)
+    if case == 3:
+        emb[1] = emb[0] * 3.0  # two images of one class that coincide in direction
+    for alpha, beta, base, epsilon in ((2.0, 50.0, 0.5, 0.1), (1.0, 10.0, 0.2, 0.3)):
+        values, counted, kept = losses.multi_similarity_terms(tf.constant(labels), tf.constant(emb), alpha, beta,
+                                                              base, epsilon)
+        got = float(tf.reduce_sum(values) / tf.reduce_sum(tf.cast(counted, tf.float32)))
+        np.testing.assert_allclose(got, np_multi_similarity(labels, emb, alpha, beta, base, epsilon), rtol=1e-4,
+                                   atol=1e-6)
+        assert not bool(counted[-1]) and not np.diag(kept.numpy()).any()
+
+
+def test_multi_similarity_mines_only_the_informative_pairs_and_has_finite_gradients():
+    """Two tight classes far apart: every pair is easy, nothing is kept and the loss is 0;
+    moving one negative close to an anchor keeps that pair. Coinciding embeddings keep the
+    gradient finite."""
+    labels = tf.constant([0, 0, 1, 1])
+    easy = tf.constant([[1.0, 0.0], [0.99, 0.14], [-1.0, 0.0], [-0.99, -0.14]])
+    values, counted, kept = losses.multi_similarity_terms(labels, easy)
+    assert float(tf.reduce_sum(values)) == 0.0 and not kept.numpy().any() and counted.numpy().all()
+    hard = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [-1.0, 0.0]])
+    _, _, kept = losses.multi_similarity_terms(labels, hard)
+    assert kept.numpy()[0, 2] and kept.numpy()[0, 1]  # the close negative, and the positive farther than it
+    same = tf.Variable(tf.ones((4, 3)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(losses.multi_similarity_terms(labels, same)[0])
+    assert np.isfinite(tape.gradient(loss, same).numpy()).all()

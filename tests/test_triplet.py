@@ -23,10 +23,14 @@ def _encoder(sync_bn=False):
     return small_cnn((8, 8, 1), width_multiplier=0.5, sync_bn=sync_bn)
 
 
-@pytest.mark.parametrize("mining", ["semi_hard", "hard", "all"])
+@pytest.mark.parametrize("mining", ["semi_hard", "hard", "all", "multi_similarity"])
 def test_online_triplet_learns_and_retrieves(digits, mining):
     keras.utils.set_random_seed(0)
-    model = OnlineTriplet(_encoder(), embedding_dim=32, mining=mining)
+    if mining == "multi_similarity":  # the other objective, with its own mining
+        model = OnlineTriplet(_encoder(), embedding_dim=32, objective="multi_similarity")
+        assert OnlineTriplet.from_config(model.get_config()).objective == "multi_similarity"
+    else:
+        model = OnlineTriplet(_encoder(), embedding_dim=32, mining=mining)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     before = retrieval_metrics(model.predict(digits.test.images, verbose=0), digits.test.labels)
     hist = model.fit(pk_batches(digits.train, 8, 8, epochs=3), steps_per_epoch=20, epochs=3, verbose=0).history

@@ -24,7 +24,7 @@ from keras_ssl.losses.generative import bits_per_dim, discretized_logistic_nll, 
 from keras_ssl.losses.hubert import hubert_cross_entropy_terms, hubert_logits, hubert_loss
 from keras_ssl.losses.metric_learning import (MINING, NEGATIVE_HINGES, BatchTriplet, Contrastive, batch_triplet,
                                               batch_triplet_terms, contrastive, contrastive_terms,
-                                              pairwise_squared_distances, triplet)
+                                              multi_similarity_terms, pairwise_squared_distances, triplet)
 from keras_ssl.losses.predictive_coding import cpc_info_nce_terms, cpc_negative_rows, info_nce, info_nce_terms
 from keras_ssl.losses.replicas import gather_across_replicas
 from keras_ssl.losses.simclr import NTXent, nt_xent, nt_xent_terms

@@ -1,7 +1,8 @@
 """Metric-learning losses (Siamese and triplet networks): the contrastive loss of
 pairs (Hadsell et al. 2006), the triplet loss (FaceNet) and triplet mining inside
 the batch (FaceNet's semi-hard; Hermans et al. 2017's batch-hard and batch-all),
-with their `keras.losses.Loss` wrappers."""
+the Multi-Similarity loss with its pair mining (Wang et al. 2019), with their
+`keras.losses.Loss` wrappers."""
 
 import keras
 import tensorflow as tf
@@ -11,6 +12,10 @@ from keras_ssl.errors import UserError
 _MIN_SQUARED = 1e-12  # floor under d^2 before a sqrt: finite gradient at d = 0
 NEGATIVE_HINGES = ("distance", "squared")
 MINING = ("semi_hard", "hard", "all")
+# Multi-Similarity (Wang et al. 2019; the authors' code, msloss): alpha = 2 (positives' scale),
+# beta = 50 (negatives'; the paper's), lambda = 0.5 (the similarity both are measured from),
+# epsilon = 0.1 (the mining margin).
+MS_ALPHA, MS_BETA, MS_BASE, MS_EPSILON = 2.0, 50.0, 0.5, 0.1
 
 
 def _squared_distance(a, b):
@@ -116,6 +121,44 @@ def batch_triplet_terms(labels, embeddings, margin=0.2, mining="semi_hard", soft
     values = hinge(d[:, :, None] - d[:, None, :])
     valid = tf.logical_and(pos_mask[:, :, None], neg_mask[:, None, :])
     return values, tf.logical_and(valid, values > 0.0)
+
+
+def multi_similarity_terms(labels, embeddings, alpha=MS_ALPHA, beta=MS_BETA, base=MS_BASE, epsilon=MS_EPSILON):
+    """The Multi-Similarity loss per anchor (Wang et al. 2019, eq. 12, with the mining of
+    its section 4.1): `(values [B], counted [B], kept [B, B])`.
+
+    On the cosine similarities `S` of the L2-normalised embeddings, for anchor i with
+    positives P_i (same label, not i) and negatives N_i:
+
+    * mining keeps a negative k when `S_ik + epsilon > min_{j in P_i} S_ij` and a positive j
+      when `S_ij - epsilon < max_{k in N_i} S_ik`;
+    * `L_i = 1/alpha log(1 + sum_{kept j} exp(-alpha (S_ij - base)))
+           + 1/beta log(1 + sum_{kept k} exp(beta (S_ik - base)))`,
+
+    0 for an anchor that keeps no positive or no negative (the authors' code skips it). The
+    loss is the mean of `values` over `counted` (anchors with a positive and a negative);
+    `kept` marks the mined pairs. Float32 whatever the input dtype.
+    """
+    labels = tf.reshape(labels, [-1])
+    e = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
+    s = tf.matmul(e, e, transpose_b=True)
+    n = tf.shape(s)[0]
+    same = tf.equal(labels[:, None], labels[None, :])
+    pos_mask = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
+    neg_mask = tf.logical_not(same)
+    hardest_neg = tf.reduce_max(tf.where(neg_mask, s, -2.0), axis=1, keepdims=True)  # cosines are >= -1
+    hardest_pos = tf.reduce_min(tf.where(pos_mask, s, 2.0), axis=1, keepdims=True)
+    keep_pos = tf.logical_and(pos_mask, s - epsilon < hardest_neg)
+    keep_neg = tf.logical_and(neg_mask, s + epsilon > hardest_pos)
+
+    def soft_sum(mask, x, scale):  # 1/scale log(1 + sum over mask of exp(x)), stable
+        logits = tf.concat([tf.zeros([n, 1]), tf.where(mask, x, -float("inf"))], axis=1)
+        return tf.reduce_logsumexp(logits, axis=1) / scale
+
+    both = tf.logical_and(tf.reduce_any(keep_pos, axis=1), tf.reduce_any(keep_neg, axis=1))
+    terms = soft_sum(keep_pos, -alpha * (s - base), alpha) + soft_sum(keep_neg, beta * (s - base), beta)
+    counted = tf.logical_and(tf.reduce_any(pos_mask, axis=1), tf.reduce_any(neg_mask, axis=1))
+    return tf.where(both, terms, 0.0), counted, tf.logical_or(keep_pos, keep_neg)
 
 
 def batch_triplet(labels, embeddings, margin=0.2, mining="semi_hard", soft=False):

@@ -14,6 +14,9 @@ from keras_ssl.models.metric_model import MetricModel, embed_images
 from keras_ssl.models.registry import Method, TrainingData, epoch_steps, option, register
 
 
+OBJECTIVES = ("triplet", "multi_similarity")
+
+
 @dataclasses.dataclass
 class TripletOptions:
     """Online triplet mining. Sources: margin 0.2 and 128-d L2-normalised
@@ -23,6 +26,9 @@ class TripletOptions:
     margin: float = option(0.2, "triplet margin (FaceNet: 0.2)", check=lambda v: v > 0, requirement="> 0")
     embedding_dim: int = option(128, "Dense embedding head size (FaceNet: 128)", check=lambda v: v >= 1,
                                 requirement=">= 1")
+    objective: str = option("triplet", "the loss on the P x K batch: triplet (the hinge on mined triplets, "
+                            "--mining, --margin) or multi_similarity (Wang et al. 2019, with its own pair mining; "
+                            "--mining and --margin unused)", choices=OBJECTIVES, stored_default="triplet")
     mining: str = option("semi_hard", "online mining strategy", choices=losses.MINING)
     soft_margin: bool = option(False, "softplus instead of the hinge (Hermans et al. 2017)")
     classes_per_batch: int = option(8, "P classes per batch", check=lambda v: v >= 2, requirement=">= 2")
@@ -77,7 +83,9 @@ class _Embedding(MetricModel):
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class OnlineTriplet(_Embedding):
-    """Triplet loss with online mining on labelled batches (`losses.batch_triplet`).
+    """Triplet loss with online mining on labelled batches (`losses.batch_triplet`), or
+    with `objective="multi_similarity"` the Multi-Similarity loss and its pair mining
+    (`losses.multi_similarity_terms`, Wang et al. 2019) on the same batches.
 
     `fit()` takes `(images, labels)` batches, best class-balanced P x K
     batches (`keras_ssl.data.sampling.pk_batches`). Defaults: L2-normalised
@@ -89,19 +97,39 @@ class OnlineTriplet(_Embedding):
     (the all-gather's gradient routes each row's share back to its replica).
 
     Metrics: `loss`, `active_fraction` (share of the mined terms with a
-    non-zero loss), `pos_distance` / `neg_distance` (mean Euclidean distance of
+    non-zero loss; Multi-Similarity: share of the pairs its mining keeps), `pos_distance` / `neg_distance` (mean Euclidean distance of
     same- and different-class pairs in the batch), `embedding_std`.
     """
 
     def __init__(self, encoder, embedding_dim=TripletOptions.embedding_dim, normalize=True,
                  margin=TripletOptions.margin, mining=TripletOptions.mining, soft=TripletOptions.soft_margin,
-                 **kwargs):
+                 objective=TripletOptions.objective, **kwargs):
         if mining not in losses.MINING:
             raise UserError(f"mining must be one of {losses.MINING}, got {mining!r}")
+        if objective not in OBJECTIVES:
+            raise UserError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         super().__init__(encoder, embedding_dim, normalize, margin, **kwargs)
         self.mining = mining
         self.soft = bool(soft)
+        self.objective = objective
         self.build()
+
+    def _terms(self, labels, e):
+        """`(values, counted, active)` of the objective on the global batch (see `method_loss`)."""
+        if self.objective == "multi_similarity":
+            values, counted, kept = losses.multi_similarity_terms(labels, e)
+            n = tf.cast(tf.shape(labels)[0], tf.float32)
+            return values, counted, tf.reduce_mean(tf.cast(kept, tf.float32)) * n / tf.maximum(n - 1.0, 1.0)
+        values, counted = losses.batch_triplet_terms(labels, e, self.margin, self.mining, self.soft)
+        mask = tf.cast(counted, tf.float32)
+        if self.mining == "all":  # counted excludes zero-loss triplets: active over valid ones
+            pos = tf.logical_and(tf.equal(labels[:, None], labels[None, :]),
+                                 tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool)))
+            neg = tf.not_equal(labels[:, None], labels[None, :])
+            valid = tf.cast(tf.logical_and(pos[:, :, None], neg[:, None, :]), tf.float32)
+            return values, counted, tf.math.divide_no_nan(tf.reduce_sum(mask), tf.reduce_sum(valid))
+        return values, counted, tf.math.divide_no_nan(tf.reduce_sum(mask * tf.cast(values > 0, tf.float32)),
+                                                      tf.reduce_sum(mask))
 
     def method_loss(self, data, training):
         x, y = split_data(data)
@@ -113,18 +141,9 @@ class OnlineTriplet(_Embedding):
         replicas = 1 if ctx is None else ctx.num_replicas_in_sync
         e_all, _ = losses.gather_across_replicas(e)
         labels_all, _ = losses.gather_across_replicas(labels)
-        values, counted = losses.batch_triplet_terms(labels_all, e_all, self.margin, self.mining, self.soft)
+        values, counted, active = self._terms(labels_all, e_all)
         mask = tf.cast(counted, tf.float32)
         full_loss = tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
-        if self.mining == "all":  # counted excludes zero-loss triplets: active over valid ones
-            pos = tf.logical_and(tf.equal(labels_all[:, None], labels_all[None, :]),
-                                 tf.logical_not(tf.eye(tf.shape(labels_all)[0], dtype=tf.bool)))
-            neg = tf.not_equal(labels_all[:, None], labels_all[None, :])
-            valid = tf.cast(tf.logical_and(pos[:, :, None], neg[:, None, :]), tf.float32)
-            active = tf.math.divide_no_nan(tf.reduce_sum(mask), tf.reduce_sum(valid))
-        else:
-            active = tf.math.divide_no_nan(tf.reduce_sum(mask * tf.cast(values > 0, tf.float32)),
-                                           tf.reduce_sum(mask))
         d = tf.sqrt(tf.maximum(losses.pairwise_squared_distances(e_all), 1e-12))
         same = tf.cast(tf.equal(labels_all[:, None], labels_all[None, :]), tf.float32)
         off_diag = 1.0 - tf.eye(tf.shape(d)[0])
