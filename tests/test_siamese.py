@@ -83,3 +83,26 @@ def test_bad_input_is_clear(digits):
         _model(threshold="high")
     with pytest.raises(UserError, match="head must be one of"):
         _model(head="cosine")
+
+
+def test_one_shot_is_also_read_from_the_encoder_features(digits):
+    """evaluate_siamese scores the same trials on the encoder's features (before the head):
+    10-way and, with classes held out of training, N-way over those; printed beside the
+    embedding's."""
+    from keras_ssl.evaluation import evaluate_siamese, extract_features, one_shot_accuracy
+    from keras_ssl.evaluation.report import format_table
+
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(pair_batches(digits.train, 64, seed=0), steps_per_epoch=5, epochs=1, verbose=0)
+    results = evaluate_siamese(model, digits.test, digits.train.take(300), train_classes=list(range(7)), pairs=500,
+                               trials=300)
+    assert set(results["encoder_one_shot_accuracy"]) == set(results["one_shot_accuracy"]) == {"10", "3_heldout"}
+    features = extract_features(model.encoder, digits.test).astype(np.float64)
+    distance = lambda q, s: -np.sqrt(np.sum((s - q[:, None, :]) ** 2, axis=-1))
+    want = one_shot_accuracy(features, digits.test.labels, 3, 300, classes=[7, 8, 9], seed=1234, score_fn=distance)
+    assert results["encoder_one_shot_accuracy"]["3_heldout"] == want
+    assert results["encoder_one_shot_accuracy"] != results["one_shot_accuracy"]  # another reading
+    table = format_table(results)
+    assert "encoder_one_shot_accuracy[3-way, held-out]" in table and "one_shot_accuracy[10-way]" in table

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.errors import UserError
-from keras_ssl.evaluation.classification import embed_split
+from keras_ssl.evaluation.classification import embed_split, extract_features
 
 def equal_error_rate(same, similarity):
     """The rate where false accepts equal false rejects, and the similarity there.
@@ -144,7 +144,11 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
     * One-shot (Koch et al.): 10-way (or all classes) on the test split and,
       when `train_classes` held some classes out, N-way over the held-out
       classes (N = their number): `one_shot_accuracy` maps "N" or
-      "N_heldout" to accuracy.
+      "N_heldout" to accuracy. `encoder_one_shot_accuracy`: the same trials
+      scored by Euclidean distance of the encoder's features (before the
+      embedding head, as SimCLR reads its encoder before the projection): the
+      head is fitted to the training classes, the layer below it carries
+      more to classes it never saw (docs/BENCHMARKS.md, issue 35).
     Writes `roc.png` in `output_dir`.
     """
     from keras_ssl.data.pairs import pair_indices
@@ -168,14 +172,21 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
         return pair_similarity(model, q, s).reshape(support.shape[:2])
 
     classes = np.unique(test.labels)
-    one_shot = {str(min(10, len(classes))): one_shot_accuracy(e_test, test.labels, min(10, len(classes)), trials,
-                                                             seed=seed, score_fn=score_fn)}
+    ways = {str(min(10, len(classes))): None}
     if train_classes is not None:
         held = [c for c in classes if c not in set(train_classes)]
         if len(held) >= 2:
-            one_shot[f"{len(held)}_heldout"] = one_shot_accuracy(e_test, test.labels, len(held), trials,
-                                                                 classes=held, seed=seed, score_fn=score_fn)
-    results["one_shot_accuracy"] = one_shot
+            ways[f"{len(held)}_heldout"] = held
+
+    def one_shot(features, scores):
+        return {name: one_shot_accuracy(features, test.labels, len(held) if held else int(name), trials,
+                                        classes=held, seed=seed, score_fn=scores) for name, held in ways.items()}
+
+    results["one_shot_accuracy"] = one_shot(e_test, score_fn)
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:
+        results["encoder_one_shot_accuracy"] = one_shot(extract_features(encoder, test).astype(np.float64),
+                                                        _neg_euclidean)
     if output_dir:
         results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"),
                                        f"{type(model).__name__} verification ROC")
