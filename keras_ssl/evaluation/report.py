@@ -20,7 +20,8 @@ def format_table(results):
         value = results[key]
         if key == "knn_accuracy" and results.get("knn_accuracy_k20") == value:
             continue  # the same figure as knn_accuracy_k20 (kept in the JSON for compatibility)
-        if isinstance(value, dict) and key in ("one_shot_accuracy", "encoder_one_shot_accuracy"):
+        if isinstance(value, dict) and key in ("one_shot_accuracy", "encoder_one_shot_accuracy",
+                                                  "grid_one_shot_accuracy"):
             rows += [(f"{key}[{n.replace('_heldout', '')}-way{', held-out' if 'held' in n else ''}]",
                       f"{100 * v:.2f}%") for n, v in sorted(value.items())]
         elif key.endswith("accuracy") or "_accuracy_" in key or key.endswith("_rate") or key == "eer":

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.errors import UserError
-from keras_ssl.evaluation.classification import embed_split, extract_features
+from keras_ssl.evaluation.classification import SPATIAL_GRID, embed_split, extract_features, spatial_layer
 
 def equal_error_rate(same, similarity):
     """The rate where false accepts equal false rejects, and the similarity there.
@@ -148,7 +148,9 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
       scored by Euclidean distance of the encoder's features (before the
       embedding head, as SimCLR reads its encoder before the projection): the
       head is fitted to the training classes, the layer below it carries
-      more to classes it never saw (docs/BENCHMARKS.md, issue 35).
+      more to classes it never saw (docs/BENCHMARKS.md, issue 35). For a
+      convolutional encoder also `grid_one_shot_accuracy`: its last map
+      averaged over 2x2 regions (`grid_reading`, the probes' spatial reading).
     Writes `roc.png` in `output_dir`.
     """
     from keras_ssl.data.pairs import pair_indices
@@ -187,6 +189,12 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
     if encoder is not None:
         results["encoder_one_shot_accuracy"] = one_shot(extract_features(encoder, test).astype(np.float64),
                                                         _neg_euclidean)
+        stage = spatial_layer(encoder)
+        if stage is not None:
+            reading = f"{stage}:grid{SPATIAL_GRID}"
+            results["grid_one_shot_accuracy"] = one_shot(
+                extract_features(encoder, test, layer=reading).astype(np.float64), _neg_euclidean)
+            results.setdefault("grid_reading", reading)
     if output_dir:
         results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"),
                                        f"{type(model).__name__} verification ROC")
