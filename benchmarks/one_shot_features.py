@@ -6,7 +6,7 @@
 For every run given: its served embedding (metric models: `model.embed`), its encoder's
 features (`encoder.keras`, before any head) and its last map pooled over 2x2 regions (the
 `grid_*` reading of `keras-ssl-evaluate`); beside them raw pixels and the run's encoder
-architecture untrained (seed 0). Each is scored by N-way one-shot over the test images of
+architecture untrained (seed 0, at the run's width). Each is scored by N-way one-shot over the test images of
 `--classes` (`keras_ssl.evaluation.verification.one_shot_accuracy`: 2,000 trials, seed 1234,
 as `keras-ssl-evaluate` draws them), by Euclidean distance of L2-normalised features (the
 cosine), and by distance of the features as they are. One JSON line per feature.
@@ -37,6 +37,7 @@ def main(argv):
     from keras_ssl.evaluation.classification import SPATIAL_GRID, embed_split, spatial_layer
     from keras_ssl.evaluation.verification import one_shot_accuracy
     from keras_ssl.saving import load_model
+    from keras_ssl.training import read_config
 
     test = load_source(FLAGS.dataset).test
     classes = [int(c) for c in FLAGS.classes]
@@ -67,10 +68,12 @@ def main(argv):
         if hasattr(model, "embed"):
             report(model_dir, "served embedding", embed_split(model, test))
         architecture = "small_cnn" if encoder.name.startswith("small_cnn") else encoder.name
-        if architecture not in untrained_done:
-            untrained_done.add(architecture)
+        width = read_config(model_dir).width_multiplier
+        if (architecture, width) not in untrained_done:  # the same network untrained, at the run's width
+            untrained_done.add((architecture, width))
             keras.utils.set_random_seed(0)
-            untrained = build_encoder(architecture, tuple(encoder.input_shape[1:]))
+            untrained = build_encoder(architecture, tuple(encoder.input_shape[1:]), width)
+            architecture = f"{architecture} x{width:g}" if width != 1 else architecture
             report(f"{architecture} untrained", "encoder features", extract_features(untrained, test))
             report(f"{architecture} untrained", f"encoder {reading}", extract_features(untrained, test, layer=reading))
 

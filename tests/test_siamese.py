@@ -105,7 +105,7 @@ def test_one_shot_is_also_read_from_the_encoder_features(digits):
     assert results["encoder_one_shot_accuracy"]["3_heldout"] == want
     assert results["encoder_one_shot_accuracy"] != results["one_shot_accuracy"]  # another reading
     grid = extract_features(model.encoder, digits.test, layer="block3:grid2").astype(np.float64)
-    assert grid.shape[1] == 4 * features.shape[1] and results["grid_reading"] == "block3:grid2"
+    assert grid.shape[1] == 4 * features.shape[1] and results["grid_one_shot_reading"] == "block3:grid2"
     assert results["grid_one_shot_accuracy"]["3_heldout"] == one_shot_accuracy(
         grid, digits.test.labels, 3, 300, classes=[7, 8, 9], seed=1234, score_fn=distance)
     table = format_table(results)

@@ -150,7 +150,8 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
       head is fitted to the training classes, the layer below it carries
       more to classes it never saw (docs/BENCHMARKS.md, issue 35). For a
       convolutional encoder also `grid_one_shot_accuracy`: its last map
-      averaged over 2x2 regions (`grid_reading`, the probes' spatial reading).
+      averaged over 2x2 regions (`grid_one_shot_reading`, the probes' spatial
+      reading).
     Writes `roc.png` in `output_dir`.
     """
     from keras_ssl.data.pairs import pair_indices
@@ -194,7 +195,7 @@ def evaluate_siamese(model, test, val, output_dir=None, train_classes=None, pair
             reading = f"{stage}:grid{SPATIAL_GRID}"
             results["grid_one_shot_accuracy"] = one_shot(
                 extract_features(encoder, test, layer=reading).astype(np.float64), _neg_euclidean)
-            results.setdefault("grid_reading", reading)
+            results["grid_one_shot_reading"] = reading
     if output_dir:
         results["roc_plot"] = roc_plot(same, sim, os.path.join(output_dir, "roc.png"),
                                        f"{type(model).__name__} verification ROC")

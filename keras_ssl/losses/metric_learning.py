@@ -12,9 +12,10 @@ from keras_ssl.errors import UserError
 _MIN_SQUARED = 1e-12  # floor under d^2 before a sqrt: finite gradient at d = 0
 NEGATIVE_HINGES = ("distance", "squared")
 MINING = ("semi_hard", "hard", "all")
-# Multi-Similarity (Wang et al. 2019; the authors' code, msloss): alpha = 2 (positives' scale),
-# beta = 50 (negatives'; the paper's), lambda = 0.5 (the similarity both are measured from),
-# epsilon = 0.1 (the mining margin).
+# Multi-Similarity (Wang et al. 2019): alpha = 2 (positives' scale) and beta = 50 (negatives'), the
+# paper's; lambda = 0.5 (the similarity both are measured from), the authors' code's `thresh` (and
+# pytorch-metric-learning's and TF Similarity's default; the paper's text gives 1); epsilon = 0.1
+# (the mining margin, paper and code).
 MS_ALPHA, MS_BETA, MS_BASE, MS_EPSILON = 2.0, 50.0, 0.5, 0.1
 
 

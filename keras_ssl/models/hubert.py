@@ -258,7 +258,6 @@ class HuBERT(SpeechTransformerModel):
         terms, correct = step["terms"], tf.cast(step["correct"], tf.float32)
         local_masked, local_unmasked = tf.reduce_sum(masked), tf.reduce_sum(unmasked)
         global_masked, global_unmasked = replica_sum(local_masked), replica_sum(local_unmasked)
-        n_local = tf.shape(waveforms)[0]
         replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
         penalty, squares = self.feature_penalty_share(step["features"])
         loss = tf.reduce_sum(terms * masked) / tf.maximum(global_masked, 1.0)
@@ -271,9 +270,7 @@ class HuBERT(SpeechTransformerModel):
                                                        sample_weight=count)
             self.trackers[f"{name}_accuracy"].update_state(tf.reduce_sum(correct * weights) / tf.maximum(count, 1.0),
                                                            sample_weight=count)
-        weight = tf.cast(n_local, tf.float32)
-        self.trackers["feature_penalty"].update_state(tf.reduce_mean(squares), sample_weight=weight)
-        self.trackers["masked_fraction"].update_state(tf.reduce_mean(masked), sample_weight=weight)
+        self.track_frames(squares, step["mask"])
         return loss
 
     def task_metrics(self, waveforms, targets, batch_size=32):
@@ -314,7 +311,7 @@ def _build(run, options, encoder, dataset, stage=None):
     """HuBERT with its own speech Transformer (the run's `--encoder` is not used), its
     widths times `--width_multiplier`; in the second iteration a new model, trained from
     scratch (the paper's)."""
-    speech = build_speech_encoder(run, options, dataset, HuBERT.MIN_SAMPLES, "HuBERT")
+    speech = build_speech_encoder(run, options, dataset, HuBERT)
     return HuBERT(speech, num_samples=dataset.num_samples, seed=run.seed, **option_arguments(options, HuBERT))
 
 

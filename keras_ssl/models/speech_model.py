@@ -69,15 +69,20 @@ class SpeechTransformerOptions:
                                        "LayerNorm (ours)", check=lambda v: v >= 0, requirement=">= 0")
 
 
-def build_speech_encoder(run, options, dataset, min_samples, method_label):
+def _frames(count):
+    return f"{count} frame{'' if count == 1 else 's'} of 20 ms"
+
+
+def build_speech_encoder(run, options, dataset, model_class):
     """The speech Transformer of `options` (a `SpeechTransformerOptions`), its widths times
     the run's `--width_multiplier` (the Transformer's rounded to a multiple of the heads
-    and position groups); clips shorter than `min_samples` are refused in a `UserError`
-    naming `method_label`, before the run directory is claimed."""
-    if dataset.num_samples < min_samples:
-        raise UserError(f"clips of {dataset.num_samples} samples give {feature_frames(dataset.num_samples)} 20 ms "
-                        f"frames; {method_label} needs at least {min_samples} samples "
-                        f"({feature_frames(min_samples)} frames); raise --audio_seconds")
+    and position groups); clips shorter than `model_class.MIN_SAMPLES` are refused in a
+    `UserError` naming the method, before the run directory is claimed."""
+    least = model_class.MIN_SAMPLES
+    if dataset.num_samples < least:
+        raise UserError(f"clips of {dataset.num_samples} samples give {_frames(feature_frames(dataset.num_samples))}; "
+                        f"{model_class.METHOD_LABEL} needs at least {least} samples ({_frames(feature_frames(least))}); "
+                        "raise --audio_seconds")
     heads = options.transformer_heads
     width = scaled_width(options.transformer_width, heads, options.position_groups, run.width_multiplier)
     conv_width = max(1, int(round(options.conv_width * run.width_multiplier)))
@@ -102,7 +107,8 @@ class SpeechTransformerModel(MethodModel):
     clip it trains on), keeps its own settings, and writes `method_loss`; it uses
     `global_span_mask` (the mask drawn for the global batch and this replica's rows),
     `feature_penalty_share` (this replica's share of lambda * mean(f^2)) and
-    `step_seed`. What both compute and serve:
+    `step_seed`, and `track_frames` for the `feature_penalty` and `masked_fraction`
+    metrics. What both compute and serve:
 
     * `frames(waveforms)`: the frames of block `representation_layer` (0: the last, after
       the final LayerNorm) of the unmasked clips, `[B, T, D]`; `layer_frames(waveforms,
@@ -127,7 +133,7 @@ class SpeechTransformerModel(MethodModel):
         self.num_blocks = len(transformer_blocks(encoder))
         check_arguments((
             ("num_samples", num_samples, num_samples >= self.MIN_SAMPLES,
-             f">= {self.MIN_SAMPLES} ({feature_frames(self.MIN_SAMPLES)} frames of 20 ms)"),
+             f">= {self.MIN_SAMPLES} ({_frames(feature_frames(self.MIN_SAMPLES))})"),
             ("mask_prob", mask_prob, 0 < mask_prob <= 1, "in (0, 1]"),
             ("mask_span", mask_span, mask_span >= 1, ">= 1"),
             ("representation_layer", representation_layer, 0 <= representation_layer <= self.num_blocks,
@@ -173,6 +179,13 @@ class SpeechTransformerModel(MethodModel):
         n_global, first = rows_of_this_replica(n_local)
         mask = span_mask(n_global, self.frames_of(waveforms), self.mask_prob, self.mask_span, seed)
         return mask, mask[first:first + n_local], first
+
+    def track_frames(self, squares, mask):
+        """Updates the `feature_penalty` (mean(f^2) per clip, `squares` [B]) and
+        `masked_fraction` (of the bool `mask` [B, T]) trackers, weighted by this replica's clips."""
+        weight = tf.cast(tf.shape(mask)[0], tf.float32)
+        self.trackers["feature_penalty"].update_state(tf.reduce_mean(squares), sample_weight=weight)
+        self.trackers["masked_fraction"].update_state(tf.reduce_mean(tf.cast(mask, tf.float32)), sample_weight=weight)
 
     def feature_penalty_share(self, features):
         """`(this replica's share of lambda * mean(f^2), mean(f^2) per clip [B])` for the

@@ -238,13 +238,11 @@ class Wav2Vec2(SpeechTransformerModel):
         step = self.masked_pass(waveforms, self.step_seed(), training)
         mean_probabilities, perplexity, count = self._global_code_statistics(step)
         diversity = losses.wav2vec2.diversity_of_mean(mean_probabilities) * tf.cast(count > 0, tf.float32)
-        n_local = tf.shape(waveforms)[0]
         replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
         penalty, squares = self.feature_penalty_share(step["features"])
         contrastive = tf.reduce_sum(step["losses"]) / tf.maximum(count, 1.0)
         loss = contrastive + self.diversity_weight * diversity / replicas + penalty
         valid_local = tf.reduce_sum(tf.cast(step["valid"], tf.float32))
-        weight = tf.cast(n_local, tf.float32)
         self.trackers["loss"].update_state(loss * replicas)  # the replicas' mean of R x theirs: the global loss
         self.trackers["contrastive_loss"].update_state(tf.reduce_sum(step["losses"]) / tf.maximum(valid_local, 1.0),
                                                        sample_weight=valid_local)
@@ -253,10 +251,8 @@ class Wav2Vec2(SpeechTransformerModel):
                                                            sample_weight=valid_local)
         self.trackers["diversity"].update_state(diversity)  # of the global batch: the same on every replica
         self.trackers["code_perplexity"].update_state(perplexity)
-        self.trackers["feature_penalty"].update_state(tf.reduce_mean(squares), sample_weight=weight)
         self.trackers["gumbel_temperature"].update_state(self.temperature())
-        self.trackers["masked_fraction"].update_state(tf.reduce_mean(tf.cast(step["mask"], tf.float32)),
-                                                      sample_weight=weight)
+        self.track_frames(squares, step["mask"])
         return loss
 
     def task_metrics(self, waveforms, batch_size=32):
@@ -311,7 +307,7 @@ CONTRASTIVE_TASK = register_evaluation(Evaluation(
 def _build(run, options, encoder, dataset, stage=None):
     """wav2vec 2.0 with its own speech Transformer (the run's `--encoder` is not used),
     its widths times `--width_multiplier`."""
-    speech = build_speech_encoder(run, options, dataset, Wav2Vec2.MIN_SAMPLES, "wav2vec2")
+    speech = build_speech_encoder(run, options, dataset, Wav2Vec2)
     return Wav2Vec2(speech, num_samples=dataset.num_samples, seed=run.seed, **option_arguments(options, Wav2Vec2))
 
 
