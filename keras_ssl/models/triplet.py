@@ -97,8 +97,9 @@ class OnlineTriplet(_Embedding):
     (the all-gather's gradient routes each row's share back to its replica).
 
     Metrics: `loss`, `active_fraction` (share of the mined terms with a
-    non-zero loss; Multi-Similarity: share of the pairs its mining keeps), `pos_distance` / `neg_distance` (mean Euclidean distance of
-    same- and different-class pairs in the batch), `embedding_std`.
+    non-zero loss; Multi-Similarity: share of the pairs its mining keeps),
+    `pos_distance` / `neg_distance` (mean Euclidean distance of same- and
+    different-class pairs in the batch), `embedding_std`.
     """
 
     def __init__(self, encoder, embedding_dim=TripletOptions.embedding_dim, normalize=True,
@@ -118,8 +119,8 @@ class OnlineTriplet(_Embedding):
         """`(values, counted, active)` of the objective on the global batch (see `method_loss`)."""
         if self.objective == "multi_similarity":
             values, counted, kept = losses.multi_similarity_terms(labels, e)
-            n = tf.cast(tf.shape(labels)[0], tf.float32)
-            return values, counted, tf.reduce_mean(tf.cast(kept, tf.float32)) * n / tf.maximum(n - 1.0, 1.0)
+            n = tf.cast(tf.shape(labels)[0], tf.float32)  # kept pairs over the n (n - 1) ordered pairs
+            return values, counted, tf.math.divide_no_nan(tf.reduce_sum(tf.cast(kept, tf.float32)), n * (n - 1.0))
         values, counted = losses.batch_triplet_terms(labels, e, self.margin, self.mining, self.soft)
         mask = tf.cast(counted, tf.float32)
         if self.mining == "all":  # counted excludes zero-loss triplets: active over valid ones
