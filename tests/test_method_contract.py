@@ -181,10 +181,11 @@ def _request_values(model, examples):
 
 
 def _binaries(run):
-    """keras-ssl-evaluate and keras-ssl-export on the run."""
+    """keras-ssl-evaluate, then keras-ssl-export, on the run (one process: `tests.run_binary`)."""
     root, model_dir = run["root"], run["model_dir"]
-    _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--probe_max_iter=100"], root)
-    proc = _run(["keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={root / 'exports'}"], root)
+    proc = _run(["keras_ssl.bin.evaluate", f"--model_dir={model_dir}", "--plot=none", "--probe_max_iter=100",
+                 "--then", "keras_ssl.bin.export", f"--model_dir={model_dir}", f"--export_root={root / 'exports'}"],
+                root)
     run["export_path"] = proc.stdout.strip().splitlines()[-1].split("exported: ")[-1]
 
 
