@@ -118,3 +118,21 @@ def test_the_spatial_reading_is_the_mean_of_each_region_of_the_last_map():
     assert results["feature_dim"] == 128 and results["grid_feature_dim"] == 4 * 128
     assert results["grid_reading"] == "block3:grid2" and 0 <= results["grid_knn_accuracy"] <= 1
     assert results["per_layer"]["block2:grid2"]["feature_dim"] == 4 * 64
+
+
+def test_extracting_features_many_times_does_not_warn_of_retracing(caplog):
+    """Each reading and split gets its own traced function (full batches, then the last partial
+    one); TF's "frequent retracing" warning, which counts traces per function's code, must not
+    add them up (it did when each call traced a new lambda: 6 readings printed it)."""
+    import logging
+
+    from keras_ssl.data.sources import Split
+    from keras_ssl.encoders import small_cnn
+    from keras_ssl.evaluation import extract_features
+
+    encoder = small_cnn((8, 8, 1), width_multiplier=0.25)
+    split = Split(np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8), np.zeros(10, np.int64))
+    with caplog.at_level(logging.WARNING):
+        for layer in (None, "block1", "block2", "block3", "block2:grid2", "block3:grid2", None, "block1"):
+            assert extract_features(encoder, split, batch_size=4, layer=layer).shape[0] == 10
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]

@@ -1,6 +1,7 @@
 """Frozen-encoder classification quality: features, linear probe, weighted kNN,
 2-D embedding plot, and the shared evaluator that writes `evaluation.json`."""
 
+import functools
 import os
 
 import numpy as np
@@ -103,10 +104,17 @@ def spatial_layer(encoder):
     return last.input._keras_history[0].name
 
 
+def _float32_features(model, images):
+    return tf.cast(model(images, training=False), tf.float32)
+
+
 def extract_features(encoder, split, batch_size=512, layer=None):
     """float32 features `[N, D]` of a split's unaugmented images."""
     model = feature_model(encoder, layer)
-    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    # A partial, not a lambda: TF counts traces per function's code object, so the lambdas of
+    # several calls (one per reading and split) added up to its "frequent retracing" warning
+    # although each traces at most twice (full batches, then the last partial one).
+    predict = tf.function(functools.partial(_float32_features, model), reduce_retracing=True)
     chunks = [predict(batch[0]).numpy() for batch in eval_batches(split, batch_size)]
     return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, model.output_shape[-1]), np.float32)
 
