@@ -206,3 +206,42 @@ def test_multi_similarity_mines_only_the_informative_pairs_and_has_finite_gradie
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(losses.multi_similarity_terms(labels, same)[0])
     assert np.isfinite(tape.gradient(loss, same).numpy()).all()
+
+
+def np_multi_similarity_kept(labels, emb, epsilon):
+    """The pairs Multi-Similarity's mining keeps, `[n, n]` bool, anchor by anchor (only anchors
+    with a positive and a negative keep any): negatives with s + epsilon > the hardest positive,
+    positives with s - epsilon < the hardest negative."""
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    s = e @ e.T
+    n = len(labels)
+    kept = np.zeros((n, n), bool)
+    for i in range(n):
+        pos = [j for j in range(n) if j != i and labels[j] == labels[i]]
+        neg = [k for k in range(n) if labels[k] != labels[i]]
+        if not pos or not neg:
+            continue
+        for k in neg:
+            kept[i, k] = s[i, k] + epsilon > min(s[i, j] for j in pos)
+        for j in pos:
+            kept[i, j] = s[i, j] - epsilon < max(s[i, k] for k in neg)
+    return kept
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_multi_similarity_keeps_the_pairs_of_its_rule_and_the_triplet_model_reports_their_share(case):
+    """`kept` is the mining rule's pair set, and OnlineTriplet's `active_fraction` under
+    `objective="multi_similarity"` is its size over the n (n - 1) ordered pairs of the batch."""
+    from keras_ssl.encoders import small_cnn
+    from keras_ssl.models import OnlineTriplet
+
+    rng = np.random.default_rng(_seed("ms_kept", case))
+    labels = rng.integers(0, 3, size=10)
+    labels[-1] = 7  # an anchor without a positive keeps nothing
+    emb = rng.normal(size=(10, 4)).astype(np.float32)
+    want = np_multi_similarity_kept(labels, emb, 0.1)
+    _, _, kept = losses.multi_similarity_terms(tf.constant(labels), tf.constant(emb))
+    np.testing.assert_array_equal(kept.numpy(), want)
+    model = OnlineTriplet(small_cnn((8, 8, 1), width_multiplier=0.25), embedding_dim=4, objective="multi_similarity")
+    _, _, active = model._terms(tf.constant(labels), tf.constant(emb))
+    assert want.any() and float(active) == pytest.approx(want.sum() / (10 * 9), rel=1e-6)
