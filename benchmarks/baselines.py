@@ -8,7 +8,8 @@ accuracy, using `keras_ssl.evaluation.evaluate_features` exactly as
   raw_pixels   the 784 pixel values / 255 as features;
   untrained    the encoder with its random initialisation (BN in inference);
                with the grid_* figures of its last map pooled over 2x2 regions, as
-               `keras-ssl-evaluate` reports them for a trained encoder;
+               `keras-ssl-evaluate` reports them for a trained encoder (and the
+               readings of `--layers`, as its `--layers` adds them);
   supervised   the encoder trained with labels (softmax head, Adam 1e-3,
                random horizontal flips, batch 256), then frozen: the usual
                upper reference for a linear probe.
@@ -25,6 +26,7 @@ flags.DEFINE_string("encoder", "small_cnn", "encoder name")
 flags.DEFINE_integer("supervised_epochs", 8, "epochs of supervised training (0: skip)")
 flags.DEFINE_list("only", [], "subset of raw_pixels,untrained,supervised")
 flags.DEFINE_integer("image_size", None, "resize images first (e.g. 56, as the relative-position run)")
+flags.DEFINE_list("layers", [], "extra readings of the encoders, as keras-ssl-evaluate's --layers (e.g. block2:grid3)")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_string("output", None, "append JSON lines here")
 FLAGS = flags.FLAGS
@@ -40,11 +42,15 @@ def _report(name, scores, **extra):
 
 def _encoder_scores(encoder, ds):
     """`keras-ssl-evaluate`'s figures of a frozen encoder: the served features' linear probe and
-    kNN (k = 20, 200), and those of the last map pooled over 2 x 2 regions (`grid_*`)."""
+    kNN (k = 20, 200), those of the last map pooled over 2 x 2 regions (`grid_*`), and those of
+    each `--layers` reading (`<reading>/<metric>`)."""
     from keras_ssl.evaluation import evaluate_encoder
 
-    results = evaluate_encoder(encoder, ds, plot=None, write_report=False)
-    return {k: v for k, v in results.items() if isinstance(v, float)}
+    results = evaluate_encoder(encoder, ds, plot=None, write_report=False, layers=FLAGS.layers)
+    scores = {k: v for k, v in results.items() if isinstance(v, float)}
+    for reading, figures in results.get("per_layer", {}).items():
+        scores.update({f"{reading}/{k}": v for k, v in figures.items() if isinstance(v, float)})
+    return scores
 
 
 def main(argv):

@@ -136,3 +136,41 @@ def test_extracting_features_many_times_does_not_warn_of_retracing(caplog):
         for layer in (None, "block1", "block2", "block3", "block2:grid2", "block3:grid2", None, "block1"):
             assert extract_features(encoder, split, batch_size=4, layer=layer).shape[0] == 10
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def test_the_table_prints_each_readings_knn_once_under_its_k():
+    from keras_ssl.evaluation import format_table
+
+    reading = {"linear_probe_accuracy": 0.9, "knn_accuracy": 0.87, "knn_accuracy_k20": 0.87,
+               "knn_accuracy_k200": 0.84, "feature_dim": 576}
+    results = {"linear_probe_accuracy": 0.86, "knn_accuracy": 0.83, "knn_accuracy_k20": 0.83,
+               "knn_accuracy_k200": 0.8, "per_layer": {"block2:grid3": reading}}
+    labels = [line.split()[0] for line in format_table(results).splitlines()[2:]]
+    assert labels == ["knn_accuracy_k20", "knn_accuracy_k200", "linear_probe_accuracy",
+                      "block2:grid3/knn_accuracy_k20", "block2:grid3/knn_accuracy_k200",
+                      "block2:grid3/linear_probe_accuracy"]
+
+
+def test_a_chosen_grid_reading_replaces_the_last_maps_and_none_drops_it():
+    """`grid_reading="block2:grid3"` (the demo's) reports that reading as `grid_*`, with the figures
+    the same reading gives as an extra probe point; None reports no grid; a reading without its
+    grid is refused in one line; the printed table names the reading."""
+    from keras_ssl.data.sources import ImageDataset, Split
+    from keras_ssl.encoders import build_encoder
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation import evaluate_encoder, format_table
+
+    encoder = build_encoder("small_cnn", (28, 28, 1))
+    rng = np.random.default_rng(2)
+    split = lambda n: Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.arange(n) % 3)
+    dataset = ImageDataset("noise", split(60), split(30), tuple(str(i) for i in range(3)))
+    chosen = evaluate_encoder(encoder, dataset, plot=None, knn_k=(5,), grid_reading="block2:grid3")
+    extra = evaluate_encoder(encoder, dataset, plot=None, knn_k=(5,), grid_reading=None, layers=["block2:grid3"])
+    assert chosen["grid_reading"] == "block2:grid3" and chosen["grid_feature_dim"] == 9 * 64
+    assert "per_layer" not in chosen and not any(k.startswith("grid_") for k in extra)
+    assert chosen["grid_linear_probe_accuracy"] == extra["per_layer"]["block2:grid3"]["linear_probe_accuracy"]
+    assert chosen["grid_knn_accuracy"] == extra["per_layer"]["block2:grid3"]["knn_accuracy"]
+    assert [line.split() for line in format_table(chosen).splitlines() if "grid_reading" in line] == [
+        ["grid_reading", "block2:grid3"]]
+    with pytest.raises(UserError, match="e.g. block2:grid3"):
+        evaluate_encoder(encoder, dataset, plot=None, grid_reading="block2")

@@ -148,6 +148,8 @@ def test_environment_faults_are_one_error_line(tmp_path):
         "evaluate: empty config.json": (["keras_ssl.bin.evaluate", f"--model_dir={empty_config}"], "is damaged"),
         "evaluate: truncated encoder.keras": (["keras_ssl.bin.evaluate", f"--model_dir={truncated}"],
                                               "encoder.keras cannot be read"),
+        "evaluate: a grid reading without its grid": (["keras_ssl.bin.evaluate", f"--model_dir={model_dir}",
+                                                       "--grid_reading=block2"], "e.g. block2:grid3"),
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     procs = {name: subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE,

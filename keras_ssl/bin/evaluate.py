@@ -24,6 +24,8 @@ flags.DEFINE_string("dataset", None, "dataset to evaluate on (default: the one t
 flags.DEFINE_string("data_dir", None, "where to look for dataset files first (default: as trained)")
 flags.DEFINE_list("layers", [], "extra probe points, e.g. block2,block3 (a block's global mean) or block2:grid2 "
                   "(its map pooled over 2x2 regions)")
+flags.DEFINE_string("grid_reading", "auto", "the spatially pooled reading reported as grid_* (image runs): auto "
+                    "(the last map over 2x2 regions), none, or a block over N x N regions, e.g. block2:grid3")
 flags.DEFINE_enum("plot", "tsne", ["tsne", "pca", "none"], "2-D embedding plot method")
 flags.DEFINE_integer("train_limit", None, "fit the probe on only the first N train images")
 flags.DEFINE_integer("probe_max_iter", 1000, "logistic-regression iterations")
@@ -32,14 +34,22 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation.classification import check_grid_reading
     from keras_ssl.evaluation.request import EvaluationRequest
+    from keras_ssl.run_setup import run_modality
     from keras_ssl.evaluation.run_report import evaluate_run
 
-    load_run(FLAGS.model_dir)  # a finished run (else one line naming why)
+    config, _ = load_run(FLAGS.model_dir)  # a finished run (else one line naming why)
     check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
+    grid_reading = None if FLAGS.grid_reading == "none" else check_grid_reading(FLAGS.grid_reading)
+    if grid_reading != "auto" and run_modality(config).name != "image":
+        raise UserError(f"--grid_reading applies to image runs; {FLAGS.model_dir} is a "
+                        f"{run_modality(config).name} run (leave the flag out)")
     request = EvaluationRequest(output_dir=FLAGS.model_dir, layers=tuple(FLAGS.layers),
                                 plot=None if FLAGS.plot == "none" else FLAGS.plot,
-                                probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit)
+                                probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit,
+                                grid_reading=grid_reading)
     _, table, plots = evaluate_run(FLAGS.model_dir, request, FLAGS.dataset, FLAGS.data_dir)
     print(table)
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")

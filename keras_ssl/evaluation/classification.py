@@ -222,15 +222,28 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes=None, knn_k=
     return results
 
 
+def check_grid_reading(grid_reading):
+    """`grid_reading` as `evaluate_encoder` takes it: "auto", None, or `"<block>:grid<N>"`
+    (else one UserError line)."""
+    if grid_reading in ("auto", None):
+        return grid_reading
+    if _reading(grid_reading)[1] is None:
+        raise UserError(f"grid reading {grid_reading!r}: give a block and its N x N regions, e.g. block2:grid3 "
+                        "(or auto: the last map over 2x2 regions; none: no grid reading)")
+    return grid_reading
+
+
 def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne", knn_k=(20, 200),
-                     probe_max_iter=1000, train_limit=None, extra=None, write_report=True, spatial=True):
+                     probe_max_iter=1000, train_limit=None, extra=None, write_report=True, grid_reading="auto"):
     """The shared evaluator: probe + kNN at each probe point, plot, `evaluation.json`.
 
     Besides the encoder's output (`linear_probe_accuracy`, `knn_accuracy`: the served
-    representation), a convolutional encoder's last map is read spatially pooled
+    representation), a convolutional encoder's map is read spatially pooled
     (`grid_linear_probe_accuracy`, `grid_knn_accuracy`, `grid_feature_dim`, `grid_reading`:
-    its mean over each region of a `SPATIAL_GRID` x `SPATIAL_GRID` grid, concatenated; its
-    linear probe, and kNN at the first k only), which keeps where in the image a feature is.
+    its mean over each region of a grid, concatenated; its linear probe, and kNN at the first k
+    only), which keeps where in the image a feature is. `grid_reading="auto"` reads the last
+    map over `SPATIAL_GRID` x `SPATIAL_GRID` regions; a reading such as `"block2:grid3"` reads
+    that block over 3x3 regions instead (the demo's: small_cnn's middle block); None, none.
 
     Args:
       encoder: frozen encoder (a Keras model, images in [0, 1] -> features).
@@ -243,7 +256,7 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
       extra: more key/values to store in the report.
       write_report: write `evaluation.json` in `output_dir` (the plots go there
         either way).
-      spatial: add the spatially pooled reading (convolutional encoders).
+      grid_reading: "auto", None, or a `block:gridN` reading for the `grid_*` figures.
     Returns the results dict (also written as JSON).
     """
     if not dataset.labelled:
@@ -255,9 +268,12 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
     num_classes = dataset.num_classes or int(max(train.labels.max(), dataset.test.labels.max())) + 1
     results = {"dataset": dataset.name, "train_images": len(train), "test_images": len(dataset.test)}
     test_features = None
-    stage = spatial_layer(encoder) if spatial else None
-    spatial_reading = f"{stage}:grid{SPATIAL_GRID}" if stage else None
-    for layer in [None] + ([spatial_reading] if stage else []) + [lyr for lyr in (layers or []) if lyr != "features"]:
+    spatial_reading = check_grid_reading(grid_reading)
+    if spatial_reading == "auto":
+        stage = spatial_layer(encoder)
+        spatial_reading = f"{stage}:grid{SPATIAL_GRID}" if stage else None
+    for layer in [None] + ([spatial_reading] if spatial_reading else []) + [
+            lyr for lyr in (layers or []) if lyr not in ("features", spatial_reading)]:
         tr = extract_features(encoder, train, layer=layer)
         te = extract_features(encoder, dataset.test, layer=layer)
         scores = evaluate_features(tr, train.labels, te, dataset.test.labels, num_classes,

@@ -36,13 +36,17 @@ def format_table(results):
             rows += [(f"heldout/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
         elif key == "train_index_retrieval":  # test queries, the training split as the index
             rows += [(f"test_vs_train/{k}", f"{100 * value[k]:.2f}%") for k in ("precision_at_1", "map_at_r")]
+        elif key == "grid_reading":  # which map and grid the grid_* rows read
+            rows.append((key, value))
         elif key == "threshold":
             rows.append((f"threshold ({results.get('threshold_units', '')})", f"{value:.4f}"))
     for layer, scores in sorted(results.get("per_layer", {}).items()):
         for key in sorted(scores):
+            if key == "knn_accuracy" and scores.get("knn_accuracy_k20") == scores[key]:
+                continue  # as above
             if "accuracy" in key:
                 rows.append((f"{layer}/{key}", f"{100 * scores[key]:.2f}%"))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{width}}  {b:>8}" for a, b in rows]
-    lines.insert(1, "-" * (width + 10))
+    width, value_width = max(len(r[0]) for r in rows), max(8, *(len(r[1]) for r in rows))
+    lines = [f"{a:<{width}}  {b:>{value_width}}" for a, b in rows]
+    lines.insert(1, "-" * (width + 2 + value_width))
     return "\n".join(lines)

@@ -10,10 +10,13 @@ class EvaluationRequest:
     `output_dir`: where `evaluation.json` and the plots go (the run directory);
     `layers`: extra probe points; `plot`: "tsne", "pca" or None; `probe_max_iter`:
     logistic-regression iterations; `train_limit`: fit the probes on the first N
-    training examples only."""
+    training examples only; `grid_reading`: the spatially pooled reading of an image
+    encoder reported as `grid_*` ("auto": the last map over 2x2 regions; None: none; or
+    e.g. "block2:grid3", `keras_ssl.evaluation.evaluate_encoder`)."""
 
     output_dir: str | None = None
     layers: tuple = ()
     plot: str | None = "tsne"
     probe_max_iter: int = 1000
     train_limit: int | None = None
+    grid_reading: str | None = "auto"

@@ -152,7 +152,7 @@ class ImageModality(Modality):
         encoder = load_model(os.path.join(model_dir, "encoder.keras"))
         return evaluate_encoder(encoder, dataset, request.output_dir, layers=list(request.layers), plot=request.plot,
                                 probe_max_iter=request.probe_max_iter, train_limit=request.train_limit,
-                                write_report=False)
+                                write_report=False, grid_reading=request.grid_reading)
 
     def unlabelled_features(self, model, encoder, split):
         from keras_ssl.evaluation.classification import extract_features
