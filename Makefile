@@ -48,12 +48,13 @@ speech-tools:
 data-audio: install speech-tools
 	test -f data/spoken_digits/speakers.csv || $(PY) -m keras_ssl.bin.make_spoken_digits --output_dir=data/spoken_digits
 
-# The evaluation's grid_* rows read block2:grid3: the middle block's 14x14 map averaged over 3x3
-# regions (576 values), where the demo's features beat raw pixels (docs/BENCHMARKS.md).
+# The evaluation's grid_* rows read block2:grid3, the middle block's 14x14 map averaged over 3x3
+# regions (576 values), where the demo's features beat raw pixels (docs/BENCHMARKS.md); the export
+# serves that reading as its embedding.
 demo: install dataset
 	$(PY) -m keras_ssl.bin.train --flagfile=flags/simclr_fashion_mnist_demo.cfg
 	$(PY) -m keras_ssl.bin.evaluate --model_dir=$(DEMO_DIR) --grid_reading=block2:grid3
-	$(PY) -m keras_ssl.bin.export --model_dir=$(DEMO_DIR) --export_root=saved_models
+	$(PY) -m keras_ssl.bin.export --model_dir=$(DEMO_DIR) --export_root=saved_models --reading=block2:grid3
 
 # Two test processes: most tests wait on subprocesses (binaries, workers) or run
 # single-threaded Python; whole files go to one process (their fixtures are shared).

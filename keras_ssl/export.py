@@ -130,9 +130,34 @@ def _endpoints(model, input_shape, threshold):
     return embedding_endpoints(embed, int(model.output_shape[-1]))
 
 
+def _serving_reading(endpoints, encoder, reading):
+    """`endpoints` with the embedding signatures (`serving_default`, `embed_pixels`) serving
+    `reading` of the image `encoder` (a probe point as `keras-ssl-evaluate` names it: `block2`,
+    its global mean; `block2:grid3`, its map averaged over 3x3 regions), L2-normalised."""
+    from keras_ssl.evaluation.classification import feature_model
+    from keras_ssl.models.endpoints import embedding_endpoints
+
+    if any(e.name == "verify" for e in endpoints):
+        raise UserError(f"a reading ({reading}) would replace the embedding that the verify signature's threshold "
+                        "was calibrated on; export this Siamese/triplet model without a reading")
+    served = {e.name: e for e in endpoints if e.name in ("serving_default", "embed_pixels")}
+    if sorted(served) != ["embed_pixels", "serving_default"] or any(
+            [o.name for o in e.outputs] != ["embedding"] for e in served.values()):
+        raise UserError(f"a reading ({reading}) is served in place of an image model's embedding; this model's "
+                        f"signatures are {sorted(e.name for e in endpoints)}")
+    features = feature_model(encoder, reading)  # an unknown block or a map-less grid: one UserError line
+
+    def embed(images):
+        return tf.math.l2_normalize(tf.cast(features(images, training=False), tf.float32), axis=-1)
+
+    replaced = {e.name: e for e in embedding_endpoints(embed, int(features.output_shape[-1]),
+                                                       f"the encoder's {reading} reading, L2-normalised")}
+    return [replaced.get(e.name, e) for e in endpoints]
+
+
 def export_saved_model(model, export_root="saved_models", name="model", version=None, overwrite=False,
                        config=None, threshold=None, class_names=None, warmup=True, image_shape=None,
-                       input_shape=None):
+                       input_shape=None, reading=None):
     """Exports `model` as a SavedModel under `export_root/name/version`; returns the path.
 
     Args:
@@ -154,6 +179,9 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         RelativePosition's encoder, trained on patches).
       input_shape: the same, named for every modality: `(H, W, C)` for image
         models, `(samples,)` (the clip length served) for audio models.
+      reading: serve this reading of an image encoder as the `embedding` instead of
+        the representation, e.g. `"block2:grid3"` (small_cnn's middle block averaged
+        over 3x3 regions, the demo's); recorded in `preprocessing.json`.
     """
     if not name or os.sep in name or name.startswith("."):
         raise UserError(f"export name must be a plain folder name, got {name!r}")
@@ -180,6 +208,8 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         input_shape = tuple(encoder.input_shape[1:])
     input_shape = tuple(int(d) for d in input_shape)
     endpoints = _endpoints(model, input_shape, threshold)
+    if reading is not None:
+        endpoints = _serving_reading(endpoints, encoder, reading)
     from keras_ssl import modalities
 
     # the modality of the inputs the model decodes (generative inputs, latents and seeds, have none)
@@ -219,7 +249,8 @@ def export_saved_model(model, export_root="saved_models", name="model", version=
         default = by_name.get("serving_default")
         embedding = next((o for o in default.outputs if o.name == "embedding"), None) if default else None
         if embedding is not None:  # only where an embedding is served
-            facts.update(embedding_dim=embedding.shape[0], l2_normalized=True)
+            facts.update(embedding_dim=embedding.shape[0], l2_normalized=True,
+                         reading=reading or "representation")
         # float32 in the graph; written with float32's 7 significant digits (0.9, not 0.8999999761)
         facts["threshold"] = float(f"{float(verify.variables[0].numpy()):.7g}") if verify is not None else None
         if modality is not None:

@@ -79,3 +79,33 @@ def test_what_a_killed_export_left_is_cleaned_or_restored(tmp_path):
     second = export_saved_model(model, str(tmp_path), "m", warmup=False)
     assert sorted(os.listdir(root)) == [f".tmp-7-{os.getpid()}", "1", "2"]
     assert second.endswith("2") and tf.saved_model.load(first).signatures["serving_default"] is not None
+
+
+def test_a_reading_of_the_encoder_is_served_as_the_embedding(tmp_path):
+    """`reading="block2:grid2"` (the demo exports block2:grid3): `serving_default` and `embed_pixels`
+    return that reading, L2-normalised, and say so in preprocessing.json; the online probe's
+    `classify` is untouched; an unknown block and a model with `verify` are refused in one line."""
+    import pytest
+
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation import feature_model
+
+    encoder = small_cnn((12, 12, 1), width_multiplier=0.25)  # block2: 6x6x16
+    model = SimCLR(encoder, augment="fashion_mnist", num_classes=3)
+    path = export_saved_model(model, str(tmp_path), "simclr", warmup=False, reading="block2:grid2")
+    loaded = tf.saved_model.load(path)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 1), dtype=np.uint8)
+    served = loaded.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
+    reading = feature_model(encoder, "block2:grid2")(pixels.astype("float32") / 255.0, training=False)
+    np.testing.assert_allclose(served, tf.math.l2_normalize(reading, axis=-1).numpy(), atol=1e-5)
+    assert served.shape == (3, 4 * 16)
+    assert {k: _facts(path)[k] for k in ("embedding_dim", "reading")} == {"embedding_dim": 64, "reading": "block2:grid2"}
+    assert loaded.signatures["classify"](images=tf.constant([tf.io.encode_png(pixels[0]).numpy()]))[
+        "probabilities"].shape == (1, 3)
+    assert _facts(export_saved_model(model, str(tmp_path), "plain", warmup=False))["reading"] == "representation"
+    with pytest.raises(UserError, match="no layer 'block9'"):
+        export_saved_model(model, str(tmp_path), "bad", warmup=False, reading="block9:grid2")
+    siamese_like = OnlineTriplet(small_cnn((12, 12, 1), width_multiplier=0.25), embedding_dim=16)
+    siamese_like.threshold = 0.5
+    with pytest.raises(UserError, match="verify signature"):
+        export_saved_model(siamese_like, str(tmp_path), "triplet", warmup=False, threshold=0.5, reading="block2")

@@ -21,6 +21,8 @@ flags.DEFINE_boolean("overwrite", False, "replace an existing version")
 flags.DEFINE_float("threshold", None, "siamese/triplet: decision threshold of the verify signature "
                    "(default: the one calibrated by keras-ssl-evaluate; else Siamese: the model's, "
                    "triplet: no verify signature)")
+flags.DEFINE_string("reading", None, "image runs: serve this reading of the encoder as the embedding instead of "
+                    "the representation, e.g. block2:grid3 (its map averaged over 3x3 regions) or block2 (its mean)")
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +73,7 @@ def main(argv):
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     path = export_saved_model(model, FLAGS.export_root, name, FLAGS.version, FLAGS.overwrite,
                               config=config.to_dict(), threshold=threshold, class_names=class_names,
-                              input_shape=input_shape)
+                              input_shape=input_shape, reading=FLAGS.reading)
     if threshold is not None:
         print(f"verify threshold: {threshold:.4f} from {source}")
     print(f"exported: {path}")

@@ -82,10 +82,10 @@ class Endpoint:
     dataset_classes: bool = False
 
 
-def embedding_endpoints(embed, dim):
+def embedding_endpoints(embed, dim, meaning="the representation, L2-normalised"):
     """`serving_default` (encoded images) and `embed_pixels` (uint8 pixels),
     both -> `embedding` float32 `[batch, dim]` from `embed(images)`."""
-    output = (ServingOutput("embedding", "float32", (dim,), "the representation, L2-normalised"),)
+    output = (ServingOutput("embedding", "float32", (dim,), meaning),)
     return [Endpoint("serving_default", (ServingInput("images", "image"),), output, lambda x: {"embedding": embed(x)}),
             Endpoint("embed_pixels", (ServingInput("pixels", "pixels"),), output, lambda x: {"embedding": embed(x)})]
 
