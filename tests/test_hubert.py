@@ -245,3 +245,22 @@ def test_iteration_2_takes_its_targets_from_the_parents_block(tmp_path):
     bad = smoke_config("hubert_iter2", tmp_path, **SMOKE_RUN, model_dir=str(tmp_path / "bad"), target_layer=5)
     with pytest.raises(UserError, match="--target_layer=5, but the parent has 2 Transformer blocks"):
         run_stage(bad, dataset)
+
+
+def test_the_frame_trackers_average_over_clips_across_batches_of_unequal_size():
+    """`masked_fraction` and `feature_penalty` (`SpeechTransformerModel.track_frames`) over an
+    evaluation of 6 clips in batches of 4 and 2: the share of all masked frames and the mean over
+    the 6 clips of mean(f^2) of the feature encoder's output, not the mean of the two batches'."""
+    x = speech_clips(6)
+    y = _targets(x)
+    model = _tiny(feature_penalty=10.0, mask_prob=0.2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    got = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    seed = tf.constant([0, 0])  # the step's seed before any update: (seed, optimizer.iterations)
+    masks = [model.global_span_mask(tf.constant(x[rows]), seed)[1].numpy() for rows in (slice(0, 4), slice(4, 6))]
+    assert masks[0].mean() != masks[1].mean()  # else a per-batch mean would pass too
+    np.testing.assert_allclose(got["masked_fraction"], np.concatenate(masks).mean(), rtol=1e-6)
+    features = speech_features(model.encoder, tf.constant(x)).features.numpy().astype(np.float64)
+    per_clip = (features ** 2).mean(axis=(1, 2))
+    np.testing.assert_allclose(got["feature_penalty"], per_clip.mean(), rtol=1e-5)
+    assert abs(per_clip[:4].mean() + per_clip[4:].mean() - 2 * per_clip.mean()) > 1e-3 * per_clip.mean()
