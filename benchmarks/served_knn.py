@@ -6,8 +6,8 @@ import keras_ssl (what a TF Serving user gets from the SavedModel alone).
 Embeds Fashion-MNIST's 60,000 training and 10,000 test images through the `embed_pixels`
 signature (uint8 pixels in, L2-normalised `embedding` out) and scores the test images by the
 weighted kNN `keras-ssl-evaluate` uses: cosine similarity, the k = 20 nearest training images
-vote with weight exp(similarity / 0.07) (Wu et al. 2018). The IDX files are read from
-`--data_dir` (default Debian's dataset-fashion-mnist location).
+vote with weight exp(similarity / 0.07) (Wu et al. 2018). The IDX files (28x28 greyscale) are
+read from `--data_dir`, else from Debian's dataset-fashion-mnist location or Keras's cache.
 """
 
 import argparse
@@ -46,10 +46,16 @@ def weighted_knn_accuracy(train, train_labels, test, test_labels, num_classes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", help="a SavedModel version directory, e.g. saved_models/NAME/1")
-    parser.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--data_dir", default=None, help="a folder with Fashion-MNIST's four IDX .gz files")
     args = parser.parse_args()
     assert "keras_ssl" not in sys.modules
-    split = lambda name: read_idx(os.path.join(args.data_dir, f"{name}.gz"))
+    folders = [args.data_dir] if args.data_dir else [
+        "/usr/share/datasets/fashion-mnist", os.path.expanduser("~/.keras/datasets/fashion-mnist")]
+    data_dir = next((d for d in folders if os.path.isfile(os.path.join(d, "t10k-images-idx3-ubyte.gz"))), None)
+    if data_dir is None:
+        sys.exit(f"error: no Fashion-MNIST IDX files in {' or '.join(folders)}; give --data_dir "
+                 "(or install Debian's dataset-fashion-mnist: make dataset)")
+    split = lambda name: read_idx(os.path.join(data_dir, f"{name}.gz"))
     xtr, ytr = split("train-images-idx3-ubyte"), split("train-labels-idx1-ubyte")
     xte, yte = split("t10k-images-idx3-ubyte"), split("t10k-labels-idx1-ubyte")
     embed = tf.saved_model.load(args.export_dir).signatures["embed_pixels"]

@@ -174,3 +174,26 @@ def test_a_chosen_grid_reading_replaces_the_last_maps_and_none_drops_it():
         ["grid_reading", "block2:grid3"]]
     with pytest.raises(UserError, match="e.g. block2:grid3"):
         evaluate_encoder(encoder, dataset, plot=None, grid_reading="block2")
+    assert "grid_reading" not in evaluate_encoder(encoder, dataset, plot=None, knn_k=(5,), grid_reading="none")
+    import unittest.mock
+
+    with unittest.mock.patch("keras_ssl.evaluation.classification.linear_probe") as probe, \
+            pytest.raises(UserError, match="no layer 'block9'"):
+        evaluate_encoder(encoder, dataset, plot=None, grid_reading="block9:grid3")
+    assert not probe.called  # refused before the served vector's probe ran
+
+
+def test_the_declared_rows_keep_the_tables_columns_and_show_the_threshold_once():
+    """A Siamese run's table: the grid reading's name (wider than a percentage) and the
+    verification rows laid out in one column; `threshold` shown once, as "threshold (units)"."""
+    from keras_ssl.evaluation import format_table
+    from keras_ssl.evaluation.method_evaluations import evaluation
+    from keras_ssl.evaluation.run_report import _with_declared_rows
+
+    results = {"linear_probe_accuracy": 0.9, "knn_accuracy": 0.88, "knn_accuracy_k20": 0.88,
+               "grid_linear_probe_accuracy": 0.91, "grid_knn_accuracy": 0.9, "grid_reading": "block3:grid2",
+               "roc_auc": 0.985, "eer": 0.064, "threshold": 0.575, "threshold_units": "distance",
+               "verification_accuracy": 0.938}
+    lines = _with_declared_rows(format_table(results), [evaluation("verification")], results).splitlines()
+    assert len({len(line) for line in lines if not line.startswith("-")}) == 1 == len({len(lines[1]), len(lines[0])})
+    assert [line.split()[0] for line in lines].count("threshold") == 1

@@ -42,8 +42,8 @@ def main(argv):
 
     config, _ = load_run(FLAGS.model_dir)  # a finished run (else one line naming why)
     check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
-    grid_reading = None if FLAGS.grid_reading == "none" else check_grid_reading(FLAGS.grid_reading)
-    if grid_reading != "auto" and run_modality(config).name != "image":
+    grid_reading = check_grid_reading(FLAGS.grid_reading)
+    if grid_reading not in ("auto", None) and run_modality(config).name != "image":
         raise UserError(f"--grid_reading applies to image runs; {FLAGS.model_dir} is a "
                         f"{run_modality(config).name} run (leave the flag out)")
     request = EvaluationRequest(output_dir=FLAGS.model_dir, layers=tuple(FLAGS.layers),

@@ -223,9 +223,11 @@ def evaluate_features(train_x, train_y, test_x, test_y, num_classes=None, knn_k=
 
 
 def check_grid_reading(grid_reading):
-    """`grid_reading` as `evaluate_encoder` takes it: "auto", None, or `"<block>:grid<N>"`
-    (else one UserError line)."""
-    if grid_reading in ("auto", None):
+    """`grid_reading` as `evaluate_encoder` takes it: "auto", None (or "none"), or
+    `"<block>:grid<N>"` (else one UserError line)."""
+    if grid_reading in ("none", None):
+        return None
+    if grid_reading == "auto":
         return grid_reading
     if _reading(grid_reading)[1] is None:
         raise UserError(f"grid reading {grid_reading!r}: give a block and its N x N regions, e.g. block2:grid3 "
@@ -256,7 +258,7 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
       extra: more key/values to store in the report.
       write_report: write `evaluation.json` in `output_dir` (the plots go there
         either way).
-      grid_reading: "auto", None, or a `block:gridN` reading for the `grid_*` figures.
+      grid_reading: "auto", None ("none"), or a `block:gridN` reading for the `grid_*` figures.
     Returns the results dict (also written as JSON).
     """
     if not dataset.labelled:
@@ -272,8 +274,11 @@ def evaluate_encoder(encoder, dataset, output_dir=None, layers=None, plot="tsne"
     if spatial_reading == "auto":
         stage = spatial_layer(encoder)
         spatial_reading = f"{stage}:grid{SPATIAL_GRID}" if stage else None
-    for layer in [None] + ([spatial_reading] if spatial_reading else []) + [
-            lyr for lyr in (layers or []) if lyr not in ("features", spatial_reading)]:
+    readings = ([spatial_reading] if spatial_reading else []) + [
+        lyr for lyr in (layers or []) if lyr not in ("features", spatial_reading)]
+    for layer in readings:
+        feature_model(encoder, layer)  # an unknown block or a map-less grid: refused before any probe runs
+    for layer in [None] + readings:
         tr = extract_features(encoder, train, layer=layer)
         te = extract_features(encoder, dataset.test, layer=layer)
         scores = evaluate_features(tr, train.labels, te, dataset.test.labels, num_classes,

@@ -46,6 +46,12 @@ def format_table(results):
                 continue  # as above
             if "accuracy" in key:
                 rows.append((f"{layer}/{key}", f"{100 * scores[key]:.2f}%"))
+    return layout(rows)
+
+
+def layout(rows):
+    """`[(name, value text), ...]` (the first the header) as the printed table: names left-aligned,
+    values right-aligned in a column as wide as the widest (at least 8), a rule under the header."""
     width, value_width = max(len(r[0]) for r in rows), max(8, *(len(r[1]) for r in rows))
     lines = [f"{a:<{width}}  {b:>{value_width}}" for a, b in rows]
     lines.insert(1, "-" * (width + 2 + value_width))

@@ -73,7 +73,8 @@ def _with_declared_rows(table, ran, results):
     if len(lines) < 2 or not set(lines[1]) <= {"-"}:
         return table  # not a two-column table (e.g. the audio probes' own layout)
     rows = [tuple(re.split(r"\s{2,}", line.strip(), maxsplit=1)) for line in lines[:1] + lines[2:] if line.strip()]
-    shown = {name for name, _ in rows} | {"knn_accuracy"}  # the table shows knn_accuracy as knn_accuracy_k20
+    # the table shows knn_accuracy as knn_accuracy_k20, and threshold as "threshold (units)"
+    shown = {name.split(" (")[0] for name, _ in rows} | {"knn_accuracy"}
     added = []
     for declared in ran:
         for key in declared.report_keys:
@@ -86,11 +87,9 @@ def _with_declared_rows(table, ran, results):
             shown.add(key)
     if not added:
         return table
-    rows += added
-    width = max(len(name) for name, _ in rows)
-    out = [f"{a:<{width}}  {b:>8}" for a, b in rows]
-    out.insert(1, "-" * (width + 10))
-    return "\n".join(out)
+    from keras_ssl.evaluation.report import layout
+
+    return layout(rows + added)
 
 
 def _plain_table(results):
