@@ -124,10 +124,16 @@ def _endpoints(model, input_shape, threshold):
     if threshold is not None:
         raise UserError("a threshold only applies to models with a verify signature (Siamese, triplet)")
 
-    def embed(images):
-        return tf.math.l2_normalize(tf.cast(model(images, training=False), tf.float32), axis=-1)
+    return embedding_endpoints(_normalised(model), int(model.output_shape[-1]))
 
-    return embedding_endpoints(embed, int(model.output_shape[-1]))
+
+def _normalised(features):
+    """`images -> features(images)` in float32, L2-normalised: what an `embedding` serves."""
+
+    def embed(images):
+        return tf.math.l2_normalize(tf.cast(features(images, training=False), tf.float32), axis=-1)
+
+    return embed
 
 
 def _serving_reading(endpoints, encoder, reading):
@@ -146,11 +152,7 @@ def _serving_reading(endpoints, encoder, reading):
         raise UserError(f"a reading ({reading}) is served in place of an image model's embedding; this model's "
                         f"signatures are {sorted(e.name for e in endpoints)}")
     features = feature_model(encoder, reading)  # an unknown block or a map-less grid: one UserError line
-
-    def embed(images):
-        return tf.math.l2_normalize(tf.cast(features(images, training=False), tf.float32), axis=-1)
-
-    replaced = {e.name: e for e in embedding_endpoints(embed, int(features.output_shape[-1]),
+    replaced = {e.name: e for e in embedding_endpoints(_normalised(features), int(features.output_shape[-1]),
                                                        f"the encoder's {reading} reading, L2-normalised")}
     return [replaced.get(e.name, e) for e in endpoints]
 

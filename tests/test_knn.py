@@ -197,3 +197,21 @@ def test_the_declared_rows_keep_the_tables_columns_and_show_the_threshold_once()
     lines = _with_declared_rows(format_table(results), [evaluation("verification")], results).splitlines()
     assert len({len(line) for line in lines if not line.startswith("-")}) == 1 == len({len(lines[1]), len(lines[0])})
     assert [line.split()[0] for line in lines].count("threshold") == 1
+
+
+def test_the_request_normalises_its_grid_reading_and_only_images_take_a_chosen_one():
+    from keras_ssl import modalities
+    from keras_ssl.errors import UserError
+    from keras_ssl.evaluation.request import EvaluationRequest
+
+    assert EvaluationRequest(grid_reading="none").grid_reading is None
+    assert EvaluationRequest().grid_reading == "auto"
+    with pytest.raises(UserError, match="e.g. block2:grid3"):
+        EvaluationRequest(grid_reading="block2")
+    chosen = EvaluationRequest(grid_reading="block2:grid3")
+    modalities.get("image").check_request(chosen)
+    for name in ("audio", "text"):
+        for fine in (EvaluationRequest(), EvaluationRequest(grid_reading="none")):
+            modalities.get(name).check_request(fine)
+        with pytest.raises(UserError, match=f"this is a {name} run"):
+            modalities.get(name).check_request(chosen)

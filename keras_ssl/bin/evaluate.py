@@ -34,22 +34,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from keras_ssl.errors import UserError
-    from keras_ssl.evaluation.classification import check_grid_reading
     from keras_ssl.evaluation.request import EvaluationRequest
-    from keras_ssl.run_setup import run_modality
     from keras_ssl.evaluation.run_report import evaluate_run
 
-    config, _ = load_run(FLAGS.model_dir)  # a finished run (else one line naming why)
+    load_run(FLAGS.model_dir)  # a finished run (else one line naming why)
     check_writable(FLAGS.model_dir, "--model_dir")  # evaluation.json and the plots go there
-    grid_reading = check_grid_reading(FLAGS.grid_reading)
-    if grid_reading not in ("auto", None) and run_modality(config).name != "image":
-        raise UserError(f"--grid_reading applies to image runs; {FLAGS.model_dir} is a "
-                        f"{run_modality(config).name} run (leave the flag out)")
     request = EvaluationRequest(output_dir=FLAGS.model_dir, layers=tuple(FLAGS.layers),
                                 plot=None if FLAGS.plot == "none" else FLAGS.plot,
                                 probe_max_iter=FLAGS.probe_max_iter, train_limit=FLAGS.train_limit,
-                                grid_reading=grid_reading)
+                                grid_reading=FLAGS.grid_reading)
     _, table, plots = evaluate_run(FLAGS.model_dir, request, FLAGS.dataset, FLAGS.data_dir)
     print(table)
     print(f"evaluation: {os.path.join(FLAGS.model_dir, 'evaluation.json')}")

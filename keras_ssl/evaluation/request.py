@@ -20,3 +20,8 @@ class EvaluationRequest:
     probe_max_iter: int = 1000
     train_limit: int | None = None
     grid_reading: str | None = "auto"
+
+    def __post_init__(self):
+        from keras_ssl.evaluation.classification import check_grid_reading
+
+        object.__setattr__(self, "grid_reading", check_grid_reading(self.grid_reading))  # "none" -> None

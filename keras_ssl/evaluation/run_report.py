@@ -33,6 +33,7 @@ def evaluate_run(model_dir, request=None, dataset=None, data_dir=None):
     # Refuse a diverged or collapsed model before computing anything (its figures would mislead).
     check_model(model, f"the model in {model_dir}")
     modality = run_modality(config)
+    modality.check_request(request)  # e.g. a grid reading asked of an audio run
     # as the kept model takes it (an image run is evaluated at the size its encoder kept)
     dataset = modality.load_run_dataset(config, dataset, data_dir, modality.serving_input_shape(config, model_dir))
     check_modality(config, dataset)  # an image run given a folder of WAVs: one line, not a traceback

@@ -149,6 +149,14 @@ class Modality:
         (`keras_ssl.evaluation.request.EvaluationRequest`)."""
         raise NotImplementedError
 
+    def check_request(self, request):
+        """Refuses (one UserError line) evaluator settings this modality cannot honour: by
+        default a chosen spatial reading (`request.grid_reading` other than "auto" or None),
+        which only an image encoder's feature maps give."""
+        if request.grid_reading not in ("auto", None):
+            raise UserError(f"a grid reading ({request.grid_reading}) reads an image encoder's feature maps; this is "
+                            f"a {self.name} run (leave the grid reading out)")
+
     def format_report(self, results):
         """The printed table of a labelled report."""
         from keras_ssl.evaluation.report import format_table

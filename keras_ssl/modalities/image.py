@@ -144,6 +144,9 @@ class ImageModality(Modality):
 
         return tuple(load_model(os.path.join(model_dir, "encoder.keras")).input_shape[1:])  # the size training kept
 
+    def check_request(self, request):
+        """Every evaluator setting applies to images (an unknown block is refused by the probe)."""
+
     def evaluate_labelled(self, config, model, model_dir, dataset, request):
         """Linear probe and kNN of the kept encoder's features (and `request.layers`), plot."""
         from keras_ssl.evaluation import evaluate_encoder
