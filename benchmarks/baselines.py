@@ -13,6 +13,9 @@ accuracy, using `keras_ssl.evaluation.evaluate_features` exactly as
   supervised   the encoder trained with labels (softmax head, Adam 1e-3,
                random horizontal flips, batch 256), then frozen: the usual
                upper reference for a linear probe.
+With `--verification`, each also as a verifier: ROC AUC and EER of the cosine similarity
+over the balanced test pairs a Siamese run is scored on (`keras-ssl-evaluate`: 10,000 pairs,
+seed 1234), the reference points for the Siamese table's AUC.
 """
 
 import json
@@ -27,6 +30,8 @@ flags.DEFINE_integer("supervised_epochs", 8, "epochs of supervised training (0: 
 flags.DEFINE_list("only", [], "subset of raw_pixels,untrained,supervised")
 flags.DEFINE_integer("image_size", None, "resize images first (e.g. 56, as the relative-position run)")
 flags.DEFINE_list("layers", [], "extra readings of the encoders, as keras-ssl-evaluate's --layers (e.g. block2:grid3)")
+flags.DEFINE_bool("verification", False, "also score each baseline's features as a verifier: ROC AUC and EER "
+                  "of the cosine similarity over the Siamese evaluation's 10,000 balanced test pairs (seed 1234)")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_string("output", None, "append JSON lines here")
 FLAGS = flags.FLAGS
@@ -40,6 +45,24 @@ def _report(name, scores, **extra):
             f.write(json.dumps(row) + "\n")
 
 
+def _verification_scores(test_features, test_labels):
+    """ROC AUC and EER of "same class?" scored by the cosine similarity of the features, over
+    the balanced test pairs `keras-ssl-evaluate` scores a Siamese run on (10,000, seed 1234): the
+    verification figures of a baseline, beside a metric model's."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from keras_ssl.data.pairs import pair_indices
+    from keras_ssl.evaluation.verification import equal_error_rate
+
+    i, j, same = (t.numpy() for t in pair_indices(test_labels, 10000, seed=1234))
+    x = test_features.reshape(len(test_features), -1).astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = np.sum(x[i] * x[j], axis=1)
+    return {"verification_roc_auc": float(roc_auc_score(same, similarity)),
+            "verification_eer": equal_error_rate(same, similarity)[0]}
+
+
 def _encoder_scores(encoder, ds):
     """`keras-ssl-evaluate`'s figures of a frozen encoder: the served features' linear probe and
     kNN (k = 20, 200), those of the last map pooled over 2 x 2 regions (`grid_*`), and those of
@@ -50,6 +73,10 @@ def _encoder_scores(encoder, ds):
     scores = {k: v for k, v in results.items() if isinstance(v, float)}
     for reading, figures in results.get("per_layer", {}).items():
         scores.update({f"{reading}/{k}": v for k, v in figures.items() if isinstance(v, float)})
+    if FLAGS.verification:
+        from keras_ssl.evaluation import extract_features
+
+        scores.update(_verification_scores(extract_features(encoder, ds.test), ds.test.labels))
     return scores
 
 
@@ -71,8 +98,10 @@ def main(argv):
     if "raw_pixels" in wanted:
         start = time.time()
         flat = lambda s: s.images.reshape(len(s), -1).astype(np.float32) / 255.0
-        _report("raw_pixels", evaluate_features(flat(ds.train), ytr, flat(ds.test), yte, ds.num_classes),
-                seconds=round(time.time() - start, 1))
+        scores = evaluate_features(flat(ds.train), ytr, flat(ds.test), yte, ds.num_classes)
+        if FLAGS.verification:
+            scores.update(_verification_scores(flat(ds.test), yte))
+        _report("raw_pixels", scores, seconds=round(time.time() - start, 1))
 
     if "untrained" in wanted:
         start = time.time()
