@@ -103,8 +103,12 @@ def load_run_dataset(config, dataset=None, data_dir=None):
 
 def method_data(config, split, stage=None):
     """`TrainingData(dataset, steps_per_epoch, batch_size)`: the method's training
-    batches (an infinite tf.data pipeline) and what one epoch is; `stage` as for
+    batches (an infinite tf.data pipeline, without tf.data's autotuning thread, whose wait
+    held up the end of `fit`: `keras_ssl.data.finish`) and what one epoch is; `stage` as for
     `build_model` (default: read for `config`)."""
+    from keras_ssl.data.finish import without_autotune_thread
+
     if stage is None:
         stage = run_stage(config)
-    return _with_stage(config.method_spec.training_data, stage, config, config.options, split)
+    data = _with_stage(config.method_spec.training_data, stage, config, config.options, split)
+    return data._replace(dataset=without_autotune_thread(data.dataset))

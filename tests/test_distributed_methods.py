@@ -44,6 +44,7 @@ def test_two_replicas_match_one_device(method, two_cpu_strategy, data_root):
     config = smoke_config(method, data_root)
     dataset = _data(config)
     data = method_data(config, dataset.train.take(400)).dataset
+    assert data.options().autotune.enabled is False  # whatever the method built (keras_ssl.data.finish)
     batch = next(iter(data))
     loss1, w0, w1 = _step(tf.distribute.get_strategy(), config, dataset, batch)
     loss2, _, w2 = _step(two_cpu_strategy, config, dataset, batch, weights=w0)

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.byte_pair import BYTE_OFFSET
+from keras_ssl.data.finish import finished
 from keras_ssl.tokenizers import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 
 # Devlin et al. 2019, section 3.1: 15% of the tokens selected; of those 80% [MASK], 10% random, 10% kept
@@ -101,7 +102,7 @@ def mlm_batches(ids, batch_size, vocabulary_size, seed=0, shuffle=True, repeat=T
         return mlm_mask(batch, tf.stack([tf.constant(seed, tf.int32), tf.cast(index, tf.int32)]), vocabulary_size,
                         **rules)
 
-    return data.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    return finished(data.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), 2)
 
 
 def stateless_seed(seed):

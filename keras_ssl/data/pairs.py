@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
+from keras_ssl.data.finish import finished
 from keras_ssl.errors import UserError
 
 
@@ -123,7 +124,7 @@ def pair_batches(split, batch_size, seed=0, augment=None, allow_self_pairs=False
     ds = _anchor_batches(len(split), batch_size, seed)
     if not repeat:
         ds = ds.take(len(split) // batch_size)
-    return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(make, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def user_pairs(x_a, x_b, same, batch_size, shuffle=True, seed=0):
@@ -138,8 +139,7 @@ def user_pairs(x_a, x_b, same, batch_size, shuffle=True, seed=0):
     ds = tf.data.Dataset.from_tensor_slices(((x_a, x_b), same.astype(np.float32)))
     if shuffle:
         ds = ds.shuffle(len(same), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: ((to_float01(x[0]), to_float01(x[1])), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return finished(ds.batch(batch_size).map(lambda x, y: ((to_float01(x[0]), to_float01(x[1])), y)))
 
 
 def triplet_batches(split, batch_size, seed=0, augment=None):
@@ -165,4 +165,4 @@ def triplet_batches(split, batch_size, seed=0, augment=None):
         return tuple(to_float01(x) for x in out)
 
     ds = _anchor_batches(len(split), batch_size, seed)
-    return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(make, num_parallel_calls=tf.data.AUTOTUNE))

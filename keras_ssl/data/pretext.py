@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
+from keras_ssl.data.finish import finished
 from keras_ssl.errors import UserError
 
 
@@ -58,7 +59,7 @@ def rotation_batches(split, batch_size, seed=0, augment=None, shuffle=True, with
             x = simclr_augment(x, tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)]), config)
         return (x, element[1]) if use_labels else x
 
-    return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(make, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 # --------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def relative_position_batches(split, batch_size, seed=0, preset="small", color_d
             color_drop)
         return (centre, neighbour), labels
 
-    return ds.map(make, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(make, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def save_patch_grid(images, path, preset="small", seed=0, scale=None):

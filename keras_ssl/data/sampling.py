@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
+from keras_ssl.data.finish import finished
 from keras_ssl.errors import UserError
 
 
@@ -81,5 +82,4 @@ def pk_batches(split, p, k, seed=0, augment=None, epochs=1):
             x = simclr_augment(x, tf.stack([tf.constant(seed, tf.int64), step]), config)
         return to_float01(x), tf.gather(labels, index)
 
-    ds = ds.enumerate().map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return finished(ds.enumerate().map(gather, num_parallel_calls=tf.data.AUTOTUNE))

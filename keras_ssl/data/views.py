@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.data.augment import get_preset, simclr_augment, to_float01
+from keras_ssl.data.finish import finished
 from keras_ssl.errors import UserError
 
 
@@ -50,8 +51,7 @@ def simclr_views(split, batch_size, augment="imagenet", seed=0, with_labels=True
             return (view_a, view_b), element[1]
         return view_a, view_b
 
-    ds = ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def eval_batches(split, batch_size=512):
@@ -62,8 +62,7 @@ def eval_batches(split, batch_size=512):
     """
     tensors = (split.images,) if split.labels is None else (split.images, split.labels.astype(np.int32))
     ds = tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
-    ds = ds.map(lambda *t: (to_float01(t[0]),) + tuple(t[1:]), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return finished(ds.map(lambda *t: (to_float01(t[0]),) + tuple(t[1:]), num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def image_batches(split, batch_size, seed=0):
@@ -73,4 +72,4 @@ def image_batches(split, batch_size, seed=0):
     _check_batch(split, batch_size)
     ds = tf.data.Dataset.from_tensor_slices(split.images)
     ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return finished(ds.batch(batch_size, drop_remainder=True))

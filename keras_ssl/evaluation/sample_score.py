@@ -75,8 +75,10 @@ def train_classifier(dataset, epochs=CLASSIFIER_EPOCHS, seed=0):
     classifier = keras.Model(inputs, probabilities, name="sample_classifier")
     classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(),
                        metrics=["accuracy"])
-    train = (tf.data.Dataset.from_tensor_slices((dataset.train.images, dataset.train.labels))
-             .shuffle(len(dataset.train.labels), seed=seed).batch(CLASSIFIER_BATCH).prefetch(tf.data.AUTOTUNE))
+    from keras_ssl.data.finish import finished
+
+    train = finished(tf.data.Dataset.from_tensor_slices((dataset.train.images, dataset.train.labels))
+                     .shuffle(len(dataset.train.labels), seed=seed).batch(CLASSIFIER_BATCH))
     classifier.fit(train, epochs=epochs, verbose=0)
     return classifier
 
