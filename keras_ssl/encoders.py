@@ -78,10 +78,10 @@ def small_cnn(input_shape=(28, 28, 1), width_multiplier=1.0, sync_bn=None, name=
     2 and 3: 2x2 max-pool, then two 3x3 conv-BN-ReLU with 64 and 128 channels
     (all times `width_multiplier`); global average pooling:
     28x28 -> 14x14 -> 7x7 -> 128 features, about 45 MFLOPs per 28 px image.
-    The widths are ours, sized so that SimCLR makes several passes over
-    Fashion-MNIST within the 10 minute demo on 2 CPU cores (measured on
-    AVX512-BF16 and AVX2-only AMD EPYCs), where the training step runs at
-    the CPU's matmul rate (docs/BENCHMARKS.md).
+    The widths are ours, sized so that SimCLR passes over Fashion-MNIST in
+    minutes on 2 CPU cores (an epoch in 175-203 s on an AVX2-only AMD EPYC,
+    about 50 s on a Xeon with AMX: the 10-minute demo trains one), where the
+    training step runs at the CPU's matmul rate (docs/BENCHMARKS.md).
     """
     _check_input_shape(tuple(input_shape), 8)
     sync_bn = resolve_sync_bn(sync_bn)

@@ -51,6 +51,10 @@ def test_every_pipeline_builder_turns_the_autotuning_thread_off(name):
 def test_finished_prefetches_and_keeps_the_elements():
     data = tf.data.Dataset.range(10).map(lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE)
     assert tf.data.Dataset.range(3).options().autotune.enabled is None  # tf.data's default: on
-    assert [int(x) for x in finished(data)] == list(range(0, 20, 2))
-    assert [int(x) for x in finished(data, 2)] == list(range(0, 20, 2))
+    for buffer_size, expected in ((None, tf.data.AUTOTUNE), (2, 2)):
+        done = finished(data) if buffer_size is None else finished(data, buffer_size)
+        assert [int(x) for x in done] == list(range(0, 20, 2))
+        # the stage under the options is a prefetch of the asked size (TF 2.21's dataset classes)
+        assert type(done._input_dataset).__name__ == "_PrefetchDataset"
+        assert int(done._input_dataset._buffer_size) == expected
     assert without_autotune_thread(data).options().autotune.enabled is False

@@ -24,5 +24,6 @@ def without_autotune_thread(dataset):
 
 def finished(dataset, buffer_size=tf.data.AUTOTUNE):
     """`dataset.prefetch(buffer_size)` without the autotuning thread: how every pipeline
-    builder of keras_ssl ends."""
+    builder in `keras_ssl/data` ends (`keras_ssl.run_setup.method_data` also applies
+    `without_autotune_thread` to whatever a method's `training_data` builds)."""
     return without_autotune_thread(dataset.prefetch(buffer_size))

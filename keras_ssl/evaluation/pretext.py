@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from keras_ssl.data.finish import finished
+
 
 def pretext_accuracy(model, split, batch_size=256, seed=0):
     """Accuracy of a pretext model's own task on `split`'s images, from its
@@ -12,7 +14,7 @@ def pretext_accuracy(model, split, batch_size=256, seed=0):
     fixed `seed` and the model's patch preset (chance 1/8).
     """
     hits, total = 0, 0
-    batches = tf.data.Dataset.from_tensor_slices((split.images,)).batch(batch_size).enumerate()
+    batches = finished(tf.data.Dataset.from_tensor_slices((split.images,)).batch(batch_size).enumerate())
     for step, (images,) in batches:
         probs, y = model.pretext_predictions(images, tf.stack([tf.constant(seed, tf.int64), step]))
         pred = tf.argmax(probs, axis=-1, output_type=tf.int32)
